@@ -1,0 +1,478 @@
+//! Per-group accumulators that accept insertions and retractions (signed multiplicities).
+//!
+//! State is columnar: one vector entry per group id, so updating a batch is a tight loop over
+//! `(group, value, diff)` triples.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, ArrowPrimitiveType, AsArray, Decimal128Array, Float64Array, Int64Array, PrimitiveArray,
+};
+use arrow::compute::cast;
+use arrow::datatypes::{ArrowNativeTypeOp, DataType, Float64Type, Int64Type};
+use arrow_row::{OwnedRow, RowConverter, SortField};
+
+use crate::batch::DiffBatch;
+use crate::error::{DataflowError, Result};
+use crate::plan::AggKind;
+
+/// An aggregate's state over all groups.
+pub trait Accumulator: Send {
+    /// Adds `diff(i)` copies of row `i`'s value to group `groups[i]`.
+    fn update(&mut self, groups: &[u32], values: Option<&ArrayRef>, batch: &DiffBatch, num_groups: usize)
+        -> Result<()>;
+    /// The current value of each listed group.
+    fn evaluate(&self, groups: &[u32]) -> Result<ArrayRef>;
+}
+
+/// Builds the accumulator for an aggregate over an argument of type `arg_type`.
+pub fn create_accumulator(
+    kind: AggKind,
+    arg_type: Option<&DataType>,
+    append_only: bool,
+) -> Result<Box<dyn Accumulator>> {
+    let need =
+        || arg_type.cloned().ok_or_else(|| DataflowError::Internal(format!("{} needs an argument", kind.name())));
+    Ok(match kind {
+        AggKind::CountStar => Box::new(CountAcc { counts: Vec::new(), star: true }),
+        AggKind::Count => Box::new(CountAcc { counts: Vec::new(), star: false }),
+        AggKind::CountDistinct => Box::new(DistinctAcc::new(need()?)?),
+        AggKind::Sum | AggKind::Avg => {
+            let t = need()?;
+            let avg = kind == AggKind::Avg;
+            match t {
+                DataType::Float16 | DataType::Float32 | DataType::Float64 => Box::new(FloatSum::new(avg)),
+                DataType::Decimal128(p, s) => Box::new(DecimalSum::new(p, s, avg)),
+                t if t.is_integer() => Box::new(IntSum::new(avg)),
+                DataType::Null => Box::new(IntSum::new(avg)),
+                other => return Err(DataflowError::Eval(format!("{} is not defined for {other}", kind.name()))),
+            }
+        }
+        AggKind::Min | AggKind::Max => {
+            let t = need()?;
+            let max = kind == AggKind::Max;
+            if append_only {
+                match t {
+                    DataType::Int64 => Box::new(PrimExtreme::<Int64Type>::new(max)),
+                    DataType::Float64 => Box::new(PrimExtreme::<Float64Type>::new(max)),
+                    t => Box::new(RowExtreme::new(t, max)?),
+                }
+            } else {
+                Box::new(MultisetExtreme::new(t, max)?)
+            }
+        }
+    })
+}
+
+fn grow<T: Clone>(v: &mut Vec<T>, n: usize, fill: T) {
+    if v.len() < n {
+        v.resize(n, fill);
+    }
+}
+
+struct CountAcc {
+    counts: Vec<i64>,
+    star: bool,
+}
+
+impl Accumulator for CountAcc {
+    fn update(&mut self, groups: &[u32], values: Option<&ArrayRef>, batch: &DiffBatch, n: usize) -> Result<()> {
+        grow(&mut self.counts, n, 0);
+        match (self.star, values) {
+            (false, Some(v)) if v.null_count() > 0 => {
+                for (i, &g) in groups.iter().enumerate() {
+                    if v.is_valid(i) {
+                        self.counts[g as usize] += batch.diff(i);
+                    }
+                }
+            }
+            _ => match &batch.diffs {
+                None => groups.iter().for_each(|&g| self.counts[g as usize] += 1),
+                Some(d) => groups.iter().zip(d.values()).for_each(|(&g, &d)| self.counts[g as usize] += d),
+            },
+        }
+        Ok(())
+    }
+
+    fn evaluate(&self, groups: &[u32]) -> Result<ArrayRef> {
+        Ok(Arc::new(Int64Array::from_iter_values(groups.iter().map(|&g| self.counts[g as usize]))))
+    }
+}
+
+/// SUM/AVG over integers: exact 128-bit sums.
+struct IntSum {
+    sums: Vec<i128>,
+    nonnull: Vec<i64>,
+    avg: bool,
+}
+
+impl IntSum {
+    fn new(avg: bool) -> Self {
+        Self { sums: Vec::new(), nonnull: Vec::new(), avg }
+    }
+}
+
+impl Accumulator for IntSum {
+    fn update(&mut self, groups: &[u32], values: Option<&ArrayRef>, batch: &DiffBatch, n: usize) -> Result<()> {
+        grow(&mut self.sums, n, 0);
+        grow(&mut self.nonnull, n, 0);
+        let Some(v) = values else { return Ok(()) };
+        if v.data_type() == &DataType::Null {
+            return Ok(());
+        }
+        let v = cast(v, &DataType::Int64)?;
+        let v = v.as_primitive::<Int64Type>();
+        for (i, &g) in groups.iter().enumerate() {
+            if v.is_valid(i) {
+                let d = batch.diff(i);
+                self.sums[g as usize] += v.value(i) as i128 * d as i128;
+                self.nonnull[g as usize] += d;
+            }
+        }
+        Ok(())
+    }
+
+    fn evaluate(&self, groups: &[u32]) -> Result<ArrayRef> {
+        if self.avg {
+            return Ok(Arc::new(Float64Array::from_iter(groups.iter().map(|&g| {
+                let c = self.nonnull[g as usize];
+                (c > 0).then(|| self.sums[g as usize] as f64 / c as f64)
+            }))));
+        }
+        let mut out = Vec::with_capacity(groups.len());
+        for &g in groups {
+            if self.nonnull[g as usize] > 0 {
+                let s = i64::try_from(self.sums[g as usize])
+                    .map_err(|_| DataflowError::Eval("SUM overflows BIGINT".into()))?;
+                out.push(Some(s));
+            } else {
+                out.push(None);
+            }
+        }
+        Ok(Arc::new(Int64Array::from(out)))
+    }
+}
+
+/// SUM/AVG over floating point numbers.
+struct FloatSum {
+    sums: Vec<f64>,
+    nonnull: Vec<i64>,
+    avg: bool,
+}
+
+impl FloatSum {
+    fn new(avg: bool) -> Self {
+        Self { sums: Vec::new(), nonnull: Vec::new(), avg }
+    }
+}
+
+impl Accumulator for FloatSum {
+    fn update(&mut self, groups: &[u32], values: Option<&ArrayRef>, batch: &DiffBatch, n: usize) -> Result<()> {
+        grow(&mut self.sums, n, 0.0);
+        grow(&mut self.nonnull, n, 0);
+        let Some(v) = values else { return Ok(()) };
+        let v = cast(v, &DataType::Float64)?;
+        let v = v.as_primitive::<Float64Type>();
+        if v.null_count() == 0 && batch.diffs.is_none() {
+            for (&g, &x) in groups.iter().zip(v.values()) {
+                self.sums[g as usize] += x;
+                self.nonnull[g as usize] += 1;
+            }
+        } else {
+            for (i, &g) in groups.iter().enumerate() {
+                if v.is_valid(i) {
+                    let d = batch.diff(i);
+                    let g = g as usize;
+                    self.sums[g] += v.value(i) * d as f64;
+                    self.nonnull[g] += d;
+                    if self.nonnull[g] == 0 {
+                        // every value was retracted: drop accumulated rounding error
+                        self.sums[g] = 0.0;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn evaluate(&self, groups: &[u32]) -> Result<ArrayRef> {
+        Ok(Arc::new(Float64Array::from_iter(groups.iter().map(|&g| {
+            let c = self.nonnull[g as usize];
+            let s = self.sums[g as usize];
+            (c > 0).then(|| if self.avg { s / c as f64 } else { s })
+        }))))
+    }
+}
+
+/// SUM/AVG over DECIMAL(p, s): exact sums of the unscaled integers.
+struct DecimalSum {
+    sums: Vec<i128>,
+    nonnull: Vec<i64>,
+    precision: u8,
+    scale: i8,
+    avg: bool,
+}
+
+impl DecimalSum {
+    fn new(precision: u8, scale: i8, avg: bool) -> Self {
+        Self { sums: Vec::new(), nonnull: Vec::new(), precision, scale, avg }
+    }
+}
+
+impl Accumulator for DecimalSum {
+    fn update(&mut self, groups: &[u32], values: Option<&ArrayRef>, batch: &DiffBatch, n: usize) -> Result<()> {
+        grow(&mut self.sums, n, 0);
+        grow(&mut self.nonnull, n, 0);
+        let Some(v) = values else { return Ok(()) };
+        let v = v.as_primitive::<arrow::datatypes::Decimal128Type>();
+        for (i, &g) in groups.iter().enumerate() {
+            if v.is_valid(i) {
+                let d = batch.diff(i);
+                self.sums[g as usize] = self.sums[g as usize]
+                    .checked_add(v.value(i).checked_mul(d as i128).unwrap_or(i128::MAX))
+                    .ok_or_else(|| DataflowError::Eval("SUM overflows DECIMAL".into()))?;
+                self.nonnull[g as usize] += d;
+            }
+        }
+        Ok(())
+    }
+
+    fn evaluate(&self, groups: &[u32]) -> Result<ArrayRef> {
+        if self.avg {
+            let div = 10f64.powi(self.scale as i32);
+            return Ok(Arc::new(Float64Array::from_iter(groups.iter().map(|&g| {
+                let c = self.nonnull[g as usize];
+                (c > 0).then(|| self.sums[g as usize] as f64 / div / c as f64)
+            }))));
+        }
+        let arr = Decimal128Array::from_iter(
+            groups.iter().map(|&g| (self.nonnull[g as usize] > 0).then_some(self.sums[g as usize])),
+        )
+        .with_precision_and_scale(38.max(self.precision), self.scale)?;
+        Ok(Arc::new(arr))
+    }
+}
+
+/// MIN/MAX over an append-only primitive column: one value per group.
+struct PrimExtreme<T: ArrowPrimitiveType> {
+    best: Vec<Option<T::Native>>,
+    max: bool,
+}
+
+impl<T: ArrowPrimitiveType> PrimExtreme<T> {
+    fn new(max: bool) -> Self {
+        Self { best: Vec::new(), max }
+    }
+}
+
+impl<T: ArrowPrimitiveType> Accumulator for PrimExtreme<T> {
+    fn update(&mut self, groups: &[u32], values: Option<&ArrayRef>, batch: &DiffBatch, n: usize) -> Result<()> {
+        grow(&mut self.best, n, None);
+        let Some(v) = values else { return Ok(()) };
+        let v = v.as_primitive::<T>();
+        let want = if self.max { std::cmp::Ordering::Greater } else { std::cmp::Ordering::Less };
+        for (i, &g) in groups.iter().enumerate() {
+            if v.is_null(i) {
+                continue;
+            }
+            if batch.diff(i) < 0 {
+                return Err(DataflowError::Internal("retraction reached an append-only MIN/MAX".into()));
+            }
+            let x = v.value(i);
+            let slot = &mut self.best[g as usize];
+            match slot {
+                Some(cur) if x.compare(*cur) != want => {}
+                _ => *slot = Some(x),
+            }
+        }
+        Ok(())
+    }
+
+    fn evaluate(&self, groups: &[u32]) -> Result<ArrayRef> {
+        Ok(Arc::new(PrimitiveArray::<T>::from_iter(groups.iter().map(|&g| self.best[g as usize]))))
+    }
+}
+
+/// Order-preserving byte encoding of one column, shared by the generic MIN/MAX/DISTINCT.
+struct ValueCodec {
+    converter: RowConverter,
+    data_type: DataType,
+}
+
+impl ValueCodec {
+    fn new(data_type: DataType) -> Result<Self> {
+        Ok(Self { converter: RowConverter::new(vec![SortField::new(data_type.clone())])?, data_type })
+    }
+
+    fn encode(&self, v: &ArrayRef) -> Result<arrow_row::Rows> {
+        Ok(self.converter.convert_columns(std::slice::from_ref(v))?)
+    }
+
+    fn decode<'a>(&self, rows: impl IntoIterator<Item = Option<&'a [u8]>>, len: usize) -> Result<ArrayRef> {
+        // Decode the present values, then scatter them into a nullable array.
+        let mut present = Vec::with_capacity(len);
+        let mut idx: Vec<Option<u32>> = Vec::with_capacity(len);
+        for r in rows {
+            match r {
+                Some(bytes) => {
+                    idx.push(Some(present.len() as u32));
+                    present.push(bytes);
+                }
+                None => idx.push(None),
+            }
+        }
+        let parser = self.converter.parser();
+        let parsed: Vec<_> = present.iter().map(|b| parser.parse(b)).collect();
+        let values = if parsed.is_empty() {
+            arrow::array::new_empty_array(&self.data_type)
+        } else {
+            self.converter.convert_rows(parsed)?.remove(0)
+        };
+        let take = arrow::array::UInt32Array::from(idx);
+        Ok(arrow::compute::take(&values, &take, None)?)
+    }
+}
+
+/// MIN/MAX over an append-only column of any orderable type.
+struct RowExtreme {
+    codec: ValueCodec,
+    best: Vec<Option<OwnedRow>>,
+    max: bool,
+}
+
+impl RowExtreme {
+    fn new(t: DataType, max: bool) -> Result<Self> {
+        Ok(Self { codec: ValueCodec::new(t)?, best: Vec::new(), max })
+    }
+}
+
+impl Accumulator for RowExtreme {
+    fn update(&mut self, groups: &[u32], values: Option<&ArrayRef>, batch: &DiffBatch, n: usize) -> Result<()> {
+        grow(&mut self.best, n, None);
+        let Some(v) = values else { return Ok(()) };
+        let rows = self.codec.encode(v)?;
+        for (i, &g) in groups.iter().enumerate() {
+            if v.is_null(i) {
+                continue;
+            }
+            if batch.diff(i) < 0 {
+                return Err(DataflowError::Internal("retraction reached an append-only MIN/MAX".into()));
+            }
+            let r = rows.row(i);
+            let slot = &mut self.best[g as usize];
+            let better = match slot {
+                None => true,
+                Some(cur) => {
+                    if self.max {
+                        r > cur.row()
+                    } else {
+                        r < cur.row()
+                    }
+                }
+            };
+            if better {
+                *slot = Some(r.owned());
+            }
+        }
+        Ok(())
+    }
+
+    fn evaluate(&self, groups: &[u32]) -> Result<ArrayRef> {
+        self.codec.decode(groups.iter().map(|&g| self.best[g as usize].as_ref().map(|r| r.as_ref())), groups.len())
+    }
+}
+
+/// MIN/MAX under retractions: an ordered multiset of values per group.
+struct MultisetExtreme {
+    codec: ValueCodec,
+    sets: Vec<BTreeMap<Box<[u8]>, i64>>,
+    max: bool,
+}
+
+impl MultisetExtreme {
+    fn new(t: DataType, max: bool) -> Result<Self> {
+        Ok(Self { codec: ValueCodec::new(t)?, sets: Vec::new(), max })
+    }
+}
+
+impl Accumulator for MultisetExtreme {
+    fn update(&mut self, groups: &[u32], values: Option<&ArrayRef>, batch: &DiffBatch, n: usize) -> Result<()> {
+        if self.sets.len() < n {
+            self.sets.resize_with(n, BTreeMap::new);
+        }
+        let Some(v) = values else { return Ok(()) };
+        let rows = self.codec.encode(v)?;
+        for (i, &g) in groups.iter().enumerate() {
+            if v.is_null(i) {
+                continue;
+            }
+            let set = &mut self.sets[g as usize];
+            let row = rows.row(i);
+            let key: &[u8] = row.as_ref();
+            let d = batch.diff(i);
+            if let Some(c) = set.get_mut(key) {
+                *c += d;
+                if *c == 0 {
+                    set.remove(key);
+                }
+            } else if d != 0 {
+                set.insert(key.into(), d);
+            }
+        }
+        Ok(())
+    }
+
+    fn evaluate(&self, groups: &[u32]) -> Result<ArrayRef> {
+        let pick = |g: u32| {
+            let set = &self.sets[g as usize];
+            let e = if self.max { set.iter().next_back() } else { set.iter().next() };
+            e.map(|(k, _)| k.as_ref())
+        };
+        self.codec.decode(groups.iter().map(|&g| pick(g)), groups.len())
+    }
+}
+
+/// COUNT(DISTINCT x): a multiset of values per group.
+struct DistinctAcc {
+    codec: ValueCodec,
+    sets: Vec<HashMap<Box<[u8]>, i64>>,
+}
+
+impl DistinctAcc {
+    fn new(t: DataType) -> Result<Self> {
+        Ok(Self { codec: ValueCodec::new(t)?, sets: Vec::new() })
+    }
+}
+
+impl Accumulator for DistinctAcc {
+    fn update(&mut self, groups: &[u32], values: Option<&ArrayRef>, batch: &DiffBatch, n: usize) -> Result<()> {
+        if self.sets.len() < n {
+            self.sets.resize_with(n, HashMap::new);
+        }
+        let Some(v) = values else { return Ok(()) };
+        let rows = self.codec.encode(v)?;
+        for (i, &g) in groups.iter().enumerate() {
+            if v.is_null(i) {
+                continue;
+            }
+            let set = &mut self.sets[g as usize];
+            let row = rows.row(i);
+            let key: &[u8] = row.as_ref();
+            let d = batch.diff(i);
+            if let Some(c) = set.get_mut(key) {
+                *c += d;
+                if *c == 0 {
+                    set.remove(key);
+                }
+            } else if d != 0 {
+                set.insert(key.into(), d);
+            }
+        }
+        Ok(())
+    }
+
+    fn evaluate(&self, groups: &[u32]) -> Result<ArrayRef> {
+        Ok(Arc::new(Int64Array::from_iter_values(groups.iter().map(|&g| self.sets[g as usize].len() as i64))))
+    }
+}

@@ -1,0 +1,268 @@
+//! The state of an incremental `GROUP BY`, independent of the timely operator that drives it.
+//!
+//! [`GroupedAggregate::apply`] folds batches of signed rows into per-group accumulators;
+//! [`GroupedAggregate::emit`] returns the change of the output since the previous call: for each
+//! group whose output row changed, a retraction of the old row and an insertion of the new one.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, Int64Array, RecordBatch};
+use arrow::compute::{cast, concat_batches};
+use arrow_row::{OwnedRow, RowConverter, Rows, SortField};
+use hashbrown::HashTable;
+
+use crate::accumulators::{create_accumulator, Accumulator};
+use crate::batch::DiffBatch;
+use crate::error::{DataflowError, Result};
+use crate::plan::AggregatePlan;
+
+/// Maps group keys to dense group ids.
+pub struct GroupTable {
+    converter: Option<RowConverter>,
+    table: HashTable<(u64, u32)>,
+    keys: Option<Rows>,
+    hasher: ahash::RandomState,
+    len: usize,
+}
+
+impl GroupTable {
+    /// A table for keys of the given types (none: one global group).
+    pub fn new(key_types: &[arrow::datatypes::DataType]) -> Result<Self> {
+        let converter = if key_types.is_empty() {
+            None
+        } else {
+            Some(RowConverter::new(key_types.iter().map(|t| SortField::new(t.clone())).collect())?)
+        };
+        let keys = converter.as_ref().map(|c| c.empty_rows(0, 0));
+        Ok(Self {
+            converter,
+            table: HashTable::new(),
+            keys,
+            hasher: ahash::RandomState::with_seeds(7, 11, 13, 17),
+            len: 0,
+        })
+    }
+
+    /// Number of groups ever seen.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when no group exists.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Group id of every row, creating groups as needed.
+    pub fn intern(&mut self, key_columns: &[ArrayRef], num_rows: usize) -> Result<Vec<u32>> {
+        let Some(converter) = &self.converter else {
+            if self.len == 0 && num_rows > 0 {
+                self.len = 1;
+            }
+            return Ok(vec![0; num_rows]);
+        };
+        let rows = converter.convert_columns(key_columns)?;
+        let keys = self.keys.as_mut().ok_or_else(|| DataflowError::Internal("group keys".into()))?;
+        let mut out = Vec::with_capacity(num_rows);
+        for row in rows.iter() {
+            let bytes = row.as_ref();
+            let hash = self.hasher.hash_one(bytes);
+            let found = self.table.find(hash, |&(h, g)| h == hash && keys.row(g as usize).as_ref() == bytes);
+            let g = match found {
+                Some(&(_, g)) => g,
+                None => {
+                    let g = self.len as u32;
+                    keys.push(row);
+                    self.table.insert_unique(hash, (hash, g), |&(h, _)| h);
+                    self.len += 1;
+                    g
+                }
+            };
+            out.push(g);
+        }
+        Ok(out)
+    }
+
+    /// The key columns of the listed groups.
+    pub fn key_columns(&self, groups: &[u32]) -> Result<Vec<ArrayRef>> {
+        match (&self.converter, &self.keys) {
+            (Some(c), Some(keys)) => Ok(c.convert_rows(groups.iter().map(|&g| keys.row(g as usize)))?),
+            _ => Ok(Vec::new()),
+        }
+    }
+}
+
+/// Hash of each row's key, used to route rows to the worker that owns the key.
+pub fn key_hashes(converter: &RowConverter, key_columns: &[ArrayRef], num_rows: usize) -> Result<Vec<u64>> {
+    if key_columns.is_empty() {
+        return Ok(vec![0; num_rows]);
+    }
+    let rows = converter.convert_columns(key_columns)?;
+    let hasher = ahash::RandomState::with_seeds(1, 2, 3, 4);
+    Ok(rows.iter().map(|r| hasher.hash_one(r.as_ref())).collect())
+}
+
+/// Incremental grouped aggregation state.
+pub struct GroupedAggregate {
+    plan: Arc<AggregatePlan>,
+    groups: GroupTable,
+    accs: Vec<Box<dyn Accumulator>>,
+    /// Net multiplicity of input rows per group: a group exists while this is positive.
+    row_counts: Vec<i64>,
+    /// The output row last emitted for each group (row-encoded), if any.
+    emitted: Vec<Option<OwnedRow>>,
+    changed: Vec<u32>,
+    is_changed: Vec<bool>,
+    out_converter: RowConverter,
+}
+
+impl GroupedAggregate {
+    /// Creates empty state for `plan`.
+    pub fn new(plan: Arc<AggregatePlan>, arg_types: &[Option<arrow::datatypes::DataType>]) -> Result<Self> {
+        let nkeys = plan.keys.output_schema().fields().len();
+        let key_types: Vec<_> = plan.keys.output_schema().fields().iter().map(|f| f.data_type().clone()).collect();
+        let mut accs = Vec::with_capacity(plan.aggs.len());
+        for (spec, t) in plan.aggs.iter().zip(arg_types) {
+            accs.push(create_accumulator(spec.kind, t.as_ref(), plan.input_append_only)?);
+        }
+        let out_fields = plan.output_schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect();
+        debug_assert_eq!(plan.output_schema.fields().len(), nkeys + plan.aggs.len());
+        Ok(Self {
+            groups: GroupTable::new(&key_types)?,
+            accs,
+            row_counts: Vec::new(),
+            emitted: Vec::new(),
+            changed: Vec::new(),
+            is_changed: Vec::new(),
+            out_converter: RowConverter::new(out_fields)?,
+            plan,
+        })
+    }
+
+    /// Number of groups currently present (with a positive row count).
+    pub fn live_groups(&self) -> usize {
+        self.row_counts.iter().filter(|&&c| c > 0).count()
+    }
+
+    /// Folds a batch of signed rows into the state.
+    pub fn apply(&mut self, batch: &DiffBatch) -> Result<()> {
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok(());
+        }
+        let keys = self.plan.keys.eval(&batch.data)?;
+        let groups = self.groups.intern(keys.columns(), n)?;
+        let ng = self.groups.len();
+        if self.row_counts.len() < ng {
+            self.row_counts.resize(ng, 0);
+            self.emitted.resize(ng, None);
+            self.is_changed.resize(ng, false);
+        }
+        for (i, &g) in groups.iter().enumerate() {
+            let g = g as usize;
+            self.row_counts[g] += batch.diff(i);
+            if !self.is_changed[g] {
+                self.is_changed[g] = true;
+                self.changed.push(g as u32);
+            }
+        }
+        for (spec, acc) in self.plan.aggs.iter().zip(self.accs.iter_mut()) {
+            let values = match &spec.arg {
+                Some(f) => Some(f.eval(&batch.data)?.column(0).clone()),
+                None => None,
+            };
+            acc.update(&groups, values.as_ref(), batch, ng)?;
+        }
+        Ok(())
+    }
+
+    /// The output changes since the previous call (retractions of old rows, insertions of new rows).
+    pub fn emit(&mut self) -> Result<Option<DiffBatch>> {
+        if self.changed.is_empty() {
+            return Ok(None);
+        }
+        let mut changed = std::mem::take(&mut self.changed);
+        changed.sort_unstable();
+        for &g in &changed {
+            self.is_changed[g as usize] = false;
+        }
+        for &g in &changed {
+            if self.row_counts[g as usize] < 0 {
+                return Err(DataflowError::Eval(
+                    "a group received more retractions than insertions (the input retracted rows it never inserted)"
+                        .into(),
+                ));
+            }
+        }
+        let alive: Vec<u32> = changed.iter().copied().filter(|&g| self.row_counts[g as usize] > 0).collect();
+        let new_batch = self.evaluate(&alive)?;
+        let new_rows = self.out_converter.convert_columns(new_batch.columns())?;
+
+        let mut retract: Vec<OwnedRow> = Vec::new();
+        let mut insert_idx: Vec<u32> = Vec::new();
+        let mut alive_pos = 0usize;
+        for &g in &changed {
+            let gi = g as usize;
+            let new_row = if alive.get(alive_pos) == Some(&g) {
+                alive_pos += 1;
+                Some(alive_pos - 1)
+            } else {
+                None
+            };
+            let old = self.emitted[gi].take();
+            match (old, new_row) {
+                (Some(o), Some(p)) if o.row() == new_rows.row(p) => self.emitted[gi] = Some(o),
+                (old, new_row) => {
+                    if let Some(o) = old {
+                        retract.push(o);
+                    }
+                    if let Some(p) = new_row {
+                        insert_idx.push(p as u32);
+                        self.emitted[gi] = Some(new_rows.row(p).owned());
+                    }
+                }
+            }
+        }
+        if retract.is_empty() && insert_idx.is_empty() {
+            return Ok(None);
+        }
+        let schema = self.plan.output_schema.clone();
+        let mut parts = Vec::new();
+        let mut diffs: Vec<i64> = Vec::new();
+        if !retract.is_empty() {
+            let cols = self.out_converter.convert_rows(retract.iter().map(|r| r.row()))?;
+            parts.push(RecordBatch::try_new(schema.clone(), cols)?);
+            diffs.extend(std::iter::repeat_n(-1, retract.len()));
+        }
+        if !insert_idx.is_empty() {
+            let idx = arrow::array::UInt32Array::from(insert_idx);
+            parts.push(arrow::compute::take_record_batch(&new_batch, &idx)?);
+            diffs.extend(std::iter::repeat_n(1, idx.len()));
+        }
+        let data = if parts.len() == 1 { parts.remove(0) } else { concat_batches(&schema, &parts)? };
+        let all_inserts = diffs.iter().all(|&d| d == 1);
+        Ok(Some(if all_inserts {
+            DiffBatch::inserts(data)
+        } else {
+            DiffBatch::with_diffs(data, Int64Array::from(diffs))?
+        }))
+    }
+
+    fn evaluate(&self, groups: &[u32]) -> Result<RecordBatch> {
+        let schema = self.plan.output_schema.clone();
+        let mut cols = self.groups.key_columns(groups)?;
+        for (acc, field) in self.accs.iter().zip(schema.fields().iter().skip(cols.len())) {
+            let a = acc.evaluate(groups)?;
+            let a = if a.data_type() == field.data_type() { a } else { cast(&a, field.data_type())? };
+            cols.push(a);
+        }
+        let opts = arrow::array::RecordBatchOptions::new().with_row_count(Some(groups.len()));
+        // Keys carry the key expression's types; align with the declared output schema.
+        let cols = cols
+            .into_iter()
+            .zip(schema.fields().iter())
+            .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c) } else { cast(&c, f.data_type()) })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Ok(RecordBatch::try_new_with_options(schema, cols, &opts)?)
+    }
+}

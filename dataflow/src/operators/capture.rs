@@ -1,0 +1,51 @@
+//! `Capture`: hands each completed epoch of a stream to an [`EpochSink`].
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
+
+use super::BatchStream;
+use crate::batch::DiffBatch;
+
+/// Receives the output of one worker's copy of a dataflow, one frontier step at a time.
+pub trait EpochSink: Send + Sync {
+    /// `worker` has completed every epoch below `frontier` (`None`: the stream ended).
+    /// `ready` holds the batches of the epochs completed by this step, in epoch order.
+    fn report(&self, worker: usize, frontier: Option<u64>, ready: Vec<(u64, Vec<DiffBatch>)>);
+}
+
+/// Extension trait adding [`CaptureExt::capture_epochs`].
+pub trait CaptureExt {
+    /// Buffers each epoch's batches and reports them to `sink` once the frontier passes it.
+    fn capture_epochs(self, worker: usize, sink: Arc<dyn EpochSink>);
+}
+
+impl<'scope> CaptureExt for BatchStream<'scope> {
+    fn capture_epochs(self, worker: usize, sink: Arc<dyn EpochSink>) {
+        let mut pending: BTreeMap<u64, Vec<DiffBatch>> = BTreeMap::new();
+        let mut reported: Option<Option<u64>> = None;
+        self.sink(Pipeline, "Capture", move |(input, frontier)| {
+            input.for_each(|cap, data| {
+                if let Some(&t) = cap.least() {
+                    pending.entry(t).or_default().append(data);
+                }
+            });
+            let f = frontier.frontier().iter().next().copied();
+            if reported != Some(f) {
+                let mut ready = Vec::new();
+                while let Some((&t, _)) = pending.first_key_value() {
+                    if f.is_some_and(|f| t >= f) {
+                        break;
+                    }
+                    if let Some((t, batches)) = pending.pop_first() {
+                        ready.push((t, batches));
+                    }
+                }
+                sink.report(worker, f, ready);
+                reported = Some(f);
+            }
+        });
+    }
+}

@@ -1,0 +1,341 @@
+//! The runtime: timely worker threads, the epoch coordinator, and the command channels through
+//! which the engine installs dataflows and feeds source data.
+//!
+//! Epochs are the timely timestamps. Source data is sent to one worker (round robin) as a
+//! command; a coordinator closes the current epoch every `epoch_interval` when data arrived,
+//! by broadcasting `Advance` to every worker through the same FIFO channels, so all data sent
+//! before a close belongs to an earlier epoch on every worker.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::{JoinHandle, Thread};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use parking_lot::Mutex;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::operators::Input;
+use timely::dataflow::InputHandle;
+use timely::WorkerConfig;
+
+use crate::batch::DiffBatch;
+use crate::build::build_plan;
+use crate::error::{DataflowError, Result};
+use crate::operators::capture::{CaptureExt, EpochSink};
+use crate::plan::PlanNode;
+use crate::stats::DataflowStats;
+
+/// Runtime settings.
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Number of timely worker threads.
+    pub workers: usize,
+    /// How often the coordinator closes an epoch that received data.
+    pub epoch_interval: Duration,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            epoch_interval: Duration::from_millis(1),
+        }
+    }
+}
+
+/// A dataflow to install on every worker.
+pub struct InstallRequest {
+    /// Engine-chosen id, used to remove the dataflow.
+    pub id: u64,
+    /// What to compute.
+    pub plan: PlanNode,
+    /// Where each worker reports completed epochs.
+    pub output: Arc<dyn EpochSink>,
+    /// Existing source contents fed into the new dataflow (by worker 0) before live data.
+    pub backfill: Vec<(String, Vec<DiffBatch>)>,
+    /// Error counters of the dataflow.
+    pub stats: Arc<DataflowStats>,
+}
+
+enum Command {
+    Install(Arc<InstallRequest>),
+    Remove(u64),
+    Data(Arc<str>, DiffBatch),
+    Advance(u64),
+}
+
+type Handle = InputHandle<u64, CapacityContainerBuilder<Vec<DiffBatch>>>;
+
+struct Shared {
+    epoch: AtomicU64,
+    dirty: AtomicBool,
+    stop: AtomicBool,
+    threads: Mutex<Vec<Option<Thread>>>,
+    /// Serializes epoch advances so that `Advance` commands reach every channel in order.
+    advance_lock: Mutex<()>,
+}
+
+/// A running set of timely workers.
+pub struct Runtime {
+    shared: Arc<Shared>,
+    senders: Mutex<Option<Vec<Sender<Command>>>>,
+    guards: Mutex<Option<timely::communication::WorkerGuards<()>>>,
+    coordinator: Mutex<Option<JoinHandle<()>>>,
+    next: AtomicUsize,
+    workers: usize,
+}
+
+impl Runtime {
+    /// Starts the workers and the epoch coordinator.
+    pub fn start(config: RuntimeConfig) -> Result<Self> {
+        let workers = config.workers.max(1);
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| crossbeam_channel::unbounded()).unzip();
+        let receivers: Arc<Mutex<Vec<Option<Receiver<Command>>>>> =
+            Arc::new(Mutex::new(receivers.into_iter().map(Some).collect()));
+        let shared = Arc::new(Shared {
+            epoch: AtomicU64::new(1),
+            dirty: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            threads: Mutex::new(vec![None; workers]),
+            advance_lock: Mutex::new(()),
+        });
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded::<()>(workers);
+        let comm = if workers == 1 {
+            timely::CommunicationConfig::Thread
+        } else {
+            timely::CommunicationConfig::Process(workers)
+        };
+        let (builders, other) = comm.try_build().map_err(DataflowError::Internal)?;
+        let w_shared = shared.clone();
+        let guards = timely::execute::execute_from(builders, other, WorkerConfig::default(), move |worker| {
+            let index = worker.index();
+            let rx = receivers.lock()[index].take();
+            w_shared.threads.lock()[index] = Some(std::thread::current());
+            let _ = ready_tx.send(());
+            if let Some(rx) = rx {
+                worker_loop(worker, rx, &w_shared);
+            }
+        })
+        .map_err(DataflowError::Internal)?;
+        for _ in 0..workers {
+            ready_rx
+                .recv_timeout(Duration::from_secs(30))
+                .map_err(|_| DataflowError::Internal("timely workers did not start".into()))?;
+        }
+        let rt = Self {
+            shared: shared.clone(),
+            senders: Mutex::new(Some(senders)),
+            guards: Mutex::new(Some(guards)),
+            coordinator: Mutex::new(None),
+            next: AtomicUsize::new(0),
+            workers,
+        };
+        let interval = config.epoch_interval;
+        let c_senders = rt.senders.lock().clone().unwrap_or_default();
+        let handle = std::thread::Builder::new()
+            .name("laminar-epochs".into())
+            .spawn(move || {
+                while !shared.stop.load(Ordering::Acquire) {
+                    std::thread::park_timeout(interval);
+                    if shared.dirty.swap(false, Ordering::AcqRel) {
+                        advance(&shared, &c_senders);
+                    }
+                }
+            })
+            .map_err(|e| DataflowError::Internal(e.to_string()))?;
+        *rt.coordinator.lock() = Some(handle);
+        Ok(rt)
+    }
+
+    /// Number of workers.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// The epoch currently open for new data.
+    pub fn current_epoch(&self) -> u64 {
+        self.shared.epoch.load(Ordering::Acquire)
+    }
+
+    fn with_senders<R>(&self, f: impl FnOnce(&[Sender<Command>]) -> R) -> Result<R> {
+        let guard = self.senders.lock();
+        let senders = guard.as_ref().ok_or(DataflowError::NotRunning)?;
+        Ok(f(senders))
+    }
+
+    fn unpark(&self, worker: Option<usize>) {
+        let threads = self.shared.threads.lock();
+        match worker {
+            Some(w) => {
+                if let Some(Some(t)) = threads.get(w) {
+                    t.unpark()
+                }
+            }
+            None => threads.iter().flatten().for_each(|t| t.unpark()),
+        }
+    }
+
+    /// Installs a dataflow on every worker.
+    pub fn install(&self, req: InstallRequest) -> Result<()> {
+        let req = Arc::new(req);
+        self.with_senders(|s| {
+            s.iter().try_for_each(|tx| tx.send(Command::Install(req.clone())).map_err(|_| DataflowError::NotRunning))
+        })??;
+        self.unpark(None);
+        Ok(())
+    }
+
+    /// Removes a dataflow: its inputs close and its operators finish.
+    pub fn remove(&self, id: u64) -> Result<()> {
+        self.with_senders(|s| s.iter().for_each(|tx| drop(tx.send(Command::Remove(id)))))?;
+        self.unpark(None);
+        Ok(())
+    }
+
+    /// Sends a batch of source data to one worker; it joins the currently open epoch.
+    pub fn send(&self, source: &Arc<str>, batch: DiffBatch) -> Result<()> {
+        let w = self.next.fetch_add(1, Ordering::Relaxed) % self.workers;
+        self.with_senders(|s| s[w].send(Command::Data(source.clone(), batch)).map_err(|_| DataflowError::NotRunning))??;
+        self.shared.dirty.store(true, Ordering::Release);
+        self.unpark(Some(w));
+        Ok(())
+    }
+
+    /// Closes the open epoch now; every batch sent before this call belongs to an epoch below the
+    /// returned one.
+    pub fn close_epoch(&self) -> Result<u64> {
+        self.with_senders(|s| advance(&self.shared, s))
+    }
+
+    /// Closes all inputs, lets every dataflow drain, and joins the workers.
+    pub fn shutdown(&self) {
+        // The coordinator holds sender clones: stop it first so the channels can close.
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(h) = self.coordinator.lock().take() {
+            h.thread().unpark();
+            drop(h.join());
+        }
+        let senders = self.senders.lock().take();
+        if let Some(s) = &senders {
+            advance(&self.shared, s);
+        }
+        drop(senders);
+        self.unpark(None);
+        if let Some(g) = self.guards.lock().take() {
+            drop(g.join());
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn advance(shared: &Shared, senders: &[Sender<Command>]) -> u64 {
+    let _g = shared.advance_lock.lock();
+    let next = shared.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+    for tx in senders {
+        let _ = tx.send(Command::Advance(next));
+    }
+    for t in shared.threads.lock().iter().flatten() {
+        t.unpark();
+    }
+    next
+}
+
+struct Installed {
+    inputs: Vec<(String, Handle)>,
+}
+
+fn worker_loop(worker: &mut timely::worker::Worker, rx: Receiver<Command>, shared: &Shared) {
+    let index = worker.index();
+    let mut epoch = shared.epoch.load(Ordering::Acquire);
+    let mut installed: HashMap<u64, Installed> = HashMap::new();
+    loop {
+        let mut worked = false;
+        let mut closed = false;
+        for _ in 0..1024 {
+            match rx.try_recv() {
+                Ok(cmd) => {
+                    worked = true;
+                    match cmd {
+                        Command::Data(source, batch) => {
+                            for df in installed.values_mut() {
+                                for (name, h) in df.inputs.iter_mut() {
+                                    if name.as_str() == &*source {
+                                        h.send(batch.clone());
+                                    }
+                                }
+                            }
+                        }
+                        Command::Advance(e) => {
+                            if e > epoch {
+                                epoch = e;
+                                for df in installed.values_mut() {
+                                    df.inputs.iter_mut().for_each(|(_, h)| h.advance_to(e));
+                                }
+                            }
+                        }
+                        Command::Install(req) => {
+                            let df = install(worker, &req, epoch, index);
+                            installed.insert(req.id, df);
+                        }
+                        Command::Remove(id) => {
+                            installed.remove(&id);
+                        }
+                    }
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        if closed {
+            installed.clear();
+            while worker.has_dataflows() {
+                worker.step_or_park(Some(Duration::from_millis(10)));
+            }
+            return;
+        }
+        if worked {
+            for df in installed.values_mut() {
+                df.inputs.iter_mut().for_each(|(_, h)| h.flush());
+            }
+            worker.step();
+        } else {
+            worker.step_or_park(Some(Duration::from_millis(100)));
+        }
+    }
+}
+
+fn install(worker: &mut timely::worker::Worker, req: &InstallRequest, epoch: u64, index: usize) -> Installed {
+    let mut inputs: Vec<(String, Handle)> = Vec::new();
+    worker.dataflow::<u64, _, _>(|scope| {
+        let mut streams = HashMap::new();
+        for name in req.plan.sources() {
+            let mut h: Handle = InputHandle::new();
+            let s = scope.input_from(&mut h);
+            streams.insert(name.clone(), s);
+            inputs.push((name, h));
+        }
+        if let Some(out) = build_plan(&req.plan, &streams, &req.stats) {
+            out.capture_epochs(index, req.output.clone());
+        }
+    });
+    for (_, h) in inputs.iter_mut() {
+        h.advance_to(epoch);
+    }
+    if index == 0 {
+        for (source, batches) in &req.backfill {
+            if let Some((_, h)) = inputs.iter_mut().find(|(n, _)| n == source) {
+                batches.iter().for_each(|b| h.send(b.clone()));
+            }
+        }
+    }
+    Installed { inputs }
+}

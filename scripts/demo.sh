@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Builds LaminarDB and runs the demo pipeline (no external services needed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/laminardb/target}"
+command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)"; exit 1; }
+cargo run --locked --example demo

@@ -1,0 +1,15 @@
+//! LaminarDB's SQL layer: parsing of the streaming DDL, binding against the catalog, and
+//! planning of continuous queries into dataflow plans.
+//!
+//! Pure: no network or file I/O; the same input gives the same plan.
+
+pub mod ddl;
+pub mod error;
+pub mod exprs;
+pub mod interval;
+pub mod planner;
+pub mod types;
+
+pub use ddl::{parse_statement, Statement};
+pub use error::{PlanError, Result};
+pub use planner::{bind, plan_query, CatalogView, PlannedQuery, SourceBinding, StreamBinding};

@@ -1,0 +1,1045 @@
+//! [`Database`]: the embedding API — catalog, DDL, ingestion, subscriptions, ad-hoc queries and
+//! the pipeline lifecycle.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::catalog::MemTable;
+use datafusion::common::TableReference;
+use datafusion::prelude::SessionContext;
+use laminar_dataflow::batch::DiffBatch;
+use laminar_dataflow::merge::EpochMerger;
+use laminar_dataflow::runtime::{InstallRequest, Runtime, RuntimeConfig};
+use laminar_dataflow::stats::DataflowStats;
+use laminar_sql::ddl::{CreateSink, CreateSource, CreateStream, EmitMode, ObjectKind};
+use laminar_sql::{parse_statement, plan_query, CatalogView, PlannedQuery, SourceBinding, Statement, StreamBinding};
+use parking_lot::{Mutex, RwLock};
+
+use crate::catalog::{Catalog, CatalogEntry};
+use crate::error::{codes, LaminarError, Result};
+use crate::info::*;
+use crate::ingest::{batch_from_json_rows, coerce_batch, concat_or_empty, SourceData};
+use crate::output::{StreamOutput, Subscription, SubscriptionMode};
+
+/// Engine settings.
+#[derive(Clone, Debug)]
+pub struct LaminarConfig {
+    /// Per-source buffer capacity in rows.
+    pub buffer_size: usize,
+    /// Where checkpoints go (defaults to the database directory).
+    pub storage_dir: Option<PathBuf>,
+    /// Checkpoint interval; `None` disables periodic checkpoints.
+    pub checkpoint_interval_ms: Option<u64>,
+    /// Timely worker threads (default: number of cores).
+    pub workers: Option<usize>,
+    /// How often an epoch that received data is closed.
+    pub epoch_interval: Duration,
+}
+
+impl Default for LaminarConfig {
+    fn default() -> Self {
+        Self {
+            buffer_size: 65_536,
+            storage_dir: None,
+            checkpoint_interval_ms: None,
+            workers: None,
+            epoch_interval: Duration::from_millis(1),
+        }
+    }
+}
+
+struct SourceEntry {
+    def: CreateSource,
+    sql: String,
+    name: Arc<str>,
+    schema: SchemaRef,
+    append_only: bool,
+    data: Mutex<SourceData>,
+    total: AtomicU64,
+    /// Largest event time seen minus the watermark delay (ms); i64::MIN when none.
+    watermark: AtomicI64,
+}
+
+struct Running {
+    id: u64,
+    merger: Arc<EpochMerger>,
+}
+
+struct StreamEntry {
+    def: CreateStream,
+    sql: String,
+    planned: PlannedQuery,
+    output: Arc<StreamOutput>,
+    stats: Arc<DataflowStats>,
+    running: Mutex<Option<Running>>,
+}
+
+struct SinkEntry {
+    def: CreateSink,
+    planned: PlannedQuery,
+}
+
+struct State {
+    catalog: Catalog,
+    sources: BTreeMap<String, Arc<SourceEntry>>,
+    streams: BTreeMap<String, Arc<StreamEntry>>,
+    sinks: BTreeMap<String, SinkEntry>,
+    pipeline: PipelineState,
+    started_at: Option<Instant>,
+    next_id: u64,
+}
+
+impl CatalogView for State {
+    fn source(&self, name: &str) -> Option<SourceBinding> {
+        self.sources.get(name).map(|s| SourceBinding { schema: s.schema.clone(), append_only: s.append_only })
+    }
+
+    fn stream(&self, name: &str) -> Option<StreamBinding> {
+        self.streams.get(name).map(|s| StreamBinding { schema: s.planned.schema.clone(), plan: s.planned.plan.clone() })
+    }
+
+    fn relations(&self) -> Vec<(String, SchemaRef)> {
+        self.sources
+            .iter()
+            .map(|(n, s)| (n.clone(), s.schema.clone()))
+            .chain(self.streams.iter().map(|(n, s)| (n.clone(), s.planned.schema.clone())))
+            .collect()
+    }
+}
+
+struct Inner {
+    config: LaminarConfig,
+    dir: Option<PathBuf>,
+    lock_file: Mutex<Option<File>>,
+    state: Mutex<State>,
+    /// Orders "store + send" of ingested data against "snapshot + install" of dataflows.
+    ingest: Mutex<()>,
+    runtime: RwLock<Option<Arc<Runtime>>>,
+    closed: AtomicBool,
+    batches: AtomicU64,
+    query_rt: OnceLock<tokio::runtime::Runtime>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.write().take() {
+            rt.shutdown();
+        }
+    }
+}
+
+/// An embedded LaminarDB database. Cheap to clone; clones share the same engine.
+///
+/// # Examples
+/// ```
+/// use laminardb::Database;
+/// let db = Database::open(":memory:").unwrap();
+/// db.execute("CREATE SOURCE trades (symbol VARCHAR, price DOUBLE)").unwrap();
+/// db.execute("CREATE STREAM agg AS SELECT symbol, COUNT(*) AS n FROM trades GROUP BY symbol").unwrap();
+/// db.start().unwrap();
+/// db.insert_json("trades", r#"[{"symbol":"A","price":1.0},{"symbol":"A","price":2.0}]"#).unwrap();
+/// db.flush().unwrap();
+/// let r = db.query("SELECT n FROM agg WHERE symbol = 'A'").unwrap();
+/// assert_eq!(r.pretty().lines().nth(3).unwrap().trim(), "| 2 |");
+/// db.shutdown().unwrap();
+/// ```
+#[derive(Clone)]
+pub struct Database {
+    inner: Arc<Inner>,
+}
+
+/// The Python API calls the handle a connection; it is the same object.
+pub type Connection = Database;
+
+impl Database {
+    /// Opens (or creates) the database in directory `path`; `":memory:"` keeps nothing on disk.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with_config(path, LaminarConfig::default())
+    }
+
+    /// Opens with explicit settings.
+    pub fn open_with_config(path: impl AsRef<Path>, config: LaminarConfig) -> Result<Self> {
+        let path = path.as_ref();
+        let dir = if path.as_os_str() == ":memory:" { None } else { Some(path.to_path_buf()) };
+        let lock_file = match &dir {
+            None => None,
+            Some(d) => Some(lock_dir(d)?),
+        };
+        let catalog = Catalog::load(dir.as_deref())?;
+        let replay: Vec<CatalogEntry> = catalog.entries().to_vec();
+        let db = Database {
+            inner: Arc::new(Inner {
+                config,
+                dir,
+                lock_file: Mutex::new(lock_file),
+                state: Mutex::new(State {
+                    catalog,
+                    sources: BTreeMap::new(),
+                    streams: BTreeMap::new(),
+                    sinks: BTreeMap::new(),
+                    pipeline: PipelineState::Created,
+                    started_at: None,
+                    next_id: 1,
+                }),
+                ingest: Mutex::new(()),
+                runtime: RwLock::new(None),
+                closed: AtomicBool::new(false),
+                batches: AtomicU64::new(0),
+                query_rt: OnceLock::new(),
+            }),
+        };
+        for entry in replay {
+            db.execute_inner(&entry.sql, false).map_err(|e| LaminarError::Connection {
+                code: codes::CONNECTION_FAILED,
+                message: format!("cannot restore '{}' from the catalog: {e}", entry.name),
+            })?;
+        }
+        Ok(db)
+    }
+
+    /// The database directory, if not in memory.
+    pub fn path(&self) -> Option<&Path> {
+        self.inner.dir.as_deref()
+    }
+
+    /// The settings the database was opened with.
+    pub fn config(&self) -> &LaminarConfig {
+        &self.inner.config
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            Err(LaminarError::closed())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// True after [`Database::close`].
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// Executes one statement.
+    pub fn execute(&self, sql: &str) -> Result<ExecuteResult> {
+        self.check_open()?;
+        self.execute_inner(sql, true)
+    }
+
+    fn execute_inner(&self, sql: &str, persist: bool) -> Result<ExecuteResult> {
+        match parse_statement(sql)? {
+            Statement::CreateSource(def) => self.create_source(def, sql, persist),
+            Statement::CreateStream(def) => self.create_stream(def, sql, persist),
+            Statement::CreateSink(def) => self.create_sink(def, sql, persist),
+            Statement::Drop { kind, name, if_exists, cascade } => self.drop_object(kind, &name, if_exists, cascade),
+            Statement::Show(kind) => self.show(kind).map(ExecuteResult::Metadata),
+            Statement::Describe(name) => self.describe(&name).map(ExecuteResult::Metadata),
+            Statement::Explain(q) => self.explain(&q).map(ExecuteResult::Metadata),
+            Statement::Insert { table, columns, query } => {
+                self.insert_sql(&table, &columns, &query).map(|n| ExecuteResult::RowsAffected(n as u64))
+            }
+            Statement::Query(q) => self.run_query(&q).map(ExecuteResult::Query),
+        }
+    }
+
+    fn name_taken(st: &State, name: &str) -> Option<&'static str> {
+        if st.sources.contains_key(name) {
+            Some("source")
+        } else if st.streams.contains_key(name) {
+            Some("stream")
+        } else if st.sinks.contains_key(name) {
+            Some("sink")
+        } else {
+            None
+        }
+    }
+
+    fn create_source(&self, def: CreateSource, sql: &str, persist: bool) -> Result<ExecuteResult> {
+        let mut st = self.inner.state.lock();
+        let obj = def.name.clone();
+        let ddl = move || ExecuteResult::Ddl { ddl_type: "CREATE SOURCE".into(), ddl_object: obj.clone() };
+        if let Some(kind) = Self::name_taken(&st, &def.name) {
+            if def.if_not_exists {
+                return Ok(ddl());
+            }
+            if !(def.or_replace && kind == "source") {
+                return Err(LaminarError::AlreadyExists(format!("a {kind} named '{}' already exists", def.name)));
+            }
+            let deps = dependents(&st, &def.name);
+            if !deps.is_empty() {
+                return Err(LaminarError::Query(format!(
+                    "cannot replace source '{}': {} depend on it",
+                    def.name,
+                    deps.join(", ")
+                )));
+            }
+        }
+        if !def.options.is_empty() {
+            laminar_adapters::validate_source(&def.options)?;
+        }
+        let schema = Arc::new(Schema::new(
+            def.columns.iter().map(|c| Field::new(&c.name, c.data_type.clone(), c.nullable)).collect::<Vec<_>>(),
+        ));
+        let pk: Vec<usize> =
+            def.primary_key.iter().filter_map(|k| def.columns.iter().position(|c| &c.name == k)).collect();
+        let data = SourceData::new(&schema, &pk)?;
+        let entry = Arc::new(SourceEntry {
+            name: Arc::from(def.name.as_str()),
+            sql: sql.trim().to_string(),
+            append_only: pk.is_empty(),
+            schema,
+            data: Mutex::new(data),
+            total: AtomicU64::new(0),
+            watermark: AtomicI64::new(i64::MIN),
+            def,
+        });
+        let name = entry.def.name.clone();
+        if persist {
+            let e = CatalogEntry { name: name.clone(), kind: "SOURCE".into(), sql: entry.sql.clone() };
+            st.catalog.update(|v| {
+                v.retain(|x| x.name != name);
+                v.push(e)
+            })?;
+        }
+        st.sources.insert(name, entry);
+        Ok(ddl())
+    }
+
+    fn create_stream(&self, def: CreateStream, sql: &str, persist: bool) -> Result<ExecuteResult> {
+        let mut st = self.inner.state.lock();
+        let ddl_type = if def.materialized { "CREATE MATERIALIZED VIEW" } else { "CREATE STREAM" };
+        let obj = def.name.clone();
+        let ddl = move || ExecuteResult::Ddl { ddl_type: ddl_type.into(), ddl_object: obj.clone() };
+        if let Some(kind) = Self::name_taken(&st, &def.name) {
+            if def.if_not_exists {
+                return Ok(ddl());
+            }
+            return Err(LaminarError::AlreadyExists(format!("a {kind} named '{}' already exists", def.name)));
+        }
+        if def.emit == EmitMode::OnWindowClose {
+            return Err(LaminarError::Query(
+                "not supported: EMIT ON WINDOW CLOSE needs an event-time window (TUMBLE/HOP/SESSION) in GROUP BY"
+                    .into(),
+            ));
+        }
+        let planned = plan_query(&def.query, &*st)?;
+        let output = Arc::new(StreamOutput::new(planned.schema.clone(), planned.plan.is_append_only())?);
+        let entry = Arc::new(StreamEntry {
+            sql: sql.trim().to_string(),
+            planned,
+            output,
+            stats: Arc::new(DataflowStats::default()),
+            running: Mutex::new(None),
+            def,
+        });
+        let name = entry.def.name.clone();
+        if persist {
+            let kind = if entry.def.materialized { "MATERIALIZED VIEW" } else { "STREAM" };
+            let e = CatalogEntry { name: name.clone(), kind: kind.into(), sql: entry.sql.clone() };
+            st.catalog.update(|v| v.push(e))?;
+        }
+        if let Some(rt) = self.inner.runtime.read().clone() {
+            let id = st.next_id;
+            st.next_id += 1;
+            self.install(&st, &rt, &entry, id)?;
+        }
+        st.streams.insert(name, entry);
+        Ok(ddl())
+    }
+
+    fn create_sink(&self, def: CreateSink, sql: &str, persist: bool) -> Result<ExecuteResult> {
+        let mut st = self.inner.state.lock();
+        let obj = def.name.clone();
+        let ddl = move || ExecuteResult::Ddl { ddl_type: "CREATE SINK".into(), ddl_object: obj.clone() };
+        if let Some(kind) = Self::name_taken(&st, &def.name) {
+            if def.if_not_exists {
+                return Ok(ddl());
+            }
+            return Err(LaminarError::AlreadyExists(format!("a {kind} named '{}' already exists", def.name)));
+        }
+        laminar_adapters::validate_sink(&def.options)?;
+        let planned = plan_query(&def.query, &*st)?;
+        let name = def.name.clone();
+        if persist {
+            let e = CatalogEntry { name: name.clone(), kind: "SINK".into(), sql: sql.trim().to_string() };
+            st.catalog.update(|v| v.push(e))?;
+        }
+        st.sinks.insert(name, SinkEntry { def, planned });
+        Ok(ddl())
+    }
+
+    fn drop_object(&self, kind: ObjectKind, name: &str, if_exists: bool, cascade: bool) -> Result<ExecuteResult> {
+        let mut st = self.inner.state.lock();
+        let ddl = ExecuteResult::Ddl { ddl_type: format!("DROP {}", kind.sql()), ddl_object: name.to_string() };
+        let exists = match kind {
+            ObjectKind::Source => st.sources.contains_key(name),
+            ObjectKind::Stream | ObjectKind::MaterializedView => st.streams.contains_key(name),
+            ObjectKind::Sink => st.sinks.contains_key(name),
+        };
+        if !exists {
+            if if_exists {
+                return Ok(ddl);
+            }
+            return Err(LaminarError::NotFound(format!("{} '{name}' does not exist", kind.sql().to_lowercase())));
+        }
+        // Everything that (transitively) reads `name`, dropped first.
+        let mut doomed: Vec<String> = Vec::new();
+        let mut frontier = vec![name.to_string()];
+        while let Some(n) = frontier.pop() {
+            for d in dependents(&st, &n) {
+                if !doomed.contains(&d) {
+                    frontier.push(d.clone());
+                    doomed.push(d);
+                }
+            }
+        }
+        if !doomed.is_empty() && !cascade {
+            return Err(LaminarError::Query(format!(
+                "cannot drop '{name}': {} depend on it (use DROP … CASCADE)",
+                doomed.join(", ")
+            )));
+        }
+        doomed.insert(0, name.to_string());
+        let gone: BTreeSet<String> = doomed.iter().cloned().collect();
+        st.catalog.update(|v| v.retain(|e| !gone.contains(&e.name)))?;
+        let rt = self.inner.runtime.read().clone();
+        for n in doomed.iter().rev() {
+            st.sources.remove(n);
+            st.sinks.remove(n);
+            if let Some(s) = st.streams.remove(n) {
+                if let (Some(rt), Some(r)) = (&rt, s.running.lock().take()) {
+                    rt.remove(r.id)?;
+                }
+                s.output.close_subscribers();
+            }
+        }
+        Ok(ddl)
+    }
+
+    fn install(&self, _st: &State, rt: &Arc<Runtime>, entry: &Arc<StreamEntry>, id: u64) -> Result<()> {
+        let output = entry.output.clone();
+        output.reset()?;
+        let merger = Arc::new(EpochMerger::new(rt.workers(), Box::new(move |e, b| output.deliver(e, b))));
+        let _g = self.inner.ingest.lock();
+        let st_sources = entry.planned.plan.sources();
+        let mut backfill = Vec::new();
+        for name in st_sources {
+            let src = _st
+                .sources
+                .get(&name)
+                .ok_or_else(|| LaminarError::Internal(format!("stream reads unknown source '{name}'")))?;
+            let batches = src.data.lock().snapshot()?;
+            backfill.push((name, batches.into_iter().map(DiffBatch::inserts).collect()));
+        }
+        rt.install(InstallRequest {
+            id,
+            plan: entry.planned.plan.clone(),
+            output: merger.clone(),
+            backfill,
+            stats: entry.stats.clone(),
+        })?;
+        *entry.running.lock() = Some(Running { id, merger });
+        Ok(())
+    }
+
+    /// Starts the pipeline: every stream begins processing (existing source contents first).
+    pub fn start(&self) -> Result<()> {
+        self.check_open()?;
+        let mut st = self.inner.state.lock();
+        match st.pipeline {
+            PipelineState::Running | PipelineState::Starting => return Ok(()),
+            PipelineState::Created | PipelineState::Stopped | PipelineState::ShuttingDown => {}
+        }
+        st.pipeline = PipelineState::Starting;
+        let cfg = RuntimeConfig {
+            workers: self.inner.config.workers.unwrap_or_else(|| RuntimeConfig::default().workers),
+            epoch_interval: self.inner.config.epoch_interval,
+        };
+        let rt = match Runtime::start(cfg) {
+            Ok(rt) => Arc::new(rt),
+            Err(e) => {
+                st.pipeline = PipelineState::Stopped;
+                return Err(e.into());
+            }
+        };
+        *self.inner.runtime.write() = Some(rt.clone());
+        let streams: Vec<Arc<StreamEntry>> =
+            catalog_order(&st).into_iter().filter_map(|n| st.streams.get(&n).cloned()).collect();
+        for s in streams {
+            let id = st.next_id;
+            st.next_id += 1;
+            if let Err(e) = self.install(&st, &rt, &s, id) {
+                drop(self.inner.runtime.write().take());
+                rt.shutdown();
+                st.pipeline = PipelineState::Stopped;
+                return Err(e);
+            }
+        }
+        st.pipeline = PipelineState::Running;
+        st.started_at = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Stops the pipeline after draining in-flight data; subscriptions end.
+    pub fn shutdown(&self) -> Result<()> {
+        let mut st = self.inner.state.lock();
+        if st.pipeline != PipelineState::Running {
+            return Ok(());
+        }
+        st.pipeline = PipelineState::ShuttingDown;
+        let rt = {
+            let _g = self.inner.ingest.lock();
+            self.inner.runtime.write().take()
+        };
+        if let Some(rt) = rt {
+            rt.shutdown();
+        }
+        for s in st.streams.values() {
+            *s.running.lock() = None;
+            s.output.close_subscribers();
+        }
+        st.pipeline = PipelineState::Stopped;
+        st.started_at = None;
+        Ok(())
+    }
+
+    /// Shuts down and releases the database directory; every later call fails.
+    pub fn close(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.shutdown()?;
+        self.inner.lock_file.lock().take();
+        Ok(())
+    }
+
+    /// Waits until every row inserted before this call is reflected in every stream.
+    pub fn flush(&self) -> Result<()> {
+        self.check_open()?;
+        let Some(rt) = self.inner.runtime.read().clone() else { return Ok(()) };
+        let epoch = rt.close_epoch()?;
+        let mergers: Vec<Arc<EpochMerger>> = {
+            let st = self.inner.state.lock();
+            st.streams.values().filter_map(|s| s.running.lock().as_ref().map(|r| r.merger.clone())).collect()
+        };
+        for m in mergers {
+            if !m.wait_delivered(epoch, Duration::from_secs(60)) {
+                return Err(LaminarError::Internal("flush timed out after 60 s".into()));
+            }
+        }
+        Ok(())
+    }
+
+    fn source(&self, name: &str) -> Result<Arc<SourceEntry>> {
+        let st = self.inner.state.lock();
+        st.sources
+            .get(&name.to_lowercase())
+            .or_else(|| st.sources.get(name))
+            .cloned()
+            .ok_or_else(|| LaminarError::NotFound(format!("source '{name}' does not exist")))
+    }
+
+    /// Inserts a batch into a source; returns the number of rows. All or nothing.
+    pub fn insert(&self, source: &str, batch: &RecordBatch) -> Result<usize> {
+        self.check_open()?;
+        let src = self.source(source)?;
+        let batch = coerce_batch(&src.def.name, batch, &src.schema)?;
+        self.ingest(&src, batch)
+    }
+
+    fn ingest(&self, src: &SourceEntry, batch: RecordBatch) -> Result<usize> {
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok(0);
+        }
+        if let Some(w) = &src.def.watermark {
+            if let Some(max) = max_event_time_ms(&batch, &w.column) {
+                src.watermark.fetch_max(max.saturating_sub(w.delay_ms), Ordering::AcqRel);
+            }
+        }
+        let _g = self.inner.ingest.lock();
+        let change = src.data.lock().insert(batch)?;
+        if let Some(rt) = self.inner.runtime.read().as_ref() {
+            rt.send(&src.name, change)?;
+        }
+        src.total.fetch_add(n as u64, Ordering::Relaxed);
+        self.inner.batches.fetch_add(1, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    /// Deletes rows of an upsert source (one with a PRIMARY KEY) by key; returns rows removed.
+    pub fn delete(&self, source: &str, keys: &RecordBatch) -> Result<usize> {
+        self.check_open()?;
+        let src = self.source(source)?;
+        let _g = self.inner.ingest.lock();
+        let change = src.data.lock().delete(&src.def.name, keys)?;
+        let Some(change) = change else { return Ok(0) };
+        let n = change.num_rows();
+        if let Some(rt) = self.inner.runtime.read().as_ref() {
+            rt.send(&src.name, change)?;
+        }
+        Ok(n)
+    }
+
+    /// Inserts rows given as a JSON object, an array of objects, or newline-delimited objects.
+    pub fn insert_json(&self, source: &str, json: &str) -> Result<usize> {
+        let src = self.source(source)?;
+        let batch = batch_from_json_rows(&src.schema, json)?;
+        self.insert(source, &batch)
+    }
+
+    /// Inserts rows given as CSV text with a header line.
+    pub fn insert_csv(&self, source: &str, csv: &str) -> Result<usize> {
+        let src = self.source(source)?;
+        let reader = arrow::csv::ReaderBuilder::new(src.schema.clone())
+            .with_header(true)
+            .build(std::io::Cursor::new(csv.as_bytes().to_vec()))
+            .map_err(|e| LaminarError::schema(format!("CSV does not match source '{source}': {e}")))?;
+        let batches = reader
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| LaminarError::schema(format!("CSV does not match source '{source}': {e}")))?;
+        let batch = concat_or_empty(&src.schema, &batches)?;
+        self.insert(source, &batch)
+    }
+
+    fn insert_sql(&self, table: &str, columns: &[String], query: &str) -> Result<usize> {
+        let src = self.source(table)?;
+        let result = self.run_query(query)?;
+        let data = result.to_batch()?;
+        let names: Vec<String> = if columns.is_empty() {
+            src.schema.fields().iter().map(|f| f.name().clone()).collect()
+        } else {
+            columns.to_vec()
+        };
+        if data.num_columns() != names.len() {
+            return Err(LaminarError::schema(format!(
+                "INSERT INTO {table} has {} values per row but {} columns",
+                data.num_columns(),
+                names.len()
+            )));
+        }
+        let fields: Vec<Field> = data
+            .schema()
+            .fields()
+            .iter()
+            .zip(&names)
+            .map(|(f, n)| Field::new(n, f.data_type().clone(), true))
+            .collect();
+        let renamed = RecordBatch::try_new(Arc::new(Schema::new(fields)), data.columns().to_vec())?;
+        self.insert(table, &renamed)
+    }
+
+    /// Subscribes to a stream's changes (upsert view by default; `EMIT CHANGES` streams and
+    /// [`SubscriptionMode::Changelog`] give every change with a `_weight` column).
+    pub fn subscribe(&self, stream: &str) -> Result<Subscription> {
+        let mode = {
+            let st = self.inner.state.lock();
+            match st.streams.get(stream) {
+                Some(s) if s.def.emit == EmitMode::Changes => SubscriptionMode::Changelog,
+                _ => SubscriptionMode::Upsert,
+            }
+        };
+        self.subscribe_with_mode(stream, mode)
+    }
+
+    /// Subscribes with an explicit delivery mode.
+    pub fn subscribe_with_mode(&self, stream: &str, mode: SubscriptionMode) -> Result<Subscription> {
+        self.check_open()?;
+        let st = self.inner.state.lock();
+        let s = st.streams.get(stream).ok_or_else(|| LaminarError::Subscription {
+            code: codes::SUBSCRIPTION_FAILED,
+            message: format!("stream '{stream}' does not exist"),
+        })?;
+        Ok(s.output.subscribe(mode))
+    }
+
+    /// Runs an ad-hoc query over the current contents of sources, streams and views.
+    pub fn query(&self, sql: &str) -> Result<QueryResult> {
+        self.check_open()?;
+        match parse_statement(sql)? {
+            Statement::Query(q) => self.run_query(&q),
+            other => match self.execute_inner(sql, true)? {
+                ExecuteResult::Query(r) | ExecuteResult::Metadata(r) => Ok(r),
+                _ => Err(LaminarError::Query(format!("not a query: {}", statement_kind(&other)))),
+            },
+        }
+    }
+
+    fn query_runtime(&self) -> Result<&tokio::runtime::Runtime> {
+        if let Some(rt) = self.inner.query_rt.get() {
+            return Ok(rt);
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("laminar-query")
+            .enable_all()
+            .build()
+            .map_err(|e| LaminarError::Internal(e.to_string()))?;
+        Ok(self.inner.query_rt.get_or_init(|| rt))
+    }
+
+    fn run_query(&self, sql: &str) -> Result<QueryResult> {
+        let ctx = SessionContext::new();
+        {
+            let st = self.inner.state.lock();
+            for (name, s) in &st.sources {
+                let data = s.data.lock().snapshot()?;
+                let t = MemTable::try_new(s.schema.clone(), vec![data])?;
+                ctx.register_table(TableReference::bare(name.as_str()), Arc::new(t))?;
+            }
+            for (name, s) in &st.streams {
+                let t = MemTable::try_new(s.planned.schema.clone(), vec![s.output.snapshot()?])?;
+                ctx.register_table(TableReference::bare(name.as_str()), Arc::new(t))?;
+            }
+        }
+        let rt = self.query_runtime()?;
+        let sql = sql.to_string();
+        let (schema, batches) = rt.block_on(async move {
+            let df = ctx.sql(&sql).await?;
+            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+            let batches = df.collect().await?;
+            Ok::<_, datafusion::error::DataFusionError>((schema, batches))
+        })?;
+        Ok(QueryResult { schema, batches })
+    }
+
+    fn explain(&self, query: &str) -> Result<QueryResult> {
+        let st = self.inner.state.lock();
+        let planned = plan_query(query, &*st)?;
+        metadata(
+            &["plan_type", "plan"],
+            vec![vec!["dataflow".into(), planned.plan.explain()], vec!["logical".into(), planned.logical.clone()]],
+        )
+    }
+
+    fn show(&self, kind: ObjectKind) -> Result<QueryResult> {
+        let st = self.inner.state.lock();
+        match kind {
+            ObjectKind::Source => metadata(
+                &["name", "connector", "watermark_column"],
+                st.sources
+                    .values()
+                    .map(|s| {
+                        vec![
+                            s.def.name.clone(),
+                            s.def.options.get("connector").cloned().unwrap_or_default(),
+                            s.def.watermark.as_ref().map(|w| w.column.clone()).unwrap_or_default(),
+                        ]
+                    })
+                    .collect(),
+            ),
+            ObjectKind::Stream | ObjectKind::MaterializedView => {
+                let want_mv = kind == ObjectKind::MaterializedView;
+                metadata(
+                    &["name", "sql"],
+                    st.streams
+                        .values()
+                        .filter(|s| s.def.materialized == want_mv)
+                        .map(|s| vec![s.def.name.clone(), s.def.query.clone()])
+                        .collect(),
+                )
+            }
+            ObjectKind::Sink => metadata(
+                &["name", "connector", "sql"],
+                st.sinks
+                    .values()
+                    .map(|s| {
+                        vec![
+                            s.def.name.clone(),
+                            s.def.options.get("connector").cloned().unwrap_or_default(),
+                            s.def.query.clone(),
+                        ]
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
+    fn describe(&self, name: &str) -> Result<QueryResult> {
+        let st = self.inner.state.lock();
+        let schema = st
+            .sources
+            .get(name)
+            .map(|s| s.schema.clone())
+            .or_else(|| st.streams.get(name).map(|s| s.planned.schema.clone()))
+            .or_else(|| st.sinks.get(name).map(|s| s.planned.schema.clone()))
+            .ok_or_else(|| LaminarError::NotFound(format!("'{name}' does not exist")))?;
+        metadata(
+            &["column_name", "data_type", "is_nullable"],
+            schema
+                .fields()
+                .iter()
+                .map(|f| {
+                    vec![
+                        f.name().clone(),
+                        laminar_sql::types::arrow_to_sql_type(f.data_type()),
+                        if f.is_nullable() { "YES".into() } else { "NO".into() },
+                    ]
+                })
+                .collect(),
+        )
+    }
+
+    /// Every source.
+    pub fn sources(&self) -> Vec<SourceInfo> {
+        let st = self.inner.state.lock();
+        catalog_order(&st)
+            .iter()
+            .filter_map(|n| st.sources.get(n))
+            .map(|s| SourceInfo {
+                name: s.def.name.clone(),
+                schema: s.schema.clone(),
+                watermark_column: s.def.watermark.as_ref().map(|w| w.column.clone()),
+                connector: s.def.options.get("connector").cloned(),
+                primary_key: s.def.primary_key.clone(),
+            })
+            .collect()
+    }
+
+    /// Every stream and materialized view.
+    pub fn streams(&self) -> Vec<StreamInfo> {
+        let st = self.inner.state.lock();
+        catalog_order(&st)
+            .iter()
+            .filter_map(|n| st.streams.get(n))
+            .map(|s| StreamInfo {
+                name: s.def.name.clone(),
+                sql: s.def.query.clone(),
+                schema: s.planned.schema.clone(),
+                materialized: s.def.materialized,
+            })
+            .collect()
+    }
+
+    /// Every sink.
+    pub fn sinks(&self) -> Vec<SinkInfo> {
+        let st = self.inner.state.lock();
+        catalog_order(&st)
+            .iter()
+            .filter_map(|n| st.sinks.get(n))
+            .map(|s| SinkInfo {
+                name: s.def.name.clone(),
+                sql: s.def.query.clone(),
+                connector: s.def.options.get("connector").cloned().unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// Schema of a source or stream.
+    pub fn schema(&self, name: &str) -> Result<SchemaRef> {
+        let st = self.inner.state.lock();
+        st.sources
+            .get(name)
+            .map(|s| s.schema.clone())
+            .or_else(|| st.streams.get(name).map(|s| s.planned.schema.clone()))
+            .ok_or_else(|| LaminarError::NotFound(format!("'{name}' does not exist")))
+    }
+
+    /// Current pipeline state.
+    pub fn pipeline_state(&self) -> PipelineState {
+        self.inner.state.lock().pipeline
+    }
+
+    /// Minimum event-time watermark over sources that declare one (milliseconds).
+    pub fn pipeline_watermark(&self) -> Option<i64> {
+        let st = self.inner.state.lock();
+        st.sources
+            .values()
+            .filter(|s| s.def.watermark.is_some())
+            .map(|s| s.watermark.load(Ordering::Acquire))
+            .min()
+            .filter(|&w| w != i64::MIN)
+    }
+
+    /// Whole-pipeline counters.
+    pub fn metrics(&self) -> PipelineMetrics {
+        let watermark = self.pipeline_watermark();
+        let st = self.inner.state.lock();
+        let rt = self.inner.runtime.read().clone();
+        PipelineMetrics {
+            total_events_ingested: st.sources.values().map(|s| s.total.load(Ordering::Relaxed)).sum(),
+            total_events_emitted: st.streams.values().map(|s| s.output.rows_delivered.load(Ordering::Relaxed)).sum(),
+            total_events_dropped: st.streams.values().map(|s| s.stats.dropped()).sum(),
+            total_cycles: rt.map(|r| r.current_epoch().saturating_sub(1)).unwrap_or(0),
+            total_batches: self.inner.batches.load(Ordering::Relaxed),
+            uptime_secs: st.started_at.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0),
+            state: st.pipeline.name().to_string(),
+            source_count: st.sources.len(),
+            stream_count: st.streams.len(),
+            sink_count: st.sinks.len(),
+            pipeline_watermark: watermark,
+        }
+    }
+
+    /// Counters of one source, `None` if it does not exist.
+    pub fn source_metrics(&self, name: &str) -> Option<SourceMetrics> {
+        let st = self.inner.state.lock();
+        let s = st.sources.get(name)?;
+        let capacity = self.inner.config.buffer_size as u64;
+        let w = s.watermark.load(Ordering::Acquire);
+        Some(SourceMetrics {
+            name: s.def.name.clone(),
+            total_events: s.total.load(Ordering::Relaxed),
+            pending: 0,
+            capacity,
+            is_backpressured: false,
+            watermark: (w != i64::MIN).then_some(w),
+            utilization: 0.0,
+        })
+    }
+
+    /// Counters of every source.
+    pub fn all_source_metrics(&self) -> Vec<SourceMetrics> {
+        let names: Vec<String> = self.sources().into_iter().map(|s| s.name).collect();
+        names.iter().filter_map(|n| self.source_metrics(n)).collect()
+    }
+
+    /// Counters of one stream, `None` if it does not exist.
+    pub fn stream_metrics(&self, name: &str) -> Option<StreamMetrics> {
+        let st = self.inner.state.lock();
+        let s = st.streams.get(name)?;
+        Some(StreamMetrics {
+            name: s.def.name.clone(),
+            total_events: s.output.rows_out.load(Ordering::Relaxed),
+            epochs: s.output.epochs.load(Ordering::Relaxed),
+            current_rows: s.output.num_rows() as u64,
+            dropped: s.stats.dropped(),
+            last_error: s.stats.last_error(),
+            sql: s.def.query.clone(),
+        })
+    }
+
+    /// Counters of every stream.
+    pub fn all_stream_metrics(&self) -> Vec<StreamMetrics> {
+        let names: Vec<String> = self.streams().into_iter().map(|s| s.name).collect();
+        names.iter().filter_map(|n| self.stream_metrics(n)).collect()
+    }
+
+    /// The pipeline graph: sources, streams and sinks with the edges between them.
+    pub fn topology(&self) -> PipelineTopology {
+        let st = self.inner.state.lock();
+        let mut topo = PipelineTopology::default();
+        for n in catalog_order(&st) {
+            if let Some(s) = st.sources.get(&n) {
+                topo.nodes.push(PipelineNode {
+                    name: n.clone(),
+                    node_type: "source".into(),
+                    schema: s.schema.clone(),
+                    sql: None,
+                });
+            } else if let Some(s) = st.streams.get(&n) {
+                topo.nodes.push(PipelineNode {
+                    name: n.clone(),
+                    node_type: "stream".into(),
+                    schema: s.planned.schema.clone(),
+                    sql: Some(s.def.query.clone()),
+                });
+                for r in &s.planned.references {
+                    topo.edges.push(PipelineEdge { from_node: r.clone(), to_node: n.clone() });
+                }
+            } else if let Some(s) = st.sinks.get(&n) {
+                topo.nodes.push(PipelineNode {
+                    name: n.clone(),
+                    node_type: "sink".into(),
+                    schema: s.planned.schema.clone(),
+                    sql: Some(s.def.query.clone()),
+                });
+                for r in &s.planned.references {
+                    topo.edges.push(PipelineEdge { from_node: r.clone(), to_node: n.clone() });
+                }
+            }
+        }
+        topo
+    }
+}
+
+fn statement_kind(s: &Statement) -> &'static str {
+    match s {
+        Statement::CreateSource(_) => "CREATE SOURCE",
+        Statement::CreateStream(_) => "CREATE STREAM",
+        Statement::CreateSink(_) => "CREATE SINK",
+        Statement::Drop { .. } => "DROP",
+        Statement::Show(_) => "SHOW",
+        Statement::Describe(_) => "DESCRIBE",
+        Statement::Explain(_) => "EXPLAIN",
+        Statement::Insert { .. } => "INSERT",
+        Statement::Query(_) => "query",
+    }
+}
+
+/// Names of the streams and sinks that read `name` directly.
+fn dependents(st: &State, name: &str) -> Vec<String> {
+    let mut out: Vec<String> =
+        st.streams.iter().filter(|(_, s)| s.planned.references.contains(name)).map(|(n, _)| n.clone()).collect();
+    out.extend(st.sinks.iter().filter(|(_, s)| s.planned.references.contains(name)).map(|(n, _)| n.clone()));
+    out
+}
+
+fn catalog_order(st: &State) -> Vec<String> {
+    let mut names: Vec<String> = st.catalog.entries().iter().map(|e| e.name.clone()).collect();
+    // In-memory databases have no persisted catalog: fall back to name order.
+    for n in st.sources.keys().chain(st.streams.keys()).chain(st.sinks.keys()) {
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
+    }
+    names
+}
+
+fn metadata(columns: &[&str], rows: Vec<Vec<String>>) -> Result<QueryResult> {
+    let schema =
+        Arc::new(Schema::new(columns.iter().map(|c| Field::new(*c, DataType::Utf8, false)).collect::<Vec<_>>()));
+    let cols: Vec<ArrayRef> = (0..columns.len())
+        .map(|i| Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r[i].as_str()))) as ArrayRef)
+        .collect();
+    let batch = RecordBatch::try_new(schema.clone(), cols)?;
+    Ok(QueryResult { schema, batches: vec![batch] })
+}
+
+fn lock_dir(dir: &Path) -> Result<File> {
+    std::fs::create_dir_all(dir).map_err(|e| LaminarError::Connection {
+        code: codes::CONNECTION_FAILED,
+        message: format!("cannot create database directory {}: {e}", dir.display()),
+    })?;
+    let path = dir.join("LOCK");
+    let file =
+        File::options().create(true).truncate(false).write(true).open(&path).map_err(|e| LaminarError::Connection {
+            code: codes::CONNECTION_FAILED,
+            message: format!("cannot open {}: {e}", path.display()),
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(_) => Err(LaminarError::Connection {
+            code: codes::CONNECTION_IN_USE,
+            message: format!("database {} is in use by another process (lock file {})", dir.display(), path.display()),
+        }),
+    }
+}
+
+/// Largest value of the event-time column, in milliseconds.
+fn max_event_time_ms(batch: &RecordBatch, column: &str) -> Option<i64> {
+    let col = batch.column_by_name(column)?;
+    let as_i64 = |a: &dyn Array| -> Option<i64> {
+        let c = arrow::compute::cast(a, &DataType::Int64).ok()?;
+        arrow::compute::max(c.as_primitive::<arrow::datatypes::Int64Type>())
+    };
+    match col.data_type() {
+        DataType::Timestamp(unit, _) => {
+            let v = as_i64(col.as_ref())?;
+            Some(match unit {
+                TimeUnit::Second => v.saturating_mul(1000),
+                TimeUnit::Millisecond => v,
+                TimeUnit::Microsecond => v / 1000,
+                TimeUnit::Nanosecond => v / 1_000_000,
+            })
+        }
+        DataType::Date32 => as_i64(col.as_ref()).map(|d| d * 86_400_000),
+        _ => as_i64(col.as_ref()),
+    }
+}

@@ -1,0 +1,350 @@
+//! Ingestion: coercing incoming batches to a source's schema, and the source's stored contents
+//! (append-only batches, or the current row per primary key for upsert sources).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{new_null_array, Array, ArrayRef, Int64Array, RecordBatch, RecordBatchOptions};
+use arrow::compute::{cast_with_options, CastOptions};
+use arrow::datatypes::{DataType, SchemaRef};
+use arrow::util::display::FormatOptions;
+use arrow_row::{OwnedRow, RowConverter, SortField};
+use laminar_dataflow::batch::DiffBatch;
+
+use crate::error::{codes, LaminarError, Result};
+
+fn castable(from: &DataType, to: &DataType) -> bool {
+    use DataType::*;
+    if from == to || from == &Null {
+        return true;
+    }
+    let stringy = |t: &DataType| matches!(t, Utf8 | LargeUtf8 | Utf8View);
+    let binary = |t: &DataType| matches!(t, Binary | LargeBinary | BinaryView | FixedSizeBinary(_));
+    let temporal = |t: &DataType| matches!(t, Date32 | Date64 | Timestamp(..) | Time32(_) | Time64(_));
+    match (from, to) {
+        (f, t) if f.is_numeric() && t.is_numeric() => true,
+        (f, t) if stringy(f) && stringy(t) => true,
+        (f, t) if binary(f) && binary(t) => true,
+        (f, t) if stringy(f) && (temporal(t) || matches!(t, Decimal128(..) | Interval(_) | Boolean)) => true,
+        (f, t) if temporal(f) && temporal(t) => true,
+        (Dictionary(_, v), t) => castable(v, t),
+        (Interval(_), Interval(_)) | (Duration(_), Interval(_)) => true,
+        _ => false,
+    }
+}
+
+/// Aligns `batch` to `schema`: columns matched by name (case-insensitively), missing nullable
+/// columns filled with nulls, safe type coercions applied. Any problem is an error naming the
+/// column, and nothing is converted partially.
+pub fn coerce_batch(source: &str, batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+    if batch.schema().fields() == schema.fields() {
+        return Ok(batch.clone());
+    }
+    let in_schema = batch.schema();
+    for f in in_schema.fields() {
+        if !schema.fields().iter().any(|t| t.name().eq_ignore_ascii_case(f.name())) {
+            return Err(LaminarError::Schema {
+                code: codes::BATCH_SCHEMA_MISMATCH,
+                message: format!(
+                    "column '{}' does not exist in source '{source}' (columns: {})",
+                    f.name(),
+                    schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            });
+        }
+    }
+    let n = batch.num_rows();
+    let opts = CastOptions { safe: false, format_options: FormatOptions::default() };
+    let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for target in schema.fields() {
+        let found = in_schema.fields().iter().position(|f| f.name().eq_ignore_ascii_case(target.name()));
+        let col = match found {
+            None if target.is_nullable() => new_null_array(target.data_type(), n),
+            None => {
+                return Err(LaminarError::schema(format!(
+                    "column '{}' of source '{source}' is NOT NULL but missing from the data",
+                    target.name()
+                )))
+            }
+            Some(i) => {
+                let c = batch.column(i);
+                if c.data_type() == target.data_type() {
+                    c.clone()
+                } else if castable(c.data_type(), target.data_type()) {
+                    cast_with_options(c, target.data_type(), &opts).map_err(|e| {
+                        LaminarError::schema(format!(
+                            "column '{}': cannot convert {} to {}: {e}",
+                            target.name(),
+                            c.data_type(),
+                            target.data_type()
+                        ))
+                    })?
+                } else {
+                    return Err(LaminarError::schema(format!(
+                        "column '{}' of source '{source}' expects {} but the data has {}",
+                        target.name(),
+                        target.data_type(),
+                        c.data_type()
+                    )));
+                }
+            }
+        };
+        if !target.is_nullable() && col.null_count() > 0 {
+            return Err(LaminarError::schema(format!(
+                "column '{}' of source '{source}' is NOT NULL but the data has {} null value(s)",
+                target.name(),
+                col.null_count()
+            )));
+        }
+        cols.push(col);
+    }
+    Ok(RecordBatch::try_new_with_options(schema.clone(), cols, &RecordBatchOptions::new().with_row_count(Some(n)))?)
+}
+
+/// The stored contents of a source.
+pub enum SourceData {
+    /// Every batch ever inserted.
+    Append {
+        /// Batches in arrival order.
+        batches: Vec<RecordBatch>,
+        /// Total rows.
+        rows: usize,
+    },
+    /// The current row of each primary key.
+    Upsert(UpsertState),
+}
+
+/// Keyed state of an upsert source.
+pub struct UpsertState {
+    schema: SchemaRef,
+    key_indices: Vec<usize>,
+    key_converter: RowConverter,
+    row_converter: RowConverter,
+    rows: HashMap<OwnedRow, OwnedRow>,
+}
+
+impl SourceData {
+    /// Empty contents for a source with the given primary key (empty: append-only).
+    pub fn new(schema: &SchemaRef, primary_key: &[usize]) -> Result<Self> {
+        if primary_key.is_empty() {
+            return Ok(SourceData::Append { batches: Vec::new(), rows: 0 });
+        }
+        let sort = |i: &usize| SortField::new(schema.field(*i).data_type().clone());
+        Ok(SourceData::Upsert(UpsertState {
+            schema: schema.clone(),
+            key_indices: primary_key.to_vec(),
+            key_converter: RowConverter::new(primary_key.iter().map(sort).collect())?,
+            row_converter: RowConverter::new((0..schema.fields().len()).map(|i| sort(&i)).collect())?,
+            rows: HashMap::new(),
+        }))
+    }
+
+    /// Number of rows currently held.
+    pub fn num_rows(&self) -> usize {
+        match self {
+            SourceData::Append { rows, .. } => *rows,
+            SourceData::Upsert(u) => u.rows.len(),
+        }
+    }
+
+    /// Applies inserted rows; returns the change to send downstream.
+    pub fn insert(&mut self, batch: RecordBatch) -> Result<DiffBatch> {
+        match self {
+            SourceData::Append { batches, rows } => {
+                *rows += batch.num_rows();
+                batches.push(batch.clone());
+                Ok(DiffBatch::inserts(batch))
+            }
+            SourceData::Upsert(u) => u.upsert(batch),
+        }
+    }
+
+    /// Deletes the rows whose primary key appears in `keys` (upsert sources only).
+    pub fn delete(&mut self, source: &str, keys: &RecordBatch) -> Result<Option<DiffBatch>> {
+        match self {
+            SourceData::Append { .. } => Err(LaminarError::ingestion(format!(
+                "source '{source}' is append-only: declare a PRIMARY KEY to delete or update rows"
+            ))),
+            SourceData::Upsert(u) => u.delete(keys),
+        }
+    }
+
+    /// The current contents.
+    pub fn snapshot(&self) -> Result<Vec<RecordBatch>> {
+        match self {
+            SourceData::Append { batches, .. } => Ok(batches.clone()),
+            SourceData::Upsert(u) => {
+                if u.rows.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let cols = u.row_converter.convert_rows(u.rows.values().map(|r| r.row()))?;
+                Ok(vec![RecordBatch::try_new(u.schema.clone(), cols)?])
+            }
+        }
+    }
+}
+
+impl UpsertState {
+    fn key_rows(&self, batch: &RecordBatch) -> Result<arrow_row::Rows> {
+        let cols: Vec<ArrayRef> = self.key_indices.iter().map(|&i| batch.column(i).clone()).collect();
+        for (c, &i) in cols.iter().zip(&self.key_indices) {
+            if c.null_count() > 0 {
+                return Err(LaminarError::schema(format!(
+                    "primary key column '{}' must not be null",
+                    self.schema.field(i).name()
+                )));
+            }
+        }
+        Ok(self.key_converter.convert_columns(&cols)?)
+    }
+
+    fn upsert(&mut self, batch: RecordBatch) -> Result<DiffBatch> {
+        let keys = self.key_rows(&batch)?;
+        let rows = self.row_converter.convert_columns(batch.columns())?;
+        let mut retracted: Vec<OwnedRow> = Vec::new();
+        for i in 0..batch.num_rows() {
+            if let Some(old) = self.rows.insert(keys.row(i).owned(), rows.row(i).owned()) {
+                retracted.push(old);
+            }
+        }
+        self.changes(retracted, batch)
+    }
+
+    fn delete(&mut self, keys_batch: &RecordBatch) -> Result<Option<DiffBatch>> {
+        let mut cols = Vec::new();
+        for &i in &self.key_indices {
+            let name = self.schema.field(i).name();
+            let c = keys_batch
+                .schema()
+                .fields()
+                .iter()
+                .position(|f| f.name().eq_ignore_ascii_case(name))
+                .map(|j| keys_batch.column(j).clone())
+                .ok_or_else(|| LaminarError::schema(format!("delete needs the primary key column '{name}'")))?;
+            let t = self.schema.field(i).data_type();
+            cols.push(if c.data_type() == t { c } else { arrow::compute::cast(&c, t)? });
+        }
+        let keys = self.key_converter.convert_columns(&cols)?;
+        let retracted: Vec<OwnedRow> =
+            (0..keys_batch.num_rows()).filter_map(|i| self.rows.remove(&keys.row(i).owned())).collect();
+        if retracted.is_empty() {
+            return Ok(None);
+        }
+        let empty = RecordBatch::new_empty(self.schema.clone());
+        self.changes(retracted, empty).map(Some)
+    }
+
+    fn changes(&self, retracted: Vec<OwnedRow>, inserted: RecordBatch) -> Result<DiffBatch> {
+        if retracted.is_empty() {
+            return Ok(DiffBatch::inserts(inserted));
+        }
+        let old_cols = self.row_converter.convert_rows(retracted.iter().map(|r| r.row()))?;
+        let old = RecordBatch::try_new(self.schema.clone(), old_cols)?;
+        let data = arrow::compute::concat_batches(&self.schema, &[old, inserted.clone()])?;
+        let mut diffs = vec![-1i64; retracted.len()];
+        diffs.extend(std::iter::repeat_n(1, inserted.num_rows()));
+        Ok(DiffBatch::with_diffs(data, Int64Array::from(diffs))?)
+    }
+}
+
+/// Makes a record batch from rows given as JSON objects, using the source schema.
+pub fn batch_from_json_rows(schema: &SchemaRef, json: &str) -> Result<RecordBatch> {
+    let mut decoder = arrow::json::ReaderBuilder::new(schema.clone())
+        .with_strict_mode(true)
+        .build_decoder()
+        .map_err(|e| LaminarError::schema(e.to_string()))?;
+    let trimmed = json.trim();
+    let body: std::borrow::Cow<'_, str> = if trimmed.starts_with('[') {
+        let v: serde_json::Value =
+            serde_json::from_str(trimmed).map_err(|e| LaminarError::ingestion(format!("invalid JSON: {e}")))?;
+        let serde_json::Value::Array(items) = v else {
+            return Err(LaminarError::ingestion("expected a JSON array of objects"));
+        };
+        items.iter().map(|i| i.to_string()).collect::<Vec<_>>().join("\n").into()
+    } else {
+        trimmed.into()
+    };
+    decoder
+        .decode(body.as_bytes())
+        .map_err(|e| LaminarError::schema(format!("JSON does not match the schema: {e}")))?;
+    Ok(decoder
+        .flush()
+        .map_err(|e| LaminarError::schema(format!("JSON does not match the schema: {e}")))?
+        .unwrap_or_else(|| RecordBatch::new_empty(schema.clone())))
+}
+
+/// The rows of a set of batches, as one batch (empty batch when there are none).
+pub fn concat_or_empty(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<RecordBatch> {
+    Ok(match batches.len() {
+        0 => RecordBatch::new_empty(schema.clone()),
+        1 => batches[0].clone(),
+        _ => arrow::compute::concat_batches(schema, batches)?,
+    })
+}
+
+/// Shared reference to a source's stored contents.
+pub type SharedData = Arc<parking_lot::Mutex<SourceData>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Float64Array, Int32Array, StringArray};
+    use arrow::datatypes::{Field, Schema};
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("name", DataType::Utf8, true),
+            Field::new("price", DataType::Float64, true),
+        ]))
+    }
+
+    #[test]
+    fn coerces_by_name_and_type() {
+        let in_schema = Arc::new(Schema::new(vec![
+            Field::new("PRICE", DataType::Int32, true),
+            Field::new("id", DataType::Int32, true),
+        ]));
+        let b = RecordBatch::try_new(
+            in_schema,
+            vec![Arc::new(Int32Array::from(vec![5, 6])), Arc::new(Int32Array::from(vec![1, 2]))],
+        )
+        .expect("batch");
+        let out = coerce_batch("t", &b, &schema()).expect("coerce");
+        assert_eq!(out.num_columns(), 3);
+        assert_eq!(out.column(2).as_any().downcast_ref::<Float64Array>().expect("f64").value(1), 6.0);
+        assert_eq!(out.column(1).null_count(), 2);
+    }
+
+    #[test]
+    fn rejects_unknown_and_mismatched_columns() {
+        let s = Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, true)]));
+        let b = RecordBatch::try_new(s, vec![Arc::new(StringArray::from(vec!["x"]))]).expect("b");
+        let e = coerce_batch("t", &b, &schema()).expect_err("mismatch");
+        assert!(e.to_string().contains("'id'"), "{e}");
+        let s = Arc::new(Schema::new(vec![Field::new("nope", DataType::Int64, true)]));
+        let b = RecordBatch::try_new(s, vec![Arc::new(Int64Array::from(vec![1]))]).expect("b");
+        let e = coerce_batch("t", &b, &schema()).expect_err("unknown");
+        assert!(e.to_string().contains("'nope'"), "{e}");
+        assert_eq!(e.code(), codes::BATCH_SCHEMA_MISMATCH);
+    }
+
+    #[test]
+    fn upsert_replaces_and_deletes() {
+        let s = schema();
+        let mut d = SourceData::new(&s, &[0]).expect("state");
+        let b = batch_from_json_rows(&s, r#"[{"id":1,"name":"a","price":1.0},{"id":2,"name":"b","price":2.0}]"#)
+            .expect("json");
+        let c = d.insert(b).expect("ins");
+        assert!(c.diffs.is_none());
+        let b = batch_from_json_rows(&s, r#"{"id":1,"name":"a2","price":3.0}"#).expect("json");
+        let c = d.insert(b).expect("upd");
+        assert_eq!(c.num_rows(), 2);
+        assert_eq!(c.diff(0), -1);
+        assert_eq!(d.num_rows(), 2);
+        let keys = batch_from_json_rows(&s, r#"{"id":2}"#).expect("json");
+        let c = d.delete("t", &keys).expect("del").expect("some");
+        assert_eq!(c.diff(0), -1);
+        assert_eq!(d.num_rows(), 1);
+    }
+}
