@@ -24,6 +24,9 @@ pub trait Accumulator: Send {
         -> Result<()>;
     /// The current value of each listed group.
     fn evaluate(&self, groups: &[u32]) -> Result<ArrayRef>;
+    /// Called once an epoch's input is fully applied, for the groups it changed. Only here are
+    /// counts final: within an epoch a retraction may arrive before the insertion it cancels.
+    fn settle(&mut self, _groups: &[u32]) {}
 }
 
 /// Builds the accumulator for an aggregate over an argument of type `arg_type`.
@@ -186,14 +189,20 @@ impl Accumulator for FloatSum {
                     let g = g as usize;
                     self.sums[g] += v.value(i) * d as f64;
                     self.nonnull[g] += d;
-                    if self.nonnull[g] == 0 {
-                        // every value was retracted: drop accumulated rounding error
-                        self.sums[g] = 0.0;
-                    }
                 }
             }
         }
         Ok(())
+    }
+
+    fn settle(&mut self, groups: &[u32]) {
+        // A group whose values were all retracted restarts from an exact zero, dropping
+        // accumulated rounding error.
+        for &g in groups {
+            if self.nonnull[g as usize] == 0 {
+                self.sums[g as usize] = 0.0;
+            }
+        }
     }
 
     fn evaluate(&self, groups: &[u32]) -> Result<ArrayRef> {

@@ -194,6 +194,9 @@ impl GroupedAggregate {
                 ));
             }
         }
+        for acc in self.accs.iter_mut() {
+            acc.settle(&changed);
+        }
         let alive: Vec<u32> = changed.iter().copied().filter(|&g| self.row_counts[g as usize] > 0).collect();
         let new_batch = self.evaluate(&alive)?;
         let new_rows = self.out_converter.convert_columns(new_batch.columns())?;

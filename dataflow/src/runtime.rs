@@ -13,7 +13,7 @@ use std::thread::{JoinHandle, Thread};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::Input;
 use timely::dataflow::InputHandle;
@@ -72,8 +72,10 @@ struct Shared {
     dirty: AtomicBool,
     stop: AtomicBool,
     threads: Mutex<Vec<Option<Thread>>>,
-    /// Serializes epoch advances so that `Advance` commands reach every channel in order.
-    advance_lock: Mutex<()>,
+    /// Held shared by data sends and exclusively by epoch advances, so that an `Advance` reaches
+    /// every worker's channel at one point in the sequence of sends: data sent before an advance
+    /// lands in an earlier epoch than data sent after it, on every worker.
+    advance_lock: RwLock<()>,
 }
 
 /// A running set of timely workers.
@@ -98,7 +100,7 @@ impl Runtime {
             dirty: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             threads: Mutex::new(vec![None; workers]),
-            advance_lock: Mutex::new(()),
+            advance_lock: RwLock::new(()),
         });
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<()>(workers);
         let comm = if workers == 1 {
@@ -196,7 +198,11 @@ impl Runtime {
     /// Sends a batch of source data to one worker; it joins the currently open epoch.
     pub fn send(&self, source: &Arc<str>, batch: DiffBatch) -> Result<()> {
         let w = self.next.fetch_add(1, Ordering::Relaxed) % self.workers;
-        self.with_senders(|s| s[w].send(Command::Data(source.clone(), batch)).map_err(|_| DataflowError::NotRunning))??;
+        // Lock order everywhere: senders, then advance_lock.
+        self.with_senders(|s| {
+            let _order = self.shared.advance_lock.read();
+            s[w].send(Command::Data(source.clone(), batch)).map_err(|_| DataflowError::NotRunning)
+        })??;
         self.shared.dirty.store(true, Ordering::Release);
         self.unpark(Some(w));
         Ok(())
@@ -235,7 +241,7 @@ impl Drop for Runtime {
 }
 
 fn advance(shared: &Shared, senders: &[Sender<Command>]) -> u64 {
-    let _g = shared.advance_lock.lock();
+    let _g = shared.advance_lock.write();
     let next = shared.epoch.fetch_add(1, Ordering::AcqRel) + 1;
     for tx in senders {
         let _ = tx.send(Command::Advance(next));
