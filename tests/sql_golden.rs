@@ -99,6 +99,7 @@ fn sql_golden_files() {
     files.sort();
     assert!(files.len() >= 5, "expected golden files in {}", dir.display());
     for f in &files {
+        eprintln!("golden file {}", f.display());
         for workers in [1, 2] {
             run_file(f, workers);
         }

@@ -269,3 +269,116 @@ impl GroupedAggregate {
         Ok(RecordBatch::try_new_with_options(schema, cols, &opts)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{AggKind, AggSpec, BatchFn};
+    use arrow::array::{AsArray, Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+
+    /// Selects one column by index.
+    #[derive(Debug)]
+    struct Col(usize, SchemaRef);
+
+    impl BatchFn for Col {
+        fn eval(&self, b: &RecordBatch) -> Result<RecordBatch> {
+            Ok(RecordBatch::try_new(self.1.clone(), vec![b.column(self.0).clone()])?)
+        }
+        fn output_schema(&self) -> SchemaRef {
+            self.1.clone()
+        }
+        fn describe(&self) -> String {
+            format!("#{}", self.0)
+        }
+    }
+
+    fn plan(append_only: bool) -> Arc<AggregatePlan> {
+        let key = Arc::new(Schema::new(vec![Field::new("k", DataType::Utf8, true)]));
+        let val = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, true)]));
+        let out = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Utf8, true),
+            Field::new("n", DataType::Int64, true),
+            Field::new("s", DataType::Int64, true),
+            Field::new("hi", DataType::Int64, true),
+        ]));
+        let arg = || Some(Arc::new(Col(1, val.clone())) as Arc<dyn BatchFn>);
+        Arc::new(AggregatePlan {
+            keys: Arc::new(Col(0, key)),
+            aggs: vec![
+                AggSpec { kind: AggKind::CountStar, arg: None, output_type: DataType::Int64 },
+                AggSpec { kind: AggKind::Sum, arg: arg(), output_type: DataType::Int64 },
+                AggSpec { kind: AggKind::Max, arg: arg(), output_type: DataType::Int64 },
+            ],
+            output_schema: out,
+            input_append_only: append_only,
+        })
+    }
+
+    fn batch(rows: &[(&str, i64)], diffs: Option<Vec<i64>>) -> DiffBatch {
+        let s =
+            Arc::new(Schema::new(vec![Field::new("k", DataType::Utf8, true), Field::new("v", DataType::Int64, true)]));
+        let b = RecordBatch::try_new(
+            s,
+            vec![
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.1))),
+            ],
+        )
+        .expect("batch");
+        match diffs {
+            None => DiffBatch::inserts(b),
+            Some(d) => DiffBatch::with_diffs(b, Int64Array::from(d)).expect("diffs"),
+        }
+    }
+
+    fn render(b: &DiffBatch) -> Vec<String> {
+        let k = b.data.column(0).as_string::<i32>();
+        let mut out: Vec<String> = (0..b.num_rows())
+            .map(|i| {
+                let vals: Vec<String> =
+                    (1..4).map(|c| b.data.column(c).as_primitive::<Int64Type>().value(i).to_string()).collect();
+                format!("{:+} {} {}", b.diff(i), k.value(i), vals.join(" "))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn types() -> Vec<Option<DataType>> {
+        vec![None, Some(DataType::Int64), Some(DataType::Int64)]
+    }
+
+    #[test]
+    fn emits_retraction_and_insertion_per_changed_group() {
+        let mut agg = GroupedAggregate::new(plan(true), &types()).expect("agg");
+        agg.apply(&batch(&[("a", 1), ("b", 5), ("a", 3)], None)).expect("apply");
+        assert_eq!(render(&agg.emit().expect("emit").expect("some")), vec!["+1 a 2 4 3", "+1 b 1 5 5"]);
+        assert!(agg.emit().expect("emit").is_none(), "nothing changed since the last emit");
+        agg.apply(&batch(&[("a", 10)], None)).expect("apply");
+        assert_eq!(render(&agg.emit().expect("emit").expect("some")), vec!["+1 a 3 14 10", "-1 a 2 4 3"]);
+    }
+
+    #[test]
+    fn max_under_retractions_and_group_removal() {
+        let mut agg = GroupedAggregate::new(plan(false), &types()).expect("agg");
+        agg.apply(&batch(&[("a", 1), ("a", 9), ("a", 4)], None)).expect("apply");
+        agg.emit().expect("emit");
+        agg.apply(&batch(&[("a", 9)], Some(vec![-1]))).expect("retract max");
+        assert_eq!(render(&agg.emit().expect("emit").expect("some")), vec!["+1 a 2 5 4", "-1 a 3 14 9"]);
+        agg.apply(&batch(&[("a", 1), ("a", 4)], Some(vec![-1, -1]))).expect("retract all");
+        assert_eq!(render(&agg.emit().expect("emit").expect("some")), vec!["-1 a 2 5 4"]);
+        assert_eq!(agg.live_groups(), 0);
+        // a retraction and its insertion in one epoch cancel: no output at all
+        agg.apply(&batch(&[("b", 2)], Some(vec![-1]))).expect("retract first");
+        agg.apply(&batch(&[("b", 2)], None)).expect("insert later");
+        assert!(agg.emit().expect("emit").is_none());
+    }
+
+    #[test]
+    fn unmatched_retraction_is_an_error() {
+        let mut agg = GroupedAggregate::new(plan(false), &types()).expect("agg");
+        agg.apply(&batch(&[("z", 1)], Some(vec![-1]))).expect("apply");
+        assert!(agg.emit().is_err());
+    }
+}
