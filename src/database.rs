@@ -24,7 +24,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::catalog::{Catalog, CatalogEntry};
 use crate::error::{codes, LaminarError, Result};
 use crate::info::*;
-use crate::ingest::{batch_from_json_rows, coerce_batch, concat_or_empty, SourceData};
+use crate::ingest::{batch_from_json_rows, coerce_batch, concat_or_empty, Retention, SourceData};
 use crate::output::{StreamOutput, Subscription, SubscriptionMode};
 
 /// Engine settings.
@@ -280,15 +280,21 @@ impl Database {
                 )));
             }
         }
-        if !def.options.is_empty() {
-            laminar_adapters::validate_source(&def.options)?;
+        // Engine-level options; the rest belongs to the connector.
+        let mut connector_options = def.options.clone();
+        let retention = match connector_options.remove("retention") {
+            Some(v) => Retention::parse(&v)?,
+            None => Retention::Unbounded,
+        };
+        if !connector_options.is_empty() {
+            laminar_adapters::validate_source(&connector_options)?;
         }
         let schema = Arc::new(Schema::new(
             def.columns.iter().map(|c| Field::new(&c.name, c.data_type.clone(), c.nullable)).collect::<Vec<_>>(),
         ));
         let pk: Vec<usize> =
             def.primary_key.iter().filter_map(|k| def.columns.iter().position(|c| &c.name == k)).collect();
-        let data = SourceData::new(&schema, &pk)?;
+        let data = SourceData::new(&schema, &pk, retention)?;
         let entry = Arc::new(SourceEntry {
             name: Arc::from(def.name.as_str()),
             sql: sql.trim().to_string(),
@@ -571,6 +577,21 @@ impl Database {
         src.total.fetch_add(n as u64, Ordering::Relaxed);
         self.inner.batches.fetch_add(1, Ordering::Relaxed);
         Ok(n)
+    }
+
+    /// A writer bound to one source, with event-time watermark control.
+    pub fn writer(&self, source: &str) -> Result<Writer> {
+        self.check_open()?;
+        let src = self.source(source)?;
+        Ok(Writer { db: self.clone(), source: src.def.name.clone(), closed: AtomicBool::new(false) })
+    }
+
+    /// Advances a source's event-time watermark to `ts_ms` (milliseconds; it never moves back).
+    pub fn advance_watermark(&self, source: &str, ts_ms: i64) -> Result<()> {
+        self.check_open()?;
+        let src = self.source(source)?;
+        src.watermark.fetch_max(ts_ms, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Deletes rows of an upsert source (one with a PRIMARY KEY) by key; returns rows removed.
@@ -1041,5 +1062,63 @@ fn max_event_time_ms(batch: &RecordBatch, column: &str) -> Option<i64> {
         }
         DataType::Date32 => as_i64(col.as_ref()).map(|d| d * 86_400_000),
         _ => as_i64(col.as_ref()),
+    }
+}
+
+/// Writes into one source; obtained from [`Database::writer`].
+pub struct Writer {
+    db: Database,
+    source: String,
+    closed: AtomicBool,
+}
+
+impl Writer {
+    fn check(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(LaminarError::Ingestion {
+                code: codes::WRITER_CLOSED,
+                message: format!("the writer for '{}' is closed", self.source),
+            });
+        }
+        Ok(())
+    }
+
+    /// The source this writer feeds.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Inserts a batch (all or nothing); returns the number of rows.
+    pub fn insert(&self, batch: &RecordBatch) -> Result<usize> {
+        self.check()?;
+        self.db.insert(&self.source, batch)
+    }
+
+    /// Inserts JSON rows.
+    pub fn insert_json(&self, json: &str) -> Result<usize> {
+        self.check()?;
+        self.db.insert_json(&self.source, json)
+    }
+
+    /// Declares that no event older than `ts_ms` (milliseconds) will follow.
+    pub fn watermark(&self, ts_ms: i64) -> Result<()> {
+        self.check()?;
+        self.db.advance_watermark(&self.source, ts_ms)
+    }
+
+    /// Waits until everything written so far is reflected in every stream.
+    pub fn flush(&self) -> Result<()> {
+        self.check()?;
+        self.db.flush()
+    }
+
+    /// Closes the writer; later calls fail with `WRITER_CLOSED`.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
+    /// True after [`Writer::close`].
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
     }
 }

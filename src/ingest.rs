@@ -101,14 +101,56 @@ pub fn coerce_batch(source: &str, batch: &RecordBatch, schema: &SchemaRef) -> Re
     Ok(RecordBatch::try_new_with_options(schema.clone(), cols, &RecordBatchOptions::new().with_row_count(Some(n)))?)
 }
 
+/// How much of an append-only source's history is kept for ad-hoc queries and for backfilling
+/// streams created later (the `'retention'` option: `'1000000 rows'`, `'10 minutes'`, `'unbounded'`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Retention {
+    /// Keep every row (the default).
+    #[default]
+    Unbounded,
+    /// Keep the most recent N rows.
+    Rows(usize),
+    /// Keep rows that arrived within this long.
+    Duration(std::time::Duration),
+}
+
+impl Retention {
+    /// Parses the option value.
+    pub fn parse(value: &str) -> Result<Self> {
+        let v = value.trim().to_ascii_lowercase();
+        if v == "unbounded" || v == "none" || v.is_empty() {
+            return Ok(Retention::Unbounded);
+        }
+        if let Some(n) = v.strip_suffix("rows").or_else(|| v.strip_suffix("row")) {
+            return n.trim().replace('_', "").parse::<usize>().map(Retention::Rows).map_err(|_| bad_retention(value));
+        }
+        let ms = laminar_sql::interval::parse_interval_text(&v, None).map_err(|_| bad_retention(value))?;
+        if ms <= 0 {
+            return Err(bad_retention(value));
+        }
+        Ok(Retention::Duration(std::time::Duration::from_millis(ms as u64)))
+    }
+}
+
+fn bad_retention(value: &str) -> LaminarError {
+    LaminarError::Schema {
+        code: codes::INVALID_SCHEMA,
+        message: format!(
+            "invalid 'retention' value '{value}': use '<N> rows', an interval such as '10 minutes', or 'unbounded'"
+        ),
+    }
+}
+
 /// The stored contents of a source.
 pub enum SourceData {
-    /// Every batch ever inserted.
+    /// Inserted batches (within the retention), oldest first, with their arrival time.
     Append {
         /// Batches in arrival order.
-        batches: Vec<RecordBatch>,
-        /// Total rows.
+        batches: std::collections::VecDeque<(std::time::Instant, RecordBatch)>,
+        /// Total rows held.
         rows: usize,
+        /// What to keep.
+        retention: Retention,
     },
     /// The current row of each primary key.
     Upsert(UpsertState),
@@ -125,9 +167,17 @@ pub struct UpsertState {
 
 impl SourceData {
     /// Empty contents for a source with the given primary key (empty: append-only).
-    pub fn new(schema: &SchemaRef, primary_key: &[usize]) -> Result<Self> {
+    pub fn new(schema: &SchemaRef, primary_key: &[usize], retention: Retention) -> Result<Self> {
         if primary_key.is_empty() {
-            return Ok(SourceData::Append { batches: Vec::new(), rows: 0 });
+            return Ok(SourceData::Append { batches: Default::default(), rows: 0, retention });
+        }
+        if retention != Retention::Unbounded {
+            return Err(LaminarError::Schema {
+                code: codes::INVALID_SCHEMA,
+                message:
+                    "'retention' applies to append-only sources; a source with a PRIMARY KEY keeps one row per key"
+                        .into(),
+            });
         }
         let sort = |i: &usize| SortField::new(schema.field(*i).data_type().clone());
         Ok(SourceData::Upsert(UpsertState {
@@ -150,9 +200,10 @@ impl SourceData {
     /// Applies inserted rows; returns the change to send downstream.
     pub fn insert(&mut self, batch: RecordBatch) -> Result<DiffBatch> {
         match self {
-            SourceData::Append { batches, rows } => {
+            SourceData::Append { batches, rows, retention } => {
                 *rows += batch.num_rows();
-                batches.push(batch.clone());
+                batches.push_back((std::time::Instant::now(), batch.clone()));
+                trim(batches, rows, *retention);
                 Ok(DiffBatch::inserts(batch))
             }
             SourceData::Upsert(u) => u.upsert(batch),
@@ -172,13 +223,50 @@ impl SourceData {
     /// The current contents.
     pub fn snapshot(&self) -> Result<Vec<RecordBatch>> {
         match self {
-            SourceData::Append { batches, .. } => Ok(batches.clone()),
+            SourceData::Append { batches, retention, .. } => {
+                let cutoff = match retention {
+                    Retention::Duration(d) => std::time::Instant::now().checked_sub(*d),
+                    _ => None,
+                };
+                Ok(batches.iter().filter(|(t, _)| cutoff.is_none_or(|c| *t >= c)).map(|(_, b)| b.clone()).collect())
+            }
             SourceData::Upsert(u) => {
                 if u.rows.is_empty() {
                     return Ok(Vec::new());
                 }
                 let cols = u.row_converter.convert_rows(u.rows.values().map(|r| r.row()))?;
                 Ok(vec![RecordBatch::try_new(u.schema.clone(), cols)?])
+            }
+        }
+    }
+}
+
+fn trim(
+    batches: &mut std::collections::VecDeque<(std::time::Instant, RecordBatch)>,
+    rows: &mut usize,
+    retention: Retention,
+) {
+    match retention {
+        Retention::Unbounded => {}
+        Retention::Rows(n) => {
+            while *rows > n {
+                let Some((t, front)) = batches.pop_front() else { break };
+                let excess = *rows - n;
+                if front.num_rows() > excess {
+                    let kept = front.slice(excess, front.num_rows() - excess);
+                    *rows -= excess;
+                    batches.push_front((t, kept));
+                } else {
+                    *rows -= front.num_rows();
+                }
+            }
+        }
+        Retention::Duration(d) => {
+            let now = std::time::Instant::now();
+            while batches.front().is_some_and(|(t, _)| now.duration_since(*t) > d) {
+                if let Some((_, b)) = batches.pop_front() {
+                    *rows -= b.num_rows();
+                }
             }
         }
     }
@@ -288,6 +376,30 @@ pub type SharedData = Arc<parking_lot::Mutex<SourceData>>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retention_keeps_the_most_recent_rows() {
+        assert_eq!(Retention::parse("1_000 rows").expect("r"), Retention::Rows(1000));
+        assert_eq!(
+            Retention::parse("10 minutes").expect("r"),
+            Retention::Duration(std::time::Duration::from_secs(600))
+        );
+        assert!(Retention::parse("lots").is_err());
+        let s = schema();
+        let mut d = SourceData::new(&s, &[], Retention::Rows(3)).expect("state");
+        for i in 0..4 {
+            let b = batch_from_json_rows(&s, &format!(r#"[{{"id":{i}}},{{"id":{}}}]"#, i + 10)).expect("json");
+            d.insert(b).expect("insert");
+        }
+        assert_eq!(d.num_rows(), 3);
+        let snap = d.snapshot().expect("snap");
+        let ids: Vec<i64> = snap
+            .iter()
+            .flat_map(|b| b.column(0).as_any().downcast_ref::<Int64Array>().expect("ids").values().to_vec())
+            .collect();
+        assert_eq!(ids, vec![12, 3, 13]);
+        assert!(SourceData::new(&s, &[0], Retention::Rows(3)).is_err());
+    }
     use arrow::array::{Float64Array, Int32Array, StringArray};
     use arrow::datatypes::{Field, Schema};
 
@@ -332,7 +444,7 @@ mod tests {
     #[test]
     fn upsert_replaces_and_deletes() {
         let s = schema();
-        let mut d = SourceData::new(&s, &[0]).expect("state");
+        let mut d = SourceData::new(&s, &[0], Retention::Unbounded).expect("state");
         let b = batch_from_json_rows(&s, r#"[{"id":1,"name":"a","price":1.0},{"id":2,"name":"b","price":2.0}]"#)
             .expect("json");
         let c = d.insert(b).expect("ins");

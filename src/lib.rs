@@ -25,7 +25,7 @@ pub mod info;
 pub mod ingest;
 pub mod output;
 
-pub use database::{Connection, Database, LaminarConfig};
+pub use database::{Connection, Database, LaminarConfig, Writer};
 pub use error::{codes, LaminarError, Result};
 pub use info::*;
 pub use output::{ChangeBatch, Subscription, SubscriptionMode};

@@ -301,3 +301,22 @@ fn evaluation_errors_are_counted_not_fatal() {
     assert_eq!(db.metrics().total_events_dropped, 1);
     db.shutdown().expect("shutdown");
 }
+
+#[test]
+fn writer_watermarks_and_close() {
+    let db = common::db_with_workers(1);
+    db.execute("CREATE SOURCE s (v BIGINT, ts TIMESTAMP, WATERMARK FOR ts)").expect("src");
+    let w = db.writer("s").expect("writer");
+    assert_eq!(w.insert_json(r#"{"v": 1, "ts": "1970-01-01T00:00:01"}"#).expect("insert"), 1);
+    assert_eq!(db.source_metrics("s").expect("m").watermark, Some(1000));
+    w.watermark(5000).expect("watermark");
+    w.watermark(4000).expect("never moves back");
+    assert_eq!(db.source_metrics("s").expect("m").watermark, Some(5000));
+    assert_eq!(db.pipeline_watermark(), Some(5000));
+    w.flush().expect("flush");
+    w.close();
+    assert!(w.is_closed());
+    let e = w.insert_json(r#"{"v": 2}"#).expect_err("closed");
+    assert_eq!(e.code(), codes::WRITER_CLOSED);
+    assert!(db.writer("nope").is_err());
+}
