@@ -6,7 +6,10 @@
 //! - GROUP BY 1M distinct keys: rows/s and peak resident memory.
 //! - latency: insert→subscriber p50/p99 at 100k rows/s.
 //!
-//! `LAMINAR_BENCH_ROWS` sets N (default 5,000,000); `LAMINAR_BENCH_ONLY` picks one workload.
+//! `LAMINAR_BENCH_ROWS` sets N (default 5,000,000); `LAMINAR_BENCH_ONLY` picks one workload
+//! (w1, filter, keys, latency); `LAMINAR_BENCH_BUFFER` sets the source buffer (rows in flight)
+//! for the 1M-key workload, whose source keeps no history (`'retention' = '0 rows'`) so that
+//! the memory measured is the aggregate's.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,9 +42,17 @@ fn w1_batches(n: usize) -> Vec<RecordBatch> {
 }
 
 fn peak_rss_mb() -> f64 {
+    status_mb("VmHWM:")
+}
+
+fn rss_mb() -> f64 {
+    status_mb("VmRSS:")
+}
+
+fn status_mb(key: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(|l| l.to_string()))
+        .and_then(|s| s.lines().find(|l| l.starts_with(key)).map(|l| l.to_string()))
         .and_then(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<f64>().ok()))
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
@@ -107,8 +118,11 @@ fn many_keys(n: usize) -> (f64, f64) {
             RecordBatch::try_new(schema.clone(), vec![Arc::new(k), Arc::new(v)]).expect("batch")
         })
         .collect();
-    let db = Database::open(":memory:").expect("open");
-    db.execute("CREATE SOURCE kv (k BIGINT, v BIGINT)").expect("source");
+    let base = rss_mb();
+    let buffer = std::env::var("LAMINAR_BENCH_BUFFER").ok().and_then(|s| s.parse().ok()).unwrap_or(65_536);
+    let config = laminardb::LaminarConfig { buffer_size: buffer, ..Default::default() };
+    let db = Database::open_with_config(":memory:", config).expect("open");
+    db.execute("CREATE SOURCE kv (k BIGINT, v BIGINT) WITH ('retention' = '0 rows')").expect("source");
     db.execute("CREATE STREAM agg AS SELECT k, COUNT(*) AS n, SUM(v) AS s FROM kv GROUP BY k").expect("stream");
     db.start().expect("start");
     let t = Instant::now();
@@ -119,6 +133,7 @@ fn many_keys(n: usize) -> (f64, f64) {
     let dt = t.elapsed().as_secs_f64();
     let m = db.stream_metrics("agg").expect("metrics");
     assert_eq!(m.current_rows as usize, n.min(1_000_000));
+    eprintln!("  rss: before {base:.0} MB, after flush {:.0} MB, peak so far {:.0} MB", rss_mb(), peak_rss_mb());
     db.shutdown().expect("shutdown");
     (n as f64 / dt, peak_rss_mb())
 }

@@ -64,6 +64,12 @@ struct SourceEntry {
     total: AtomicU64,
     /// Largest event time seen minus the watermark delay (ms); i64::MIN when none.
     watermark: AtomicI64,
+    /// Rows sent to the pipeline whose epoch is not yet complete: (epoch bound, rows).
+    inflight: Mutex<std::collections::VecDeque<(u64, usize)>>,
+    /// Sum of the rows in `inflight`.
+    pending: AtomicU64,
+    /// Times an insert had to wait for the pipeline to catch up.
+    backpressure_waits: AtomicU64,
 }
 
 struct Running {
@@ -73,6 +79,8 @@ struct Running {
 
 struct StreamEntry {
     def: CreateStream,
+    /// Sources the stream's dataflow reads (after inlining streams it reads).
+    sources: BTreeSet<String>,
     sql: String,
     planned: PlannedQuery,
     output: Arc<StreamOutput>,
@@ -303,6 +311,9 @@ impl Database {
             data: Mutex::new(data),
             total: AtomicU64::new(0),
             watermark: AtomicI64::new(i64::MIN),
+            inflight: Mutex::new(Default::default()),
+            pending: AtomicU64::new(0),
+            backpressure_waits: AtomicU64::new(0),
             def,
         });
         let name = entry.def.name.clone();
@@ -337,6 +348,7 @@ impl Database {
         let planned = plan_query(&def.query, &*st)?;
         let output = Arc::new(StreamOutput::new(planned.schema.clone(), planned.plan.is_append_only())?);
         let entry = Arc::new(StreamEntry {
+            sources: planned.plan.sources(),
             sql: sql.trim().to_string(),
             planned,
             output,
@@ -510,6 +522,10 @@ impl Database {
             *s.running.lock() = None;
             s.output.close_subscribers();
         }
+        for s in st.sources.values() {
+            s.inflight.lock().clear();
+            s.pending.store(0, Ordering::Release);
+        }
         st.pipeline = PipelineState::Stopped;
         st.started_at = None;
         Ok(())
@@ -569,11 +585,10 @@ impl Database {
                 src.watermark.fetch_max(max.saturating_sub(w.delay_ms), Ordering::AcqRel);
             }
         }
+        self.wait_for_capacity(src);
         let _g = self.inner.ingest.lock();
         let change = src.data.lock().insert(batch)?;
-        if let Some(rt) = self.inner.runtime.read().as_ref() {
-            rt.send(&src.name, change)?;
-        }
+        self.send_change(src, change)?;
         src.total.fetch_add(n as u64, Ordering::Relaxed);
         self.inner.batches.fetch_add(1, Ordering::Relaxed);
         Ok(n)
@@ -602,10 +617,58 @@ impl Database {
         let change = src.data.lock().delete(&src.def.name, keys)?;
         let Some(change) = change else { return Ok(0) };
         let n = change.num_rows();
-        if let Some(rt) = self.inner.runtime.read().as_ref() {
-            rt.send(&src.name, change)?;
-        }
+        self.send_change(&src, change)?;
         Ok(n)
+    }
+
+    /// Sends a source change into the running pipeline (caller holds the ingest lock).
+    fn send_change(&self, src: &SourceEntry, change: DiffBatch) -> Result<()> {
+        let Some(rt) = self.inner.runtime.read().clone() else { return Ok(()) };
+        let n = change.num_rows();
+        rt.send(&src.name, change)?;
+        // The change lands in this epoch or an earlier one.
+        let bound = rt.current_epoch();
+        src.inflight.lock().push_back((bound, n));
+        src.pending.fetch_add(n as u64, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Forgets in-flight rows whose epoch every stream reading `src` has delivered; returns
+    /// the rows still pending.
+    fn release_inflight(&self, src: &SourceEntry) -> u64 {
+        let delivered: Option<u64> = {
+            let st = self.inner.state.lock();
+            st.streams
+                .values()
+                .filter(|s| s.sources.contains(&src.def.name))
+                .filter_map(|s| s.running.lock().as_ref().map(|r| r.merger.delivered()))
+                .min()
+        };
+        let mut q = src.inflight.lock();
+        while let Some(&(epoch, n)) = q.front() {
+            if delivered.is_some_and(|d| d <= epoch) {
+                break;
+            }
+            q.pop_front();
+            src.pending.fetch_sub(n as u64, Ordering::AcqRel);
+        }
+        src.pending.load(Ordering::Acquire)
+    }
+
+    /// Backpressure: blocks while the source has `buffer_size` rows or more in flight.
+    fn wait_for_capacity(&self, src: &SourceEntry) {
+        let capacity = self.inner.config.buffer_size.max(1) as u64;
+        if src.pending.load(Ordering::Acquire) < capacity {
+            return;
+        }
+        let mut counted = false;
+        while self.release_inflight(src) >= capacity && self.inner.runtime.read().is_some() {
+            if !counted {
+                src.backpressure_waits.fetch_add(1, Ordering::Relaxed);
+                counted = true;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
     }
 
     /// Inserts rows given as a JSON object, an array of objects, or newline-delimited objects.
@@ -900,18 +963,18 @@ impl Database {
 
     /// Counters of one source, `None` if it does not exist.
     pub fn source_metrics(&self, name: &str) -> Option<SourceMetrics> {
-        let st = self.inner.state.lock();
-        let s = st.sources.get(name)?;
-        let capacity = self.inner.config.buffer_size as u64;
+        let s = self.inner.state.lock().sources.get(name)?.clone();
+        let capacity = self.inner.config.buffer_size.max(1) as u64;
+        let pending = self.release_inflight(&s);
         let w = s.watermark.load(Ordering::Acquire);
         Some(SourceMetrics {
             name: s.def.name.clone(),
             total_events: s.total.load(Ordering::Relaxed),
-            pending: 0,
+            pending,
             capacity,
-            is_backpressured: false,
+            is_backpressured: pending >= capacity,
             watermark: (w != i64::MIN).then_some(w),
-            utilization: 0.0,
+            utilization: (pending as f64 / capacity as f64).min(1.0),
         })
     }
 

@@ -1,15 +1,15 @@
 //! The output side of a stream: its queryable snapshot, subscribers and counters.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::{BooleanArray, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use arrow_row::{OwnedRow, RowConverter, SortField};
+use arrow_row::{RowConverter, SortField};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use laminar_dataflow::batch::DiffBatch;
+use laminar_dataflow::rowstore::RowBag;
 use parking_lot::Mutex;
 
 use crate::error::{codes, LaminarError, Result};
@@ -39,7 +39,7 @@ pub struct ChangeBatch {
 
 enum Snapshot {
     Append(Vec<RecordBatch>),
-    Consolidated { converter: RowConverter, rows: HashMap<OwnedRow, i64> },
+    Consolidated { converter: RowConverter, rows: RowBag },
 }
 
 struct Subscriber {
@@ -84,7 +84,7 @@ impl StreamOutput {
             Snapshot::Append(Vec::new())
         } else {
             let fields = schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect();
-            Snapshot::Consolidated { converter: RowConverter::new(fields)?, rows: HashMap::new() }
+            Snapshot::Consolidated { converter: RowConverter::new(fields)?, rows: RowBag::default() }
         })
     }
 
@@ -109,7 +109,8 @@ impl StreamOutput {
                 if rows.is_empty() {
                     return Ok(Vec::new());
                 }
-                let it = rows.iter().flat_map(|(r, &c)| std::iter::repeat_n(r.row(), c.max(0) as usize));
+                let parser = converter.parser();
+                let it = rows.iter().flat_map(|(r, c)| std::iter::repeat_n(parser.parse(r), c.max(0) as usize));
                 let cols = converter.convert_rows(it)?;
                 Ok(vec![RecordBatch::try_new(self.schema.clone(), cols)?])
             }
@@ -120,7 +121,7 @@ impl StreamOutput {
     pub fn num_rows(&self) -> usize {
         match &*self.snapshot.lock() {
             Snapshot::Append(b) => b.iter().map(|b| b.num_rows()).sum(),
-            Snapshot::Consolidated { rows, .. } => rows.values().map(|&c| c.max(0) as usize).sum(),
+            Snapshot::Consolidated { rows, .. } => rows.total().max(0) as usize,
         }
     }
 
@@ -157,12 +158,7 @@ impl StreamOutput {
                     for b in &batches {
                         if let Ok(encoded) = converter.convert_columns(b.data.columns()) {
                             for i in 0..b.num_rows() {
-                                let key = encoded.row(i).owned();
-                                let e = rows.entry(key.clone()).or_insert(0);
-                                *e += b.diff(i);
-                                if *e == 0 {
-                                    rows.remove(&key);
-                                }
+                                rows.add(encoded.row(i).as_ref(), b.diff(i));
                             }
                         }
                     }

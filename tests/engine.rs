@@ -320,3 +320,38 @@ fn writer_watermarks_and_close() {
     assert_eq!(e.code(), codes::WRITER_CLOSED);
     assert!(db.writer("nope").is_err());
 }
+
+#[test]
+fn backpressure_bounds_rows_in_flight_and_loses_nothing() {
+    let db = Database::open_with_config(
+        ":memory:",
+        laminardb::LaminarConfig { workers: Some(2), buffer_size: 200, ..Default::default() },
+    )
+    .expect("open");
+    db.execute("CREATE SOURCE s (k BIGINT, v BIGINT)").expect("src");
+    db.execute("CREATE STREAM agg AS SELECT k % 10 AS b, COUNT(*) AS n, SUM(v) AS t FROM s GROUP BY k % 10")
+        .expect("agg");
+    db.start().expect("start");
+    let schema = db.schema("s").expect("schema");
+    let mut max_pending = 0;
+    for i in 0..200i64 {
+        let k = Int64Array::from_iter_values(i * 50..(i + 1) * 50);
+        let v = Int64Array::from_iter_values((0..50).map(|_| 1));
+        let b = RecordBatch::try_new(schema.clone(), vec![Arc::new(k), Arc::new(v)]).expect("batch");
+        db.insert("s", &b).expect("insert");
+        let m = db.source_metrics("s").expect("metrics");
+        assert_eq!(m.capacity, 200);
+        max_pending = max_pending.max(m.pending);
+    }
+    // at most one batch beyond the capacity is ever in flight
+    assert!(max_pending <= 250, "pending reached {max_pending}");
+    db.flush().expect("flush");
+    let m = db.source_metrics("s").expect("metrics");
+    assert_eq!(m.pending, 0);
+    assert!(!m.is_backpressured);
+    assert_eq!(m.utilization, 0.0);
+    let mut rows = common::sorted_query(&db, "SELECT n, t FROM agg");
+    rows.dedup();
+    assert_eq!(rows, vec!["1000|1000"]);
+    db.shutdown().expect("shutdown");
+}

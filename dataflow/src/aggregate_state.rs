@@ -8,13 +8,14 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, Int64Array, RecordBatch};
 use arrow::compute::{cast, concat_batches};
-use arrow_row::{OwnedRow, RowConverter, Rows, SortField};
+use arrow_row::{RowConverter, Rows, SortField};
 use hashbrown::HashTable;
 
 use crate::accumulators::{create_accumulator, Accumulator};
 use crate::batch::DiffBatch;
 use crate::error::{DataflowError, Result};
 use crate::plan::AggregatePlan;
+use crate::rowstore::RowSlots;
 
 /// Maps group keys to dense group ids.
 pub struct GroupTable {
@@ -110,7 +111,7 @@ pub struct GroupedAggregate {
     /// Net multiplicity of input rows per group: a group exists while this is positive.
     row_counts: Vec<i64>,
     /// The output row last emitted for each group (row-encoded), if any.
-    emitted: Vec<Option<OwnedRow>>,
+    emitted: RowSlots,
     changed: Vec<u32>,
     is_changed: Vec<bool>,
     out_converter: RowConverter,
@@ -131,7 +132,7 @@ impl GroupedAggregate {
             groups: GroupTable::new(&key_types)?,
             accs,
             row_counts: Vec::new(),
-            emitted: Vec::new(),
+            emitted: RowSlots::default(),
             changed: Vec::new(),
             is_changed: Vec::new(),
             out_converter: RowConverter::new(out_fields)?,
@@ -155,7 +156,6 @@ impl GroupedAggregate {
         let ng = self.groups.len();
         if self.row_counts.len() < ng {
             self.row_counts.resize(ng, 0);
-            self.emitted.resize(ng, None);
             self.is_changed.resize(ng, false);
         }
         for (i, &g) in groups.iter().enumerate() {
@@ -201,7 +201,9 @@ impl GroupedAggregate {
         let new_batch = self.evaluate(&alive)?;
         let new_rows = self.out_converter.convert_columns(new_batch.columns())?;
 
-        let mut retract: Vec<OwnedRow> = Vec::new();
+        // Old rows to retract, copied out of the slots (offsets into `retract_bytes`).
+        let mut retract_bytes: Vec<u8> = Vec::new();
+        let mut retract: Vec<(usize, usize)> = Vec::new();
         let mut insert_idx: Vec<u32> = Vec::new();
         let mut alive_pos = 0usize;
         for &g in &changed {
@@ -212,18 +214,22 @@ impl GroupedAggregate {
             } else {
                 None
             };
-            let old = self.emitted[gi].take();
-            match (old, new_row) {
-                (Some(o), Some(p)) if o.row() == new_rows.row(p) => self.emitted[gi] = Some(o),
-                (old, new_row) => {
-                    if let Some(o) = old {
-                        retract.push(o);
-                    }
-                    if let Some(p) = new_row {
-                        insert_idx.push(p as u32);
-                        self.emitted[gi] = Some(new_rows.row(p).owned());
-                    }
+            let old = self.emitted.get(gi);
+            if let (Some(o), Some(p)) = (old, new_row) {
+                if o == new_rows.row(p).as_ref() {
+                    continue;
                 }
+            }
+            if let Some(o) = old {
+                retract.push((retract_bytes.len(), o.len()));
+                retract_bytes.extend_from_slice(o);
+            }
+            match new_row {
+                Some(p) => {
+                    insert_idx.push(p as u32);
+                    self.emitted.set(gi, Some(new_rows.row(p).as_ref()));
+                }
+                None => self.emitted.set(gi, None),
             }
         }
         if retract.is_empty() && insert_idx.is_empty() {
@@ -233,7 +239,10 @@ impl GroupedAggregate {
         let mut parts = Vec::new();
         let mut diffs: Vec<i64> = Vec::new();
         if !retract.is_empty() {
-            let cols = self.out_converter.convert_rows(retract.iter().map(|r| r.row()))?;
+            let parser = self.out_converter.parser();
+            let cols = self
+                .out_converter
+                .convert_rows(retract.iter().map(|&(off, len)| parser.parse(&retract_bytes[off..off + len])))?;
             parts.push(RecordBatch::try_new(schema.clone(), cols)?);
             diffs.extend(std::iter::repeat_n(-1, retract.len()));
         }

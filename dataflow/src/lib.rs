@@ -39,6 +39,7 @@ pub mod error;
 pub mod merge;
 pub mod operators;
 pub mod plan;
+pub mod rowstore;
 pub mod runtime;
 pub mod stats;
 
