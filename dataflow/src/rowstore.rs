@@ -219,7 +219,7 @@ mod tests {
         for _ in 0..300_000 {
             x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
             let row = format!("k{}", (x >> 40) % 5000).into_bytes();
-            let diff = if (x >> 20) % 3 == 0 { -1 } else { 1 };
+            let diff = if (x >> 20).is_multiple_of(3) { -1 } else { 1 };
             let c = model.entry(row.clone()).or_insert(0);
             if *c + diff < 0 {
                 continue;
