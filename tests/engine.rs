@@ -292,13 +292,19 @@ fn evaluation_errors_are_counted_not_fatal() {
     db.start().expect("start");
     db.insert_json("s", r#"{"a": 1, "b": 0}"#).expect("bad row");
     db.insert_json("s", r#"{"a": 4, "b": 2}"#).expect("good row");
+    // one bad row in a batch costs only that row
+    db.insert_json("s", r#"[{"a": 9, "b": 3}, {"a": 5, "b": 0}, {"a": 8, "b": 4}]"#).expect("mixed batch");
+    db.execute("CREATE STREAM agg AS SELECT SUM(a / b) AS total, COUNT(*) AS n FROM s").expect("agg");
     db.flush().expect("flush");
     let m = db.stream_metrics("d").expect("m");
-    assert_eq!(m.dropped, 1);
+    assert_eq!(m.dropped, 2);
     assert!(m.last_error.as_deref().unwrap_or("").contains("Divide by zero"), "{:?}", m.last_error);
-    assert_eq!(common::sorted_query(&db, "SELECT * FROM d"), vec!["2"]);
-    assert_eq!(common::sorted_query(&db, "SELECT * FROM ok"), vec!["1", "4"]);
-    assert_eq!(db.metrics().total_events_dropped, 1);
+    assert_eq!(common::sorted_query(&db, "SELECT * FROM d"), vec!["2", "2", "3"]);
+    assert_eq!(common::sorted_query(&db, "SELECT * FROM ok"), vec!["1", "4", "5", "8", "9"]);
+    // the aggregate (backfilled) skips the two bad rows and keeps the other three
+    assert_eq!(common::sorted_query(&db, "SELECT * FROM agg"), vec!["7|3"]);
+    assert_eq!(db.stream_metrics("agg").expect("m").dropped, 2);
+    assert_eq!(db.metrics().total_events_dropped, 4);
     db.shutdown().expect("shutdown");
 }
 

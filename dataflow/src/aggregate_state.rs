@@ -151,7 +151,15 @@ impl GroupedAggregate {
         if n == 0 {
             return Ok(());
         }
+        // Evaluate everything before touching the state: a failing expression leaves it intact.
         let keys = self.plan.keys.eval(&batch.data)?;
+        let mut args = Vec::with_capacity(self.plan.aggs.len());
+        for spec in &self.plan.aggs {
+            args.push(match &spec.arg {
+                Some(f) => Some(f.eval(&batch.data)?.column(0).clone()),
+                None => None,
+            });
+        }
         let groups = self.groups.intern(keys.columns(), n)?;
         let ng = self.groups.len();
         if self.row_counts.len() < ng {
@@ -166,11 +174,7 @@ impl GroupedAggregate {
                 self.changed.push(g as u32);
             }
         }
-        for (spec, acc) in self.plan.aggs.iter().zip(self.accs.iter_mut()) {
-            let values = match &spec.arg {
-                Some(f) => Some(f.eval(&batch.data)?.column(0).clone()),
-                None => None,
-            };
+        for (values, acc) in args.iter().zip(self.accs.iter_mut()) {
             acc.update(&groups, values.as_ref(), batch, ng)?;
         }
         Ok(())

@@ -94,6 +94,38 @@ impl DiffBatch {
         Ok(Self { data, diffs })
     }
 
+    /// Rows `offset..offset + len` (zero-copy).
+    pub fn slice(&self, offset: usize, len: usize) -> Self {
+        Self { data: self.data.slice(offset, len), diffs: self.diffs.as_ref().map(|d| d.slice(offset, len)) }
+    }
+
+    /// Applies `f` to the whole batch; if it fails, applies it to each row alone so that one bad
+    /// row does not cost the others. Returns the successful results and calls `on_error` with
+    /// the number of rows lost and the reason.
+    pub fn isolate<T>(
+        &self,
+        mut f: impl FnMut(&DiffBatch) -> Result<T>,
+        mut on_error: impl FnMut(usize, &DataflowError),
+    ) -> Vec<T> {
+        match f(self) {
+            Ok(v) => vec![v],
+            Err(_) if self.num_rows() > 1 => {
+                let mut out = Vec::new();
+                for i in 0..self.num_rows() {
+                    match f(&self.slice(i, 1)) {
+                        Ok(v) => out.push(v),
+                        Err(e) => on_error(1, &e),
+                    }
+                }
+                out
+            }
+            Err(e) => {
+                on_error(self.num_rows(), &e);
+                Vec::new()
+            }
+        }
+    }
+
     /// Replaces the rows, keeping the multiplicities (the new batch must have as many rows).
     pub fn with_data(&self, data: RecordBatch) -> Result<Self> {
         if data.num_rows() != self.data.num_rows() {

@@ -105,9 +105,7 @@ impl<'scope> AggregateExt<'scope> for BatchStream<'scope> {
                         }
                         let Some((_, (cap, batches))) = pending.pop_first() else { break };
                         for b in &batches {
-                            if let Err(e) = state.apply(b) {
-                                stats.record_error("aggregate", b.num_rows(), &e);
-                            }
+                            b.isolate(|part| state.apply(part), |rows, e| stats.record_error("aggregate", rows, e));
                         }
                         match state.emit() {
                             Ok(Some(out)) => output.session(&cap).give(out),

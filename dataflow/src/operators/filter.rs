@@ -1,4 +1,5 @@
 //! `Filter`: keeps the rows of each batch for which a predicate holds, with their multiplicities.
+//! A row whose predicate fails to evaluate is counted as dropped; the rest of its batch is kept.
 
 use std::sync::Arc;
 
@@ -25,11 +26,11 @@ impl<'scope> FilterExt<'scope> for BatchStream<'scope> {
                 input.for_each(|cap, data| {
                     let mut session = output.session(&cap);
                     for batch in data.drain(..) {
-                        match predicate.eval(&batch.data).and_then(|m| batch.filter(&m)) {
-                            Ok(b) if b.num_rows() > 0 => session.give(b),
-                            Ok(_) => {}
-                            Err(e) => stats.record_error("filter", batch.num_rows(), &e),
-                        }
+                        let kept = batch.isolate(
+                            |b| predicate.eval(&b.data).and_then(|m| b.filter(&m)),
+                            |rows, e| stats.record_error("filter", rows, e),
+                        );
+                        kept.into_iter().filter(|b| b.num_rows() > 0).for_each(|b| session.give(b));
                     }
                 });
             }

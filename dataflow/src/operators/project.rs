@@ -1,4 +1,5 @@
 //! `Project`: computes output columns from each input batch, keeping multiplicities.
+//! A row whose expressions fail to evaluate is counted as dropped; the rest of its batch is kept.
 
 use std::sync::Arc;
 
@@ -24,10 +25,11 @@ impl<'scope> ProjectExt<'scope> for BatchStream<'scope> {
                 input.for_each(|cap, data| {
                     let mut session = output.session(&cap);
                     for batch in data.drain(..) {
-                        match map.eval(&batch.data).and_then(|d| batch.with_data(d)) {
-                            Ok(b) => session.give(b),
-                            Err(e) => stats.record_error("project", batch.num_rows(), &e),
-                        }
+                        let out = batch.isolate(
+                            |b| map.eval(&b.data).and_then(|d| b.with_data(d)),
+                            |rows, e| stats.record_error("project", rows, e),
+                        );
+                        out.into_iter().for_each(|b| session.give(b));
                     }
                 });
             }
