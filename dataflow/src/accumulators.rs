@@ -392,6 +392,59 @@ impl Accumulator for RowExtreme {
     }
 }
 
+/// A multiset of encoded values: value → multiplicity, entries removed at zero.
+trait CountedSet: Default {
+    fn bump(&mut self, key: &[u8], d: i64);
+}
+
+impl CountedSet for BTreeMap<Box<[u8]>, i64> {
+    fn bump(&mut self, key: &[u8], d: i64) {
+        if let Some(c) = self.get_mut(key) {
+            *c += d;
+            if *c == 0 {
+                self.remove(key);
+            }
+        } else if d != 0 {
+            self.insert(key.into(), d);
+        }
+    }
+}
+
+impl CountedSet for HashMap<Box<[u8]>, i64> {
+    fn bump(&mut self, key: &[u8], d: i64) {
+        if let Some(c) = self.get_mut(key) {
+            *c += d;
+            if *c == 0 {
+                self.remove(key);
+            }
+        } else if d != 0 {
+            self.insert(key.into(), d);
+        }
+    }
+}
+
+/// Adds each non-null value with its row's multiplicity to its group's multiset.
+fn update_sets<S: CountedSet>(
+    codec: &ValueCodec,
+    sets: &mut Vec<S>,
+    groups: &[u32],
+    values: Option<&ArrayRef>,
+    batch: &DiffBatch,
+    n: usize,
+) -> Result<()> {
+    if sets.len() < n {
+        sets.resize_with(n, S::default);
+    }
+    let Some(v) = values else { return Ok(()) };
+    let rows = codec.encode(v)?;
+    for (i, &g) in groups.iter().enumerate() {
+        if v.is_valid(i) {
+            sets[g as usize].bump(rows.row(i).as_ref(), batch.diff(i));
+        }
+    }
+    Ok(())
+}
+
 /// MIN/MAX under retractions: an ordered multiset of values per group.
 struct MultisetExtreme {
     codec: ValueCodec,
@@ -407,29 +460,7 @@ impl MultisetExtreme {
 
 impl Accumulator for MultisetExtreme {
     fn update(&mut self, groups: &[u32], values: Option<&ArrayRef>, batch: &DiffBatch, n: usize) -> Result<()> {
-        if self.sets.len() < n {
-            self.sets.resize_with(n, BTreeMap::new);
-        }
-        let Some(v) = values else { return Ok(()) };
-        let rows = self.codec.encode(v)?;
-        for (i, &g) in groups.iter().enumerate() {
-            if v.is_null(i) {
-                continue;
-            }
-            let set = &mut self.sets[g as usize];
-            let row = rows.row(i);
-            let key: &[u8] = row.as_ref();
-            let d = batch.diff(i);
-            if let Some(c) = set.get_mut(key) {
-                *c += d;
-                if *c == 0 {
-                    set.remove(key);
-                }
-            } else if d != 0 {
-                set.insert(key.into(), d);
-            }
-        }
-        Ok(())
+        update_sets(&self.codec, &mut self.sets, groups, values, batch, n)
     }
 
     fn evaluate(&self, groups: &[u32]) -> Result<ArrayRef> {
@@ -456,29 +487,7 @@ impl DistinctAcc {
 
 impl Accumulator for DistinctAcc {
     fn update(&mut self, groups: &[u32], values: Option<&ArrayRef>, batch: &DiffBatch, n: usize) -> Result<()> {
-        if self.sets.len() < n {
-            self.sets.resize_with(n, HashMap::new);
-        }
-        let Some(v) = values else { return Ok(()) };
-        let rows = self.codec.encode(v)?;
-        for (i, &g) in groups.iter().enumerate() {
-            if v.is_null(i) {
-                continue;
-            }
-            let set = &mut self.sets[g as usize];
-            let row = rows.row(i);
-            let key: &[u8] = row.as_ref();
-            let d = batch.diff(i);
-            if let Some(c) = set.get_mut(key) {
-                *c += d;
-                if *c == 0 {
-                    set.remove(key);
-                }
-            } else if d != 0 {
-                set.insert(key.into(), d);
-            }
-        }
-        Ok(())
+        update_sets(&self.codec, &mut self.sets, groups, values, batch, n)
     }
 
     fn evaluate(&self, groups: &[u32]) -> Result<ArrayRef> {
