@@ -1,0 +1,412 @@
+//! Python bindings of LaminarDB (`laminardb._laminardb`), built by maturin.
+//!
+//! Thin by design: each method calls the Rust embedding API with the GIL released and converts
+//! Arrow data through the Arrow C data interface (zero-copy). The user-facing classes live in the
+//! pure-Python package `laminardb`, which wraps these.
+
+#![allow(unsafe_code)] // pyo3's macros expand to unsafe FFI glue
+
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use laminardb::{codes, Database, ExecuteResult, LaminarConfig, LaminarError, Subscription, SubscriptionMode};
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyTuple};
+use pyo3_arrow::{PyRecordBatch, PySchema, PyTable};
+
+create_exception!(
+    _laminardb,
+    PyLaminarError,
+    PyException,
+    "Base class of every LaminarDB error; `.code` is an integer."
+);
+create_exception!(_laminardb, ConnectionError, PyLaminarError, "Opening, locking or using a closed connection.");
+create_exception!(_laminardb, QueryError, PyLaminarError, "Planning or running a query failed.");
+create_exception!(_laminardb, IngestionError, PyLaminarError, "Inserting data failed.");
+create_exception!(_laminardb, SchemaError, PyLaminarError, "Data or declared schema is invalid.");
+create_exception!(_laminardb, SubscriptionError, PyLaminarError, "A subscription failed, closed or timed out.");
+create_exception!(_laminardb, StreamError, PyLaminarError, "The pipeline is shutting down or failed.");
+create_exception!(_laminardb, CheckpointError, PyLaminarError, "Checkpoint storage failed.");
+create_exception!(_laminardb, ConnectorError, PyLaminarError, "A connector is misconfigured or failed.");
+
+/// The one mapping from engine errors to Python exceptions (the class follows the code range).
+fn to_py(py: Python<'_>, e: LaminarError) -> PyErr {
+    let code = e.code();
+    let msg = e.to_string();
+    let err = match code {
+        100..=199 => ConnectionError::new_err(msg),
+        200 | 201 | 400..=499 => QueryError::new_err(msg),
+        202..=299 | codes::BATCH_SCHEMA_MISMATCH => SchemaError::new_err(msg),
+        300..=399 => IngestionError::new_err(msg),
+        500..=599 => SubscriptionError::new_err(msg),
+        600..=699 => ConnectorError::new_err(msg),
+        700..=799 => CheckpointError::new_err(msg),
+        codes::SHUTDOWN => StreamError::new_err(msg),
+        _ => PyLaminarError::new_err(msg),
+    };
+    let _ = err.value(py).setattr("code", code);
+    err
+}
+
+trait OrPy<T> {
+    fn or_py(self, py: Python<'_>) -> PyResult<T>;
+}
+
+impl<T> OrPy<T> for Result<T, LaminarError> {
+    fn or_py(self, py: Python<'_>) -> PyResult<T> {
+        self.map_err(|e| to_py(py, e))
+    }
+}
+
+fn table<'py>(
+    py: Python<'py>,
+    schema: arrow::datatypes::SchemaRef,
+    batches: Vec<RecordBatch>,
+) -> PyResult<Bound<'py, PyAny>> {
+    PyTable::try_new(batches, schema)?.into_pyarrow(py)
+}
+
+/// A connection to an embedded database.
+#[pyclass(frozen, name = "Connection", module = "laminardb._laminardb")]
+struct PyConnection {
+    db: Database,
+}
+
+#[pymethods]
+impl PyConnection {
+    /// Opens (or creates) the database in directory `path` (":memory:" keeps nothing).
+    #[staticmethod]
+    #[pyo3(signature = (path, buffer_size=65536, storage_dir=None, checkpoint_interval_ms=None, workers=None))]
+    fn open(
+        py: Python<'_>,
+        path: String,
+        buffer_size: usize,
+        storage_dir: Option<String>,
+        checkpoint_interval_ms: Option<u64>,
+        workers: Option<usize>,
+    ) -> PyResult<Self> {
+        let config = LaminarConfig {
+            buffer_size,
+            storage_dir: storage_dir.map(Into::into),
+            checkpoint_interval_ms,
+            workers,
+            ..Default::default()
+        };
+        let db = py.detach(|| Database::open_with_config(&path, config)).or_py(py)?;
+        Ok(Self { db })
+    }
+
+    /// Executes one statement: `(result_type, ddl_type, ddl_object, rows_affected, table)`.
+    fn execute<'py>(&self, py: Python<'py>, sql: &str) -> PyResult<Bound<'py, PyTuple>> {
+        let r = py.detach(|| self.db.execute(sql)).or_py(py)?;
+        let kind = r.result_type();
+        let none = py.None().into_bound(py);
+        let items: Vec<Bound<'py, PyAny>> = match r {
+            ExecuteResult::Ddl { ddl_type, ddl_object } => vec![
+                kind.into_pyobject(py)?.into_any(),
+                ddl_type.into_pyobject(py)?.into_any(),
+                ddl_object.into_pyobject(py)?.into_any(),
+                0u64.into_pyobject(py)?.into_any(),
+                none,
+            ],
+            ExecuteResult::RowsAffected(n) => vec![
+                kind.into_pyobject(py)?.into_any(),
+                none.clone(),
+                none.clone(),
+                n.into_pyobject(py)?.into_any(),
+                none,
+            ],
+            ExecuteResult::Query(q) | ExecuteResult::Metadata(q) => vec![
+                kind.into_pyobject(py)?.into_any(),
+                none.clone(),
+                none.clone(),
+                (q.num_rows() as u64).into_pyobject(py)?.into_any(),
+                table(py, q.schema, q.batches)?,
+            ],
+        };
+        PyTuple::new(py, items)
+    }
+
+    /// Runs a query; returns a pyarrow Table.
+    fn query<'py>(&self, py: Python<'py>, sql: &str) -> PyResult<Bound<'py, PyAny>> {
+        let r = py.detach(|| self.db.query(sql)).or_py(py)?;
+        table(py, r.schema, r.batches)
+    }
+
+    /// Inserts a record batch (all or nothing); returns the number of rows.
+    fn insert_batch(&self, py: Python<'_>, name: &str, batch: PyRecordBatch) -> PyResult<usize> {
+        let batch = batch.into_inner();
+        py.detach(|| self.db.insert(name, &batch)).or_py(py)
+    }
+
+    /// Inserts a table (all or nothing); returns the number of rows.
+    fn insert_table(&self, py: Python<'_>, name: &str, data: PyTable) -> PyResult<usize> {
+        let (batches, schema) = data.into_inner();
+        py.detach(|| {
+            let one = laminardb::ingest::concat_or_empty(&schema, &batches)?;
+            self.db.insert(name, &one)
+        })
+        .or_py(py)
+    }
+
+    /// Inserts JSON rows (an object, an array of objects, or newline-delimited objects).
+    fn insert_json(&self, py: Python<'_>, name: &str, json: &str) -> PyResult<usize> {
+        py.detach(|| self.db.insert_json(name, json)).or_py(py)
+    }
+
+    /// Inserts CSV text with a header line.
+    fn insert_csv(&self, py: Python<'_>, name: &str, csv: &str) -> PyResult<usize> {
+        py.detach(|| self.db.insert_csv(name, csv)).or_py(py)
+    }
+
+    /// Deletes rows of an upsert source by primary key.
+    fn delete(&self, py: Python<'_>, name: &str, keys: PyRecordBatch) -> PyResult<usize> {
+        let keys = keys.into_inner();
+        py.detach(|| self.db.delete(name, &keys)).or_py(py)
+    }
+
+    /// Advances a source's event-time watermark (milliseconds).
+    fn advance_watermark(&self, py: Python<'_>, name: &str, ts_ms: i64) -> PyResult<()> {
+        py.detach(|| self.db.advance_watermark(name, ts_ms)).or_py(py)
+    }
+
+    /// Starts the pipeline.
+    fn start(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.db.start()).or_py(py)
+    }
+
+    /// Drains and stops the pipeline.
+    fn shutdown(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.db.shutdown()).or_py(py)
+    }
+
+    /// Shuts down and releases the database.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.db.close()).or_py(py)
+    }
+
+    /// Waits until everything inserted so far is reflected in every stream.
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        py.detach(|| self.db.flush()).or_py(py)
+    }
+
+    /// True after close().
+    #[getter]
+    fn is_closed(&self) -> bool {
+        self.db.is_closed()
+    }
+
+    /// Pipeline state name.
+    #[getter]
+    fn pipeline_state(&self) -> &'static str {
+        self.db.pipeline_state().name()
+    }
+
+    /// Minimum source watermark (ms), if any.
+    #[getter]
+    fn pipeline_watermark(&self) -> Option<i64> {
+        self.db.pipeline_watermark()
+    }
+
+    /// Subscribes to a stream; `changelog` adds a signed `_weight` column.
+    #[pyo3(signature = (name, changelog=None))]
+    fn subscribe(&self, py: Python<'_>, name: &str, changelog: Option<bool>) -> PyResult<PySubscription> {
+        let sub = match changelog {
+            None => self.db.subscribe(name),
+            Some(true) => self.db.subscribe_with_mode(name, SubscriptionMode::Changelog),
+            Some(false) => self.db.subscribe_with_mode(name, SubscriptionMode::Upsert),
+        }
+        .or_py(py)?;
+        Ok(PySubscription { sub })
+    }
+
+    /// `[(name, schema, watermark_column, connector, primary_key)]`.
+    fn sources<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let items = self
+            .db
+            .sources()
+            .into_iter()
+            .map(|s| {
+                let schema = PySchema::new(s.schema).into_pyarrow(py)?;
+                Ok((s.name, schema, s.watermark_column, s.connector, s.primary_key).into_pyobject(py)?.into_any())
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, items)
+    }
+
+    /// `[(name, sql, schema, materialized)]`.
+    fn streams<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let items = self
+            .db
+            .streams()
+            .into_iter()
+            .map(|s| {
+                let schema = PySchema::new(s.schema).into_pyarrow(py)?;
+                Ok((s.name, s.sql, schema, s.materialized).into_pyobject(py)?.into_any())
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        PyList::new(py, items)
+    }
+
+    /// `[(name, sql, connector)]`.
+    fn sinks(&self) -> Vec<(String, String, String)> {
+        self.db.sinks().into_iter().map(|s| (s.name, s.sql, s.connector)).collect()
+    }
+
+    /// Schema of a source or stream, as a pyarrow Schema.
+    fn schema<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyAny>> {
+        let s = self.db.schema(name).or_py(py)?;
+        PySchema::new(s).into_pyarrow(py)
+    }
+
+    /// Whole-pipeline counters as a dict.
+    fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let m = py.detach(|| self.db.metrics());
+        let d = PyDict::new(py);
+        d.set_item("total_events_ingested", m.total_events_ingested)?;
+        d.set_item("total_events_emitted", m.total_events_emitted)?;
+        d.set_item("total_events_dropped", m.total_events_dropped)?;
+        d.set_item("total_cycles", m.total_cycles)?;
+        d.set_item("total_batches", m.total_batches)?;
+        d.set_item("uptime_secs", m.uptime_secs)?;
+        d.set_item("state", m.state)?;
+        d.set_item("source_count", m.source_count)?;
+        d.set_item("stream_count", m.stream_count)?;
+        d.set_item("sink_count", m.sink_count)?;
+        d.set_item("pipeline_watermark", m.pipeline_watermark)?;
+        Ok(d)
+    }
+
+    /// One source's counters as a dict, or None.
+    fn source_metrics<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some(m) = py.detach(|| self.db.source_metrics(name)) else { return Ok(None) };
+        let d = PyDict::new(py);
+        d.set_item("name", m.name)?;
+        d.set_item("total_events", m.total_events)?;
+        d.set_item("pending", m.pending)?;
+        d.set_item("capacity", m.capacity)?;
+        d.set_item("is_backpressured", m.is_backpressured)?;
+        d.set_item("watermark", m.watermark)?;
+        d.set_item("utilization", m.utilization)?;
+        Ok(Some(d))
+    }
+
+    /// One stream's counters as a dict, or None.
+    fn stream_metrics<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some(m) = py.detach(|| self.db.stream_metrics(name)) else { return Ok(None) };
+        let d = PyDict::new(py);
+        d.set_item("name", m.name)?;
+        d.set_item("total_events", m.total_events)?;
+        d.set_item("epochs", m.epochs)?;
+        d.set_item("current_rows", m.current_rows)?;
+        d.set_item("dropped", m.dropped)?;
+        d.set_item("last_error", m.last_error)?;
+        d.set_item("sql", m.sql)?;
+        Ok(Some(d))
+    }
+
+    /// `(nodes=[(name, node_type, schema, sql)], edges=[(from, to)])`.
+    fn topology<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        let t = self.db.topology();
+        let nodes = t
+            .nodes
+            .into_iter()
+            .map(|n| {
+                let schema = PySchema::new(n.schema).into_pyarrow(py)?;
+                Ok((n.name, n.node_type, schema, n.sql).into_pyobject(py)?.into_any())
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let edges: Vec<(String, String)> = t.edges.into_iter().map(|e| (e.from_node, e.to_node)).collect();
+        (PyList::new(py, nodes)?, edges).into_pyobject(py)
+    }
+}
+
+/// A live subscription; items are `(epoch, pyarrow.RecordBatch)`.
+#[pyclass(frozen, name = "Subscription", module = "laminardb._laminardb")]
+struct PySubscription {
+    sub: Subscription,
+}
+
+fn item<'py>(py: Python<'py>, c: laminardb::ChangeBatch) -> PyResult<Bound<'py, PyTuple>> {
+    let batch = PyRecordBatch::new(c.batch).into_pyarrow(py)?;
+    PyTuple::new(py, [c.epoch.into_pyobject(py)?.into_any(), batch])
+}
+
+#[pymethods]
+impl PySubscription {
+    /// Waits up to `timeout_ms` (None: forever) for the next item; Ctrl-C interrupts the wait.
+    /// Raises SubscriptionError (code 502) on timeout and (code 501) once closed.
+    #[pyo3(signature = (timeout_ms=None))]
+    fn next_timeout<'py>(&self, py: Python<'py>, timeout_ms: Option<u64>) -> PyResult<Bound<'py, PyTuple>> {
+        let deadline = timeout_ms.map(|ms| std::time::Instant::now() + Duration::from_millis(ms));
+        loop {
+            let slice = match deadline {
+                Some(d) => d.saturating_duration_since(std::time::Instant::now()).min(Duration::from_millis(50)),
+                None => Duration::from_millis(50),
+            };
+            match py.detach(|| self.sub.next_timeout(slice)) {
+                Ok(c) => return item(py, c),
+                Err(e) if e.code() == codes::SUBSCRIPTION_TIMEOUT => {
+                    py.check_signals()?;
+                    if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                        let ms = timeout_ms.unwrap_or(0);
+                        return Err(to_py(
+                            py,
+                            LaminarError::Subscription {
+                                code: codes::SUBSCRIPTION_TIMEOUT,
+                                message: format!("no data within {ms} ms"),
+                            },
+                        ));
+                    }
+                }
+                Err(e) => return Err(to_py(py, e)),
+            }
+        }
+    }
+
+    /// The next item if one is ready, else None.
+    fn try_next<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        match self.sub.try_next().or_py(py)? {
+            Some(c) => Ok(Some(item(py, c)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Stops the subscription (safe from any thread).
+    fn cancel(&self) {
+        self.sub.cancel();
+    }
+
+    /// True until cancelled or the stream ends.
+    #[getter]
+    fn is_active(&self) -> bool {
+        self.sub.is_active()
+    }
+
+    /// Schema of delivered batches.
+    #[getter]
+    fn schema<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        PySchema::new(self.sub.schema()).into_pyarrow(py)
+    }
+}
+
+/// The `laminardb._laminardb` extension module.
+#[pymodule]
+fn _laminardb(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_class::<PyConnection>()?;
+    m.add_class::<PySubscription>()?;
+    m.add("LaminarError", py.get_type::<PyLaminarError>())?;
+    m.add("ConnectionError", py.get_type::<ConnectionError>())?;
+    m.add("QueryError", py.get_type::<QueryError>())?;
+    m.add("IngestionError", py.get_type::<IngestionError>())?;
+    m.add("SchemaError", py.get_type::<SchemaError>())?;
+    m.add("SubscriptionError", py.get_type::<SubscriptionError>())?;
+    m.add("StreamError", py.get_type::<StreamError>())?;
+    m.add("CheckpointError", py.get_type::<CheckpointError>())?;
+    m.add("ConnectorError", py.get_type::<ConnectorError>())?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
