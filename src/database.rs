@@ -98,6 +98,9 @@ struct State {
     sources: BTreeMap<String, Arc<SourceEntry>>,
     streams: BTreeMap<String, Arc<StreamEntry>>,
     sinks: BTreeMap<String, SinkEntry>,
+    /// Ad-hoc continuous queries behind `subscribe_query`: not in the catalog, gone with their
+    /// subscription.
+    queries: BTreeMap<String, Arc<StreamEntry>>,
     pipeline: PipelineState,
     started_at: Option<Instant>,
     next_id: u64,
@@ -191,6 +194,7 @@ impl Database {
                     sources: BTreeMap::new(),
                     streams: BTreeMap::new(),
                     sinks: BTreeMap::new(),
+                    queries: BTreeMap::new(),
                     pipeline: PipelineState::Created,
                     started_at: None,
                     next_id: 1,
@@ -427,6 +431,20 @@ impl Database {
         let gone: BTreeSet<String> = doomed.iter().cloned().collect();
         st.catalog.update(|v| v.retain(|e| !gone.contains(&e.name)))?;
         let rt = self.inner.runtime.read().clone();
+        let orphans: Vec<String> = st
+            .queries
+            .iter()
+            .filter(|(_, q)| q.sources.iter().any(|x| gone.contains(x)))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in orphans {
+            if let Some(q) = st.queries.remove(&n) {
+                if let (Some(rt), Some(r)) = (&rt, q.running.lock().take()) {
+                    rt.remove(r.id)?;
+                }
+                q.output.close_subscribers();
+            }
+        }
         for n in doomed.iter().rev() {
             st.sources.remove(n);
             st.sinks.remove(n);
@@ -453,8 +471,9 @@ impl Database {
                 .get(&name)
                 .ok_or_else(|| LaminarError::Internal(format!("stream reads unknown source '{name}'")))?;
             let batches = src.data.lock().snapshot()?;
-            backfill.push((name, batches.into_iter().map(DiffBatch::inserts).collect()));
+            backfill.push((name, batches.into_iter().map(DiffBatch::inserts).collect::<Vec<_>>()));
         }
+        let backfilled = backfill.iter().any(|(_, b)| !b.is_empty());
         rt.install(InstallRequest {
             id,
             plan: entry.planned.plan.clone(),
@@ -462,6 +481,10 @@ impl Database {
             backfill,
             stats: entry.stats.clone(),
         })?;
+        if backfilled {
+            // Close the epoch now rather than waiting for the next insert.
+            rt.close_epoch()?;
+        }
         *entry.running.lock() = Some(Running { id, merger });
         Ok(())
     }
@@ -487,8 +510,11 @@ impl Database {
             }
         };
         *self.inner.runtime.write() = Some(rt.clone());
-        let streams: Vec<Arc<StreamEntry>> =
-            catalog_order(&st).into_iter().filter_map(|n| st.streams.get(&n).cloned()).collect();
+        let streams: Vec<Arc<StreamEntry>> = catalog_order(&st)
+            .into_iter()
+            .filter_map(|n| st.streams.get(&n).cloned())
+            .chain(st.queries.values().cloned())
+            .collect();
         for s in streams {
             let id = st.next_id;
             st.next_id += 1;
@@ -518,7 +544,7 @@ impl Database {
         if let Some(rt) = rt {
             rt.shutdown();
         }
-        for s in st.streams.values() {
+        for s in st.dataflows() {
             *s.running.lock() = None;
             s.output.close_subscribers();
         }
@@ -548,7 +574,7 @@ impl Database {
         let epoch = rt.close_epoch()?;
         let mergers: Vec<Arc<EpochMerger>> = {
             let st = self.inner.state.lock();
-            st.streams.values().filter_map(|s| s.running.lock().as_ref().map(|r| r.merger.clone())).collect()
+            st.dataflows().filter_map(|s| s.running.lock().as_ref().map(|r| r.merger.clone())).collect()
         };
         for m in mergers {
             if !m.wait_delivered(epoch, Duration::from_secs(60)) {
@@ -638,8 +664,7 @@ impl Database {
     fn release_inflight(&self, src: &SourceEntry) -> u64 {
         let delivered: Option<u64> = {
             let st = self.inner.state.lock();
-            st.streams
-                .values()
+            st.dataflows()
                 .filter(|s| s.sources.contains(&src.def.name))
                 .filter_map(|s| s.running.lock().as_ref().map(|r| r.merger.delivered()))
                 .min()
@@ -741,6 +766,61 @@ impl Database {
             message: format!("stream '{stream}' does not exist"),
         })?;
         Ok(s.output.subscribe(mode))
+    }
+
+    /// Subscribes to the changes of an ad-hoc continuous query. The query runs (and backfills
+    /// from its sources) like a stream, but is not in the catalog; it is removed when the
+    /// subscription is dropped.
+    pub fn subscribe_query(&self, sql: &str, mode: SubscriptionMode) -> Result<Subscription> {
+        self.check_open()?;
+        let sql = match parse_statement(sql)? {
+            Statement::Query(q) => q,
+            other => {
+                return Err(LaminarError::Query(format!("subscribe needs a SELECT, got {}", statement_kind(&other))))
+            }
+        };
+        let mut st = self.inner.state.lock();
+        let planned = plan_query(&sql, &*st)?;
+        let id = st.next_id;
+        st.next_id += 1;
+        let name = format!("__query_{id}");
+        let entry = Arc::new(StreamEntry {
+            def: CreateStream {
+                name: name.clone(),
+                query: sql.clone(),
+                materialized: false,
+                emit: EmitMode::OnUpdate,
+                if_not_exists: false,
+                or_replace: false,
+            },
+            sources: planned.plan.sources(),
+            sql,
+            output: Arc::new(StreamOutput::new(planned.schema.clone(), planned.plan.is_append_only())?),
+            planned,
+            stats: Arc::new(DataflowStats::default()),
+            running: Mutex::new(None),
+        });
+        // Subscribe before installing so that the backfilled result is delivered too.
+        let sub = entry.output.subscribe(mode);
+        if let Some(rt) = self.inner.runtime.read().clone() {
+            self.install(&st, &rt, &entry, id)?;
+        }
+        st.queries.insert(name.clone(), entry);
+        let weak = Arc::downgrade(&self.inner);
+        Ok(sub.on_drop(Box::new(move || {
+            if let Some(inner) = weak.upgrade() {
+                Database { inner }.remove_query(&name);
+            }
+        })))
+    }
+
+    fn remove_query(&self, name: &str) {
+        let mut st = self.inner.state.lock();
+        if let Some(q) = st.queries.remove(name) {
+            if let (Some(rt), Some(r)) = (self.inner.runtime.read().clone(), q.running.lock().take()) {
+                let _ = rt.remove(r.id);
+            }
+        }
     }
 
     /// Runs an ad-hoc query over the current contents of sources, streams and views.
@@ -1054,6 +1134,13 @@ fn statement_kind(s: &Statement) -> &'static str {
         Statement::Explain(_) => "EXPLAIN",
         Statement::Insert { .. } => "INSERT",
         Statement::Query(_) => "query",
+    }
+}
+
+impl State {
+    /// Streams, views and ad-hoc queries: everything with a dataflow.
+    fn dataflows(&self) -> impl Iterator<Item = &Arc<StreamEntry>> {
+        self.streams.values().chain(self.queries.values())
     }
 }
 

@@ -135,7 +135,7 @@ impl StreamOutput {
             SubscriptionMode::Upsert => self.schema.clone(),
             SubscriptionMode::Changelog => self.changelog_schema.clone(),
         };
-        Subscription { rx, cancelled, closed, schema }
+        Subscription { rx, cancelled, closed, schema, on_drop: None }
     }
 
     /// Ends every subscription (the pipeline stopped or the stream was dropped).
@@ -235,9 +235,25 @@ pub struct Subscription {
     cancelled: Arc<AtomicBool>,
     closed: Arc<AtomicBool>,
     schema: SchemaRef,
+    on_drop: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.cancelled.store(true, Ordering::Release);
+        if let Some(f) = self.on_drop.take() {
+            f();
+        }
+    }
 }
 
 impl Subscription {
+    /// Runs `f` when the subscription is dropped (releases what the subscription owns).
+    pub fn on_drop(mut self, f: Box<dyn FnOnce() + Send + Sync>) -> Self {
+        self.on_drop = Some(f);
+        self
+    }
+
     /// Schema of the delivered batches.
     pub fn schema(&self) -> SchemaRef {
         self.schema.clone()

@@ -361,3 +361,24 @@ fn backpressure_bounds_rows_in_flight_and_loses_nothing() {
     assert_eq!(rows, vec!["1000|1000"]);
     db.shutdown().expect("shutdown");
 }
+
+#[test]
+fn ad_hoc_query_subscriptions_are_temporary() {
+    let db = common::db_with_workers(2);
+    db.execute("CREATE SOURCE s (k VARCHAR, v BIGINT)").expect("src");
+    db.insert_json("s", r#"{"k": "a", "v": 1}"#).expect("before");
+    db.start().expect("start");
+    let sub = db.subscribe_query("SELECT k, SUM(v) AS t FROM s GROUP BY k", SubscriptionMode::Upsert).expect("sub");
+    let first = sub.next_timeout(Duration::from_secs(10)).expect("backfill");
+    assert_eq!(common::rows(&[first.batch]), vec!["a|1"]);
+    db.insert_json("s", r#"{"k": "a", "v": 5}"#).expect("after");
+    let second = sub.next_timeout(Duration::from_secs(10)).expect("update");
+    assert_eq!(common::rows(&[second.batch]), vec!["a|6"]);
+    assert!(db.streams().is_empty(), "not in the catalog");
+    assert!(db.topology().nodes.iter().all(|n| n.node_type != "stream"));
+    assert!(db.subscribe_query("CREATE SOURCE x (a INT)", SubscriptionMode::Upsert).is_err());
+    drop(sub);
+    db.insert_json("s", r#"{"k": "b", "v": 1}"#).expect("after drop");
+    db.flush().expect("flush");
+    db.shutdown().expect("shutdown");
+}

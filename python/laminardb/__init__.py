@@ -737,6 +737,23 @@ class Connection:
         """Calls `on_data` for each result on a background thread."""
         return CallbackSubscription(self._raw().subscribe(name), on_data, on_error)
 
+    def subscribe(self, sql: str) -> StreamSubscription:
+        """Subscribes to the changes of an ad-hoc continuous query (SELECT …); the query stops
+        when the subscription is cancelled and garbage-collected."""
+        return StreamSubscription(self._raw().subscribe_query(sql))
+
+    async def subscribe_async(self, sql: str) -> AsyncStreamSubscription:
+        """`subscribe` for `async for`."""
+        return AsyncStreamSubscription(self._raw().subscribe_query(sql))
+
+    def stream(self, sql: str) -> Iterator[QueryResult]:
+        """Iterates the changes of an ad-hoc continuous query until the pipeline stops."""
+        sub = self.subscribe(sql)
+        try:
+            yield from sub
+        finally:
+            sub.cancel()
+
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
         """Starts the pipeline."""

@@ -222,6 +222,14 @@ impl PyConnection {
         Ok(PySubscription { sub })
     }
 
+    /// Subscribes to an ad-hoc continuous query (removed when the subscription is dropped).
+    #[pyo3(signature = (sql, changelog=false))]
+    fn subscribe_query(&self, py: Python<'_>, sql: &str, changelog: bool) -> PyResult<PySubscription> {
+        let mode = if changelog { SubscriptionMode::Changelog } else { SubscriptionMode::Upsert };
+        let sub = py.detach(|| self.db.subscribe_query(sql, mode)).or_py(py)?;
+        Ok(PySubscription { sub })
+    }
+
     /// `[(name, schema, watermark_column, connector, primary_key)]`.
     fn sources<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let items = self

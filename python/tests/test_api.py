@@ -280,3 +280,24 @@ async def test_async_context_manager():
     async with laminardb.open(":memory:") as db:
         db.execute("CREATE SOURCE s (a INT)")
     assert db.is_closed
+
+
+def test_subscribe_sql_and_stream(trades):
+    trades.insert("trades", {"symbol": "A", "price": 1.0, "qty": 4})
+    sub = trades.subscribe("SELECT symbol, SUM(qty) * 10 AS q10 FROM trades GROUP BY symbol")
+    assert sub.next_timeout(5000).to_dicts() == [{"symbol": "A", "q10": 40}]
+    it = trades.stream("SELECT symbol FROM trades WHERE qty > 100")
+    trades.insert("trades", {"symbol": "B", "price": 1.0, "qty": 500})
+    assert next(it).to_dicts() == [{"symbol": "B"}]
+    assert sub.next_timeout(5000).to_dicts() == [{"symbol": "B", "q10": 5000}]
+    assert trades.list_streams() == ["agg"]
+    sub.cancel()
+    with pytest.raises(laminardb.QueryError):
+        trades.subscribe("CREATE SOURCE x (a INT)")
+
+
+async def test_subscribe_async_sql(trades):
+    sub = await trades.subscribe_async("SELECT COUNT(*) AS n FROM trades")
+    trades.insert("trades", {"symbol": "A", "price": 1.0, "qty": 1})
+    assert (await asyncio.wait_for(sub.next(), 5)).to_dicts() == [{"n": 1}]
+    sub.cancel()
