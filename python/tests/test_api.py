@@ -301,3 +301,42 @@ async def test_subscribe_async_sql(trades):
     trades.insert("trades", {"symbol": "A", "price": 1.0, "qty": 1})
     assert (await asyncio.wait_for(sub.next(), 5)).to_dicts() == [{"n": 1}]
     sub.cancel()
+
+
+def test_ctrl_c_interrupts_a_blocking_wait(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "block.py"
+    script.write_text(
+        "import laminardb, sys\n"
+        "db = laminardb.open(':memory:')\n"
+        "db.execute('CREATE SOURCE s (a INT)')\n"
+        "db.execute('CREATE STREAM t AS SELECT a FROM s')\n"
+        "db.start()\n"
+        "sub = db.subscribe_stream('t')\n"
+        "print('ready', flush=True)\n"
+        "try:\n"
+        "    sub.next()\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted', flush=True)\n"
+        "    sys.exit(3)\n"
+    )
+    p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    time.sleep(0.2)
+    sent = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    out, _ = p.communicate(timeout=10)
+    elapsed = time.monotonic() - sent
+    assert p.returncode == 3 and "interrupted" in out
+    assert elapsed < 1.0, f"took {elapsed:.3f}s"
+
+
+def test_show_prints_rows(trades, capsys):
+    trades.insert("trades", {"symbol": "Q", "price": 2.0, "qty": 1})
+    trades.flush()
+    trades.query("SELECT symbol, n FROM agg").show()
+    out = capsys.readouterr().out
+    assert "symbol" in out and "Q" in out
