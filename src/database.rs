@@ -70,6 +70,29 @@ struct SourceEntry {
     pending: AtomicU64,
     /// Times an insert had to wait for the pipeline to catch up.
     backpressure_waits: AtomicU64,
+    /// Small inserts waiting to be sent as one batch (at most `STAGE_ROWS` rows or ~1 ms).
+    staged: Mutex<Vec<RecordBatch>>,
+}
+
+/// Inserts smaller than this are staged and sent together, at the latest ~1 ms later.
+const STAGE_ROWS: usize = 1024;
+
+/// Wakes the thread that sends staged rows.
+#[derive(Default)]
+struct StageSignal {
+    pending: Mutex<bool>,
+    wake: parking_lot::Condvar,
+    stop: AtomicBool,
+}
+
+impl StageSignal {
+    fn notify(&self) {
+        let mut p = self.pending.lock();
+        if !*p {
+            *p = true;
+            self.wake.notify_one();
+        }
+    }
 }
 
 struct Running {
@@ -135,10 +158,13 @@ struct Inner {
     closed: AtomicBool,
     batches: AtomicU64,
     query_rt: OnceLock<tokio::runtime::Runtime>,
+    stage: Arc<StageSignal>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        self.stage.stop.store(true, Ordering::Release);
+        self.stage.notify();
         if let Some(rt) = self.runtime.write().take() {
             rt.shutdown();
         }
@@ -204,8 +230,10 @@ impl Database {
                 closed: AtomicBool::new(false),
                 batches: AtomicU64::new(0),
                 query_rt: OnceLock::new(),
+                stage: Arc::new(StageSignal::default()),
             }),
         };
+        db.spawn_stager()?;
         for entry in replay {
             db.execute_inner(&entry.sql, false).map_err(|e| LaminarError::Connection {
                 code: codes::CONNECTION_FAILED,
@@ -318,6 +346,7 @@ impl Database {
             inflight: Mutex::new(Default::default()),
             pending: AtomicU64::new(0),
             backpressure_waits: AtomicU64::new(0),
+            staged: Mutex::new(Vec::new()),
             def,
         });
         let name = entry.def.name.clone();
@@ -492,10 +521,16 @@ impl Database {
     /// Starts the pipeline: every stream begins processing (existing source contents first).
     pub fn start(&self) -> Result<()> {
         self.check_open()?;
-        let mut st = self.inner.state.lock();
+        let st = self.inner.state.lock();
         match st.pipeline {
             PipelineState::Running | PipelineState::Starting => return Ok(()),
             PipelineState::Created | PipelineState::Stopped | PipelineState::ShuttingDown => {}
+        }
+        drop(st);
+        self.flush_all_staged()?;
+        let mut st = self.inner.state.lock();
+        if st.pipeline == PipelineState::Running || st.pipeline == PipelineState::Starting {
+            return Ok(());
         }
         st.pipeline = PipelineState::Starting;
         let cfg = RuntimeConfig {
@@ -532,6 +567,7 @@ impl Database {
 
     /// Stops the pipeline after draining in-flight data; subscriptions end.
     pub fn shutdown(&self) -> Result<()> {
+        self.flush_all_staged()?;
         let mut st = self.inner.state.lock();
         if st.pipeline != PipelineState::Running {
             return Ok(());
@@ -570,6 +606,7 @@ impl Database {
     /// Waits until every row inserted before this call is reflected in every stream.
     pub fn flush(&self) -> Result<()> {
         self.check_open()?;
+        self.flush_all_staged()?;
         let Some(rt) = self.inner.runtime.read().clone() else { return Ok(()) };
         let epoch = rt.close_epoch()?;
         let mergers: Vec<Arc<EpochMerger>> = {
@@ -598,10 +635,6 @@ impl Database {
         self.check_open()?;
         let src = self.source(source)?;
         let batch = coerce_batch(&src.def.name, batch, &src.schema)?;
-        self.ingest(&src, batch)
-    }
-
-    fn ingest(&self, src: &SourceEntry, batch: RecordBatch) -> Result<usize> {
         let n = batch.num_rows();
         if n == 0 {
             return Ok(0);
@@ -611,13 +644,77 @@ impl Database {
                 src.watermark.fetch_max(max.saturating_sub(w.delay_ms), Ordering::AcqRel);
             }
         }
+        src.total.fetch_add(n as u64, Ordering::Relaxed);
+        self.inner.batches.fetch_add(1, Ordering::Relaxed);
+        // Stage small inserts (bounded by a quarter of the buffer, so that backpressure stays fine-grained).
+        let stage_limit = STAGE_ROWS.min(self.inner.config.buffer_size / 4).max(1);
+        if n < stage_limit {
+            let staged_rows = {
+                let mut staged = src.staged.lock();
+                staged.push(batch);
+                staged.iter().map(|b| b.num_rows()).sum::<usize>()
+            };
+            if staged_rows >= stage_limit {
+                self.flush_staged(&src)?;
+            } else {
+                self.inner.stage.notify();
+            }
+            return Ok(n);
+        }
+        self.flush_staged(&src)?;
+        self.ingest(&src, batch)?;
+        Ok(n)
+    }
+
+    /// Sends a source's staged small inserts as one batch.
+    fn flush_staged(&self, src: &SourceEntry) -> Result<()> {
+        let batches = std::mem::take(&mut *src.staged.lock());
+        if batches.is_empty() {
+            return Ok(());
+        }
+        let batch = concat_or_empty(&src.schema, &batches)?;
+        self.ingest(src, batch)
+    }
+
+    /// Sends every source's staged inserts.
+    fn flush_all_staged(&self) -> Result<()> {
+        let sources: Vec<Arc<SourceEntry>> = self.inner.state.lock().sources.values().cloned().collect();
+        sources.iter().try_for_each(|s| self.flush_staged(s))
+    }
+
+    /// The thread that sends staged inserts about 1 ms after they arrive.
+    fn spawn_stager(&self) -> Result<()> {
+        let signal = self.inner.stage.clone();
+        let weak = Arc::downgrade(&self.inner);
+        std::thread::Builder::new()
+            .name("laminar-stager".into())
+            .spawn(move || loop {
+                {
+                    let mut pending = signal.pending.lock();
+                    while !*pending && !signal.stop.load(Ordering::Acquire) {
+                        signal.wake.wait(&mut pending);
+                    }
+                    *pending = false;
+                }
+                if signal.stop.load(Ordering::Acquire) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+                let Some(inner) = weak.upgrade() else { return };
+                let db = Database { inner };
+                if !db.is_closed() {
+                    let _ = db.flush_all_staged();
+                }
+            })
+            .map_err(|e| LaminarError::Internal(format!("cannot start the staging thread: {e}")))?;
+        Ok(())
+    }
+
+    fn ingest(&self, src: &SourceEntry, batch: RecordBatch) -> Result<()> {
         self.wait_for_capacity(src);
         let _g = self.inner.ingest.lock();
         let change = src.data.lock().insert(batch)?;
-        self.send_change(src, change)?;
-        src.total.fetch_add(n as u64, Ordering::Relaxed);
-        self.inner.batches.fetch_add(1, Ordering::Relaxed);
-        Ok(n)
+        self.send_change(src, change)
     }
 
     /// A writer bound to one source, with event-time watermark control.
@@ -639,6 +736,7 @@ impl Database {
     pub fn delete(&self, source: &str, keys: &RecordBatch) -> Result<usize> {
         self.check_open()?;
         let src = self.source(source)?;
+        self.flush_staged(&src)?;
         let _g = self.inner.ingest.lock();
         let change = src.data.lock().delete(&src.def.name, keys)?;
         let Some(change) = change else { return Ok(0) };
@@ -849,6 +947,7 @@ impl Database {
     }
 
     fn run_query(&self, sql: &str) -> Result<QueryResult> {
+        self.flush_all_staged()?;
         let ctx = SessionContext::new();
         {
             let st = self.inner.state.lock();

@@ -645,6 +645,9 @@ class Connection:
             if data and all(isinstance(v, (list, tuple)) for v in data.values()):
                 table = pa.table({k: list(v) for k, v in data.items()})
             else:
+                fast = raw.insert_row(name, data)
+                if fast is not None:
+                    return fast
                 table = _rows_to_table([data])
             return raw.insert_table(name, table)
         if isinstance(data, (list, tuple)):

@@ -13,7 +13,7 @@ use laminardb::{codes, Database, ExecuteResult, LaminarConfig, LaminarError, Sub
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyTuple};
+use pyo3::types::{PyBool, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 use pyo3_arrow::{PyRecordBatch, PySchema, PyTable};
 
 create_exception!(
@@ -149,6 +149,14 @@ impl PyConnection {
             self.db.insert(name, &one)
         })
         .or_py(py)
+    }
+
+    /// Inserts one row given as a dict of plain Python values without going through pyarrow.
+    /// Returns None when a value needs pyarrow's conversion (the caller then falls back).
+    fn insert_row(&self, py: Python<'_>, name: &str, row: &Bound<'_, PyDict>) -> PyResult<Option<usize>> {
+        let schema = self.db.schema(name).or_py(py)?;
+        let Some(batch) = row_to_batch(&schema, row)? else { return Ok(None) };
+        py.detach(|| self.db.insert(name, &batch)).or_py(py).map(Some)
     }
 
     /// Inserts JSON rows (an object, an array of objects, or newline-delimited objects).
@@ -329,6 +337,90 @@ impl PyConnection {
         let edges: Vec<(String, String)> = t.edges.into_iter().map(|e| (e.from_node, e.to_node)).collect();
         (PyList::new(py, nodes)?, edges).into_pyobject(py)
     }
+}
+
+/// One row of plain Python values as a batch of the source's schema, or None when a value or
+/// type is outside the fast path (ints, floats, bools, strings, bytes, None).
+fn row_to_batch(schema: &arrow::datatypes::SchemaRef, row: &Bound<'_, PyDict>) -> PyResult<Option<RecordBatch>> {
+    use arrow::array::{
+        ArrayRef, BinaryArray, BooleanArray, Float32Array, Float64Array, Int16Array, Int32Array, Int64Array, Int8Array,
+        StringArray,
+    };
+    use arrow::datatypes::DataType as T;
+    use std::sync::Arc;
+    let mut known = 0usize;
+    let mut cols: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+    for f in schema.fields() {
+        let v = row.get_item(f.name())?;
+        if v.is_some() {
+            known += 1;
+        }
+        let v = v.filter(|v| !v.is_none());
+        macro_rules! int {
+            ($arr:ty, $t:ty) => {{
+                match &v {
+                    None => Arc::new(<$arr>::from(vec![None::<$t>])) as ArrayRef,
+                    Some(x) if x.is_instance_of::<PyInt>() && !x.is_instance_of::<PyBool>() => {
+                        match x.extract::<$t>() {
+                            Ok(n) => Arc::new(<$arr>::from(vec![n])),
+                            Err(_) => return Ok(None),
+                        }
+                    }
+                    _ => return Ok(None),
+                }
+            }};
+        }
+        let col: ArrayRef = match f.data_type() {
+            T::Int8 => int!(Int8Array, i8),
+            T::Int16 => int!(Int16Array, i16),
+            T::Int32 => int!(Int32Array, i32),
+            T::Int64 => int!(Int64Array, i64),
+            T::Float64 | T::Float32 => {
+                let x: Option<f64> = match &v {
+                    None => None,
+                    Some(x)
+                        if x.is_instance_of::<PyFloat>()
+                            || (x.is_instance_of::<PyInt>() && !x.is_instance_of::<PyBool>()) =>
+                    {
+                        Some(x.extract::<f64>()?)
+                    }
+                    _ => return Ok(None),
+                };
+                if f.data_type() == &T::Float32 {
+                    Arc::new(Float32Array::from(vec![x.map(|x| x as f32)]))
+                } else {
+                    Arc::new(Float64Array::from(vec![x]))
+                }
+            }
+            T::Boolean => match &v {
+                None => Arc::new(BooleanArray::from(vec![None])),
+                Some(x) if x.is_instance_of::<PyBool>() => Arc::new(BooleanArray::from(vec![x.extract::<bool>()?])),
+                _ => return Ok(None),
+            },
+            T::Utf8 => match &v {
+                None => Arc::new(StringArray::from(vec![None::<&str>])),
+                Some(x) if x.is_instance_of::<PyString>() => {
+                    Arc::new(StringArray::from(vec![x.cast::<PyString>()?.to_str()?]))
+                }
+                _ => return Ok(None),
+            },
+            T::Binary => match &v {
+                None => Arc::new(BinaryArray::from(vec![None::<&[u8]>])),
+                Some(x) if x.is_instance_of::<PyBytes>() => {
+                    Arc::new(BinaryArray::from(vec![x.cast::<PyBytes>()?.as_bytes()]))
+                }
+                _ => return Ok(None),
+            },
+            _ => return Ok(None),
+        };
+        cols.push(col);
+    }
+    if known != row.len() {
+        return Ok(None); // unknown keys: the general path reports them by name
+    }
+    let fields: Vec<_> = schema.fields().iter().map(|f| Arc::new(f.as_ref().clone().with_nullable(true))).collect();
+    let relaxed = Arc::new(arrow::datatypes::Schema::new(fields));
+    Ok(Some(RecordBatch::try_new(relaxed, cols).map_err(|e| SchemaError::new_err(e.to_string()))?))
 }
 
 /// A live subscription; items are `(epoch, pyarrow.RecordBatch)`.

@@ -340,3 +340,27 @@ def test_show_prints_rows(trades, capsys):
     trades.query("SELECT symbol, n FROM agg").show()
     out = capsys.readouterr().out
     assert "symbol" in out and "Q" in out
+
+
+def test_single_row_dicts_fast_path_and_fallbacks(db):
+    import datetime
+
+    db.execute("CREATE SOURCE r (i INT, b BIGINT, f REAL, d DOUBLE, ok BOOLEAN, s VARCHAR, raw BYTEA, ts TIMESTAMP)")
+    db.execute("CREATE STREAM c AS SELECT COUNT(*) AS n, SUM(b) AS total FROM r")
+    db.start()
+    for k in range(1000):
+        assert db.insert("r", {"i": k, "b": k, "f": 0.5, "d": 1, "ok": k % 2 == 0, "s": f"x{k}", "raw": b"\x00"}) == 1
+    # values outside the fast path take the pyarrow path
+    assert db.insert("r", {"b": 5, "ts": datetime.datetime(2024, 1, 1, 12, 0)}) == 1
+    assert db.insert("r", {"b": None, "s": None}) == 1
+    with pytest.raises(laminardb.SchemaError) as e:
+        db.insert("r", {"b": 1, "nope": 2})
+    assert "'nope'" in str(e.value)
+    with pytest.raises(laminardb.SchemaError):
+        db.insert("r", {"i": "not a number"})
+    db.flush()
+    assert db.query("SELECT * FROM c").to_dicts() == [{"n": 1002, "total": sum(range(1000)) + 5}]
+    row = db.query("SELECT i, f, d, ok, s, raw FROM r WHERE i = 7").to_dicts()
+    assert row == [{"i": 7, "f": 0.5, "d": 1.0, "ok": False, "s": "x7", "raw": b"\x00"}]
+    ts = db.query("SELECT ts FROM r WHERE ts IS NOT NULL").to_dicts()
+    assert ts == [{"ts": datetime.datetime(2024, 1, 1, 12, 0)}]
