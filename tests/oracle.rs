@@ -15,6 +15,7 @@ const QUERIES: &[(&str, &str)] = &[
     ("uni", "SELECT g AS x FROM t WHERE v < 20 UNION ALL SELECT id % 4 FROM t WHERE w IS NULL"),
     ("dist", "SELECT DISTINCT g, w FROM t"),
     ("minmax_str", "SELECT v % 5 AS b, MIN(w) AS lo, MAX(w) AS hi FROM t GROUP BY v % 5"),
+    ("by_str", "SELECT w, COUNT(*) AS n, SUM(v) AS s, MAX(id) AS last FROM t GROUP BY w"),
 ];
 
 fn random_row(rng: &mut StdRng, id: i64) -> String {

@@ -6,8 +6,9 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int64Array, RecordBatch};
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray};
 use arrow::compute::{cast, concat_batches};
+use arrow::datatypes::DataType;
 use arrow_row::{RowConverter, Rows, SortField};
 use hashbrown::HashTable;
 
@@ -18,7 +19,12 @@ use crate::plan::AggregatePlan;
 use crate::rowstore::RowSlots;
 
 /// Maps group keys to dense group ids.
+///
+/// Keys are byte strings: the Arrow row encoding of the key columns in general, or for a single
+/// VARCHAR key the string's own bytes (no encoding pass, the common case of `GROUP BY name`).
 pub struct GroupTable {
+    /// Single VARCHAR key: the key of each group (None: the NULL key).
+    strings: Option<RowSlots>,
     converter: Option<RowConverter>,
     table: HashTable<(u64, u32)>,
     keys: Option<Rows>,
@@ -29,13 +35,15 @@ pub struct GroupTable {
 impl GroupTable {
     /// A table for keys of the given types (none: one global group).
     pub fn new(key_types: &[arrow::datatypes::DataType]) -> Result<Self> {
-        let converter = if key_types.is_empty() {
+        let single_utf8 = key_types == [DataType::Utf8];
+        let converter = if key_types.is_empty() || single_utf8 {
             None
         } else {
             Some(RowConverter::new(key_types.iter().map(|t| SortField::new(t.clone())).collect())?)
         };
         let keys = converter.as_ref().map(|c| c.empty_rows(0, 0));
         Ok(Self {
+            strings: single_utf8.then(RowSlots::default),
             converter,
             table: HashTable::new(),
             keys,
@@ -56,6 +64,30 @@ impl GroupTable {
 
     /// Group id of every row, creating groups as needed.
     pub fn intern(&mut self, key_columns: &[ArrayRef], num_rows: usize) -> Result<Vec<u32>> {
+        if let Some(strings) = self.strings.as_mut() {
+            let arr = key_columns
+                .first()
+                .and_then(|c| c.as_string_opt::<i32>())
+                .ok_or_else(|| DataflowError::Internal("VARCHAR key expected".into()))?;
+            let mut out = Vec::with_capacity(num_rows);
+            for i in 0..num_rows {
+                let key: Option<&[u8]> = arr.is_valid(i).then(|| arr.value(i).as_bytes());
+                let hash = key.map_or(NULL_KEY_HASH, |b| self.hasher.hash_one(b));
+                let found = self.table.find(hash, |&(h, g)| h == hash && strings.get(g as usize) == key);
+                let g = match found {
+                    Some(&(_, g)) => g,
+                    None => {
+                        let g = self.len as u32;
+                        strings.set(g as usize, key);
+                        self.table.insert_unique(hash, (hash, g), |&(h, _)| h);
+                        self.len += 1;
+                        g
+                    }
+                };
+                out.push(g);
+            }
+            return Ok(out);
+        }
         let Some(converter) = &self.converter else {
             if self.len == 0 && num_rows > 0 {
                 self.len = 1;
@@ -86,6 +118,10 @@ impl GroupTable {
 
     /// The key columns of the listed groups.
     pub fn key_columns(&self, groups: &[u32]) -> Result<Vec<ArrayRef>> {
+        if let Some(strings) = &self.strings {
+            let values = groups.iter().map(|&g| strings.get(g as usize).and_then(|b| std::str::from_utf8(b).ok()));
+            return Ok(vec![Arc::new(StringArray::from_iter(values))]);
+        }
         match (&self.converter, &self.keys) {
             (Some(c), Some(keys)) => Ok(c.convert_rows(groups.iter().map(|&g| keys.row(g as usize)))?),
             _ => Ok(Vec::new()),
@@ -93,13 +129,23 @@ impl GroupTable {
     }
 }
 
+/// Hash of the NULL key of a single VARCHAR key column.
+const NULL_KEY_HASH: u64 = 0x9e37_79b9_7f4a_7c15;
+
 /// Hash of each row's key, used to route rows to the worker that owns the key.
 pub fn key_hashes(converter: &RowConverter, key_columns: &[ArrayRef], num_rows: usize) -> Result<Vec<u64>> {
     if key_columns.is_empty() {
         return Ok(vec![0; num_rows]);
     }
-    let rows = converter.convert_columns(key_columns)?;
     let hasher = ahash::RandomState::with_seeds(1, 2, 3, 4);
+    if let [col] = key_columns {
+        if let Some(arr) = col.as_string_opt::<i32>() {
+            return Ok((0..num_rows)
+                .map(|i| if arr.is_valid(i) { hasher.hash_one(arr.value(i).as_bytes()) } else { NULL_KEY_HASH })
+                .collect());
+        }
+    }
+    let rows = converter.convert_columns(key_columns)?;
     Ok(rows.iter().map(|r| hasher.hash_one(r.as_ref())).collect())
 }
 
