@@ -668,10 +668,12 @@ impl Database {
 
     /// Sends a source's staged small inserts as one batch.
     fn flush_staged(&self, src: &SourceEntry) -> Result<()> {
-        let batches = std::mem::take(&mut *src.staged.lock());
-        if batches.is_empty() {
+        // Held until the rows are sent: whoever finds the stage empty knows nothing is in transit.
+        let mut staged = src.staged.lock();
+        if staged.is_empty() {
             return Ok(());
         }
+        let batches = std::mem::take(&mut *staged);
         let batch = concat_or_empty(&src.schema, &batches)?;
         self.ingest(src, batch)
     }

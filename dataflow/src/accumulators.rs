@@ -397,31 +397,25 @@ trait CountedSet: Default {
     fn bump(&mut self, key: &[u8], d: i64);
 }
 
-impl CountedSet for BTreeMap<Box<[u8]>, i64> {
-    fn bump(&mut self, key: &[u8], d: i64) {
-        if let Some(c) = self.get_mut(key) {
-            *c += d;
-            if *c == 0 {
-                self.remove(key);
+macro_rules! counted_set {
+    ($map:ident) => {
+        impl CountedSet for $map<Box<[u8]>, i64> {
+            fn bump(&mut self, key: &[u8], d: i64) {
+                if let Some(c) = self.get_mut(key) {
+                    *c += d;
+                    if *c == 0 {
+                        self.remove(key);
+                    }
+                } else if d != 0 {
+                    self.insert(key.into(), d);
+                }
             }
-        } else if d != 0 {
-            self.insert(key.into(), d);
         }
-    }
+    };
 }
 
-impl CountedSet for HashMap<Box<[u8]>, i64> {
-    fn bump(&mut self, key: &[u8], d: i64) {
-        if let Some(c) = self.get_mut(key) {
-            *c += d;
-            if *c == 0 {
-                self.remove(key);
-            }
-        } else if d != 0 {
-            self.insert(key.into(), d);
-        }
-    }
-}
+counted_set!(BTreeMap);
+counted_set!(HashMap);
 
 /// Adds each non-null value with its row's multiplicity to its group's multiset.
 fn update_sets<S: CountedSet>(

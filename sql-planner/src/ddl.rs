@@ -624,8 +624,10 @@ fn parse_create_source(c: &mut Cursor<'_>, or_replace: bool) -> Result<Statement
         }
     }
     for k in &primary_key {
-        if !columns.iter().any(|x| &x.name == k) {
-            return Err(PlanError::Schema(format!("PRIMARY KEY column '{k}' is not declared")));
+        match columns.iter_mut().find(|x| &x.name == k) {
+            // key columns are NOT NULL, so a null key is rejected when the row is inserted
+            Some(col) => col.nullable = false,
+            None => return Err(PlanError::Schema(format!("PRIMARY KEY column '{k}' is not declared"))),
         }
     }
     let options = if c.eat_word("WITH") { c.options()? } else { Options::new() };
