@@ -390,15 +390,24 @@ impl Database {
             def,
         });
         let name = entry.def.name.clone();
+        let rt = self.inner.runtime.read().clone();
+        if let Some(rt) = &rt {
+            let id = st.next_id;
+            st.next_id += 1;
+            if let Err(e) = self.install(&st, rt, &entry, id) {
+                let _ = rt.remove(id);
+                return Err(e);
+            }
+        }
         if persist {
             let kind = if entry.def.materialized { "MATERIALIZED VIEW" } else { "STREAM" };
             let e = CatalogEntry { name: name.clone(), kind: kind.into(), sql: entry.sql.clone() };
-            st.catalog.update(|v| v.push(e))?;
-        }
-        if let Some(rt) = self.inner.runtime.read().clone() {
-            let id = st.next_id;
-            st.next_id += 1;
-            self.install(&st, &rt, &entry, id)?;
+            if let Err(e) = st.catalog.update(|v| v.push(e)) {
+                if let (Some(rt), Some(r)) = (&rt, entry.running.lock().take()) {
+                    let _ = rt.remove(r.id);
+                }
+                return Err(e);
+            }
         }
         st.streams.insert(name, entry);
         Ok(ddl())
@@ -491,7 +500,7 @@ impl Database {
         let output = entry.output.clone();
         output.reset()?;
         let merger = Arc::new(EpochMerger::new(rt.workers(), Box::new(move |e, b| output.deliver(e, b))));
-        let _g = self.inner.ingest.lock();
+        let guard = self.inner.ingest.lock();
         let st_sources = entry.planned.plan.sources();
         let mut backfill = Vec::new();
         for name in st_sources {
@@ -510,11 +519,18 @@ impl Database {
             backfill,
             stats: entry.stats.clone(),
         })?;
+        *entry.running.lock() = Some(Running { id, merger: merger.clone() });
+        drop(guard);
         if backfilled {
-            // Close the epoch now rather than waiting for the next insert.
-            rt.close_epoch()?;
+            // Return once the sources' existing contents are reflected in the new stream.
+            let epoch = rt.close_epoch()?;
+            if !merger.wait_delivered(epoch, Duration::from_secs(300)) {
+                return Err(LaminarError::Internal(format!(
+                    "backfilling '{}' did not finish within 300 s",
+                    entry.def.name
+                )));
+            }
         }
-        *entry.running.lock() = Some(Running { id, merger });
         Ok(())
     }
 

@@ -27,6 +27,18 @@ import pyarrow as pa
 
 from . import codes
 from . import _laminardb as _ext
+from .types import (
+    ChangeEvent,
+    ChangeRow,
+    CheckpointStatus,
+    Column,
+    MaterializedView,
+    Metrics,
+    QueryInfo,
+    Schema,
+    TableStats,
+    Watermark,
+)
 from ._laminardb import (
     CheckpointError,
     ConnectionError,
@@ -46,6 +58,8 @@ __all__ = [
     "StreamSubscription", "AsyncStreamSubscription", "CallbackSubscription", "Writer",
     "SourceInfo", "SinkInfo", "StreamInfo", "PipelineMetrics", "SourceMetrics", "StreamMetrics",
     "PipelineNode", "PipelineEdge", "PipelineTopology", "codes", "__version__",
+    "execute", "sql", "mv", "BatchWriter", "Subscription", "AsyncSubscription", "ChangeEvent", "ChangeRow",
+    "CheckpointStatus", "Column", "MaterializedView", "Metrics", "QueryInfo", "Schema", "TableStats", "Watermark",
     "LaminarError", "ConnectionError", "QueryError", "IngestionError", "SchemaError",
     "SubscriptionError", "StreamError", "CheckpointError", "ConnectorError",
 ]
@@ -153,11 +167,12 @@ class QueryResult:
 
     df = to_pandas
 
-    def to_polars(self) -> Any:
-        """As a polars DataFrame."""
+    def to_polars(self, *, lazy: bool = False) -> Any:
+        """As a polars DataFrame (a LazyFrame with `lazy=True`)."""
         import polars as pl
 
-        return pl.from_arrow(self._table)
+        df = pl.from_arrow(self._table)
+        return df.lazy() if lazy else df
 
     pl = to_polars
 
@@ -486,6 +501,22 @@ class Writer:
         self._check()
         self._conn._raw().advance_watermark(self._name, _to_millis(ts))
 
+    @property
+    def name(self) -> str:
+        """The source written to."""
+        return self._name
+
+    @property
+    def schema(self) -> pa.Schema:
+        """The source's schema."""
+        return self._conn.schema(self._name)
+
+    @property
+    def current_watermark(self) -> Optional[int]:
+        """The source's event-time watermark (ms), if any."""
+        m = self._conn.source_metrics(self._name)
+        return None if m is None else m.watermark
+
     def close(self) -> None:
         """Closes the writer."""
         self._closed = True
@@ -562,7 +593,14 @@ class Connection:
     def __init__(self, raw: Any, config: LaminarConfig) -> None:
         self._conn = raw
         self._config = config
-        self._subscriptions: list = []
+        self._queries: dict[int, tuple[str, Any]] = {}
+        self._next_query = 1
+
+    def _track(self, sql: str, sub: Any) -> Any:
+        qid = self._next_query
+        self._next_query += 1
+        self._queries[qid] = (sql, sub)
+        return sub
 
     # -- plumbing ----------------------------------------------------------------------------
     def _raw(self) -> Any:
@@ -743,11 +781,46 @@ class Connection:
     def subscribe(self, sql: str) -> StreamSubscription:
         """Subscribes to the changes of an ad-hoc continuous query (SELECT …); the query stops
         when the subscription is cancelled and garbage-collected."""
-        return StreamSubscription(self._raw().subscribe_query(sql))
+        return StreamSubscription(self._track(sql, self._raw().subscribe_query(sql)))
 
     async def subscribe_async(self, sql: str) -> AsyncStreamSubscription:
         """`subscribe` for `async for`."""
-        return AsyncStreamSubscription(self._raw().subscribe_query(sql))
+        return AsyncStreamSubscription(self._track(sql, self._raw().subscribe_query(sql)))
+
+    def subscribe_callback(
+        self,
+        sql: str,
+        on_data: Callable[[QueryResult], Any],
+        on_error: Optional[Callable[[Exception], Any]] = None,
+    ) -> CallbackSubscription:
+        """Calls `on_data` for each change of an ad-hoc continuous query, on a background thread."""
+        return CallbackSubscription(self._track(sql, self._raw().subscribe_query(sql)), on_data, on_error)
+
+    def queries(self) -> list[QueryInfo]:
+        """The ad-hoc continuous queries started by this connection."""
+        return [QueryInfo(qid, sql, sub.is_active) for qid, (sql, sub) in self._queries.items()]
+
+    def cancel_query(self, query_id: int) -> bool:
+        """Cancels an ad-hoc continuous query; False when the id is unknown."""
+        entry = self._queries.get(query_id)
+        if entry is None:
+            return False
+        entry[1].cancel()
+        return True
+
+    def query_stream(self, name: str) -> QueryResult:
+        """The current contents of a stream or view."""
+        self.schema(name)
+        return self.query(f"SELECT * FROM {_quote(name)}")
+
+    def stats(self, name: str) -> dict[str, int]:
+        """Row count and Arrow size in bytes of a source's (or stream's) current contents."""
+        table = self.query(f"SELECT * FROM {_quote(name)}").to_arrow()
+        return {"row_count": table.num_rows, "size_bytes": table.nbytes}
+
+    def tables(self) -> list[str]:
+        """Source names (alias of `list_tables`)."""
+        return self.list_tables()
 
     def stream(self, sql: str) -> Iterator[QueryResult]:
         """Iterates the changes of an ad-hoc continuous query until the pipeline stops."""
@@ -835,3 +908,34 @@ def open(path: str, *, config: Optional[LaminarConfig] = None) -> Connection:  #
 def connect(uri: str, *, config: Optional[LaminarConfig] = None) -> Connection:
     """Alias of `open`."""
     return open(uri, config=config)
+
+
+BatchWriter = Writer
+Subscription = StreamSubscription
+AsyncSubscription = AsyncStreamSubscription
+
+_default: Optional[Connection] = None
+_default_lock = threading.Lock()
+
+
+def _default_connection() -> Connection:
+    global _default
+    with _default_lock:
+        if _default is None or _default.is_closed:
+            _default = open(":memory:")
+        return _default
+
+
+def execute(query: str) -> ExecuteResult:
+    """Executes a statement on the process-wide in-memory default connection."""
+    return _default_connection().execute(query)
+
+
+def sql(query: str) -> QueryResult:
+    """Runs a query on the process-wide in-memory default connection."""
+    return _default_connection().query(query)
+
+
+def mv(conn: Connection, name: str, sql_def: Optional[str] = None) -> MaterializedView:
+    """A handle on materialized view `name`, created from `sql_def` when given and absent."""
+    return MaterializedView(conn, name, sql_def)

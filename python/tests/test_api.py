@@ -364,3 +364,46 @@ def test_single_row_dicts_fast_path_and_fallbacks(db):
     assert row == [{"i": 7, "f": 0.5, "d": 1.0, "ok": False, "s": "x7", "raw": b"\x00"}]
     ts = db.query("SELECT ts FROM r WHERE ts IS NOT NULL").to_dicts()
     assert ts == [{"ts": datetime.datetime(2024, 1, 1, 12, 0)}]
+
+
+def test_compatibility_helpers(trades):
+    trades.insert("trades", [{"symbol": "A", "price": 2.0, "qty": 3}, {"symbol": "B", "price": 4.0, "qty": 1}])
+    trades.flush()
+    assert trades.tables() == ["trades"]
+    assert sorted(r["symbol"] for r in trades.query_stream("agg").to_dicts()) == ["A", "B"]
+    assert trades.stats("trades")["row_count"] == 2 and trades.stats("trades")["size_bytes"] > 0
+    view = laminardb.mv(trades, "hi_only", "SELECT symbol FROM trades WHERE price > 3")
+    assert view.query().to_dicts() == [{"symbol": "B"}]
+    assert view.sql == "SELECT symbol FROM trades WHERE price > 3"
+    assert view.schema.names == ["symbol"]
+    assert laminardb.mv(trades, "hi_only").query("symbol = 'B'").num_rows == 1
+    schema = laminardb.Schema(trades.schema("agg"))
+    assert schema.names == ["symbol", "n", "q", "hi"]
+    assert schema.columns[1] == laminardb.Column("n", "int64", True)
+    event = laminardb.ChangeEvent(trades.query("SELECT symbol, n FROM agg ORDER BY symbol"))
+    rows = list(event)
+    assert len(event) == 2 and rows[0]["symbol"] == "A" and rows[0].op == "Insert"
+    assert rows[1].to_dict() == {"symbol": "B", "n": 1}
+    assert event.pl(lazy=True).collect().shape == (2, 2)
+    m = laminardb.Metrics(trades.metrics())
+    assert m.total_events == 2 and m.state == "Running" and m.events_per_second > 0
+    assert laminardb.BatchWriter is laminardb.Writer
+    with trades.writer("trades") as w:
+        assert w.name == "trades" and w.schema.names == ["symbol", "price", "qty"]
+        assert w.current_watermark is None
+    got = []
+    done = threading.Event()
+    cb = trades.subscribe_callback("SELECT COUNT(*) AS n FROM trades", lambda r: (got.extend(r.to_dicts()), done.set()))
+    assert done.wait(5)
+    assert got == [{"n": 2}]
+    infos = trades.queries()
+    assert [q.sql for q in infos] == ["SELECT COUNT(*) AS n FROM trades"] and infos[0].active
+    assert trades.cancel_query(infos[0].id) and not trades.cancel_query(999)
+    cb.wait(5)
+    assert not trades.queries()[0].active
+
+
+def test_module_level_default_connection():
+    laminardb.execute("CREATE SOURCE IF NOT EXISTS mod_src (a INT)")
+    laminardb.execute("INSERT INTO mod_src VALUES (41), (1)")
+    assert laminardb.sql("SELECT SUM(a) AS s FROM mod_src").to_dicts() == [{"s": 42}]
