@@ -166,6 +166,12 @@ class QueryResult:
         return self._table.to_pandas()
 
     df = to_pandas
+    to_df = to_pandas
+
+    @property
+    def num_batches(self) -> int:
+        """Number of record batches."""
+        return len(self._table.to_batches())
 
     def to_polars(self, *, lazy: bool = False) -> Any:
         """As a polars DataFrame (a LazyFrame with `lazy=True`)."""
@@ -665,6 +671,12 @@ class Connection:
 
     sql = query
 
+    def stream(self, sql: str) -> Iterator[QueryResult]:
+        """Runs an ad-hoc query and yields its result one record batch at a time."""
+        table = self.query(sql).to_arrow()
+        for batch in table.to_batches():
+            yield QueryResult._from_batch(batch)
+
     def explain(self, sql: str) -> str:
         """The dataflow and logical plans of a query."""
         rows = self._raw().query("EXPLAIN " + sql).to_pylist()
@@ -808,10 +820,10 @@ class Connection:
         entry[1].cancel()
         return True
 
-    def query_stream(self, name: str) -> QueryResult:
-        """The current contents of a stream or view."""
+    def query_stream(self, name: str, filter: Optional[str] = None) -> QueryResult:  # noqa: A002
+        """The current contents of a stream or view, optionally filtered by a SQL condition."""
         self.schema(name)
-        return self.query(f"SELECT * FROM {_quote(name)}")
+        return self.query(f"SELECT * FROM {_quote(name)}" + (f" WHERE {filter}" if filter else ""))
 
     def stats(self, name: str) -> dict[str, int]:
         """Row count and Arrow size in bytes of a source's (or stream's) current contents."""
@@ -821,14 +833,6 @@ class Connection:
     def tables(self) -> list[str]:
         """Source names (alias of `list_tables`)."""
         return self.list_tables()
-
-    def stream(self, sql: str) -> Iterator[QueryResult]:
-        """Iterates the changes of an ad-hoc continuous query until the pipeline stops."""
-        sub = self.subscribe(sql)
-        try:
-            yield from sub
-        finally:
-            sub.cancel()
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:

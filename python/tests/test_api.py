@@ -286,14 +286,18 @@ def test_subscribe_sql_and_stream(trades):
     trades.insert("trades", {"symbol": "A", "price": 1.0, "qty": 4})
     sub = trades.subscribe("SELECT symbol, SUM(qty) * 10 AS q10 FROM trades GROUP BY symbol")
     assert sub.next_timeout(5000).to_dicts() == [{"symbol": "A", "q10": 40}]
-    it = trades.stream("SELECT symbol FROM trades WHERE qty > 100")
     trades.insert("trades", {"symbol": "B", "price": 1.0, "qty": 500})
-    assert next(it).to_dicts() == [{"symbol": "B"}]
     assert sub.next_timeout(5000).to_dicts() == [{"symbol": "B", "q10": 5000}]
     assert trades.list_streams() == ["agg"]
     sub.cancel()
     with pytest.raises(laminardb.QueryError):
         trades.subscribe("CREATE SOURCE x (a INT)")
+    trades.flush()
+    parts = list(trades.stream("SELECT symbol, qty FROM trades ORDER BY symbol"))
+    assert [r for p in parts for r in p.to_dicts()] == [{"symbol": "A", "qty": 4}, {"symbol": "B", "qty": 500}]
+    assert trades.query_stream("agg", filter="symbol = 'B'").to_dicts()[0]["q"] == 500
+    r = trades.query("SELECT * FROM agg")
+    assert r.num_batches >= 1 and r.to_df().shape == (2, 4)
 
 
 async def test_subscribe_async_sql(trades):
