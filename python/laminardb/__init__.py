@@ -342,8 +342,8 @@ class PipelineTopology:
     edges: list = field(default_factory=list)
 
 
-class StreamSubscription:
-    """A blocking subscription; iterate it or call `next()` / `next_timeout()` / `try_next()`."""
+class _SubscriptionBase:
+    """What every subscription shares: its schema, state and cancellation."""
 
     def __init__(self, sub: Any) -> None:
         self._sub = sub
@@ -362,20 +362,29 @@ class StreamSubscription:
         """Stops the subscription (callable from any thread)."""
         self._sub.cancel()
 
+    def _wait(self, timeout_ms: Optional[int]) -> QueryResult:
+        epoch, batch = self._sub.next_timeout(timeout_ms)
+        return QueryResult._from_batch(batch, epoch)
+
+    def _poll(self) -> Optional[QueryResult]:
+        item = self._sub.try_next()
+        return None if item is None else QueryResult._from_batch(item[1], item[0])
+
+
+class StreamSubscription(_SubscriptionBase):
+    """A blocking subscription; iterate it or call `next()` / `next_timeout()` / `try_next()`."""
+
     def next(self) -> QueryResult:
         """Blocks for the next epoch's changes; raises SubscriptionError (501) once closed."""
-        epoch, batch = self._sub.next_timeout(None)
-        return QueryResult._from_batch(batch, epoch)
+        return self._wait(None)
 
     def next_timeout(self, timeout_ms: int) -> QueryResult:
         """Like `next()`, raising SubscriptionError (code 502) after `timeout_ms`."""
-        epoch, batch = self._sub.next_timeout(int(timeout_ms))
-        return QueryResult._from_batch(batch, epoch)
+        return self._wait(int(timeout_ms))
 
     def try_next(self) -> Optional[QueryResult]:
         """The next item if one is ready, else None."""
-        item = self._sub.try_next()
-        return None if item is None else QueryResult._from_batch(item[1], item[0])
+        return self._poll()
 
     def __iter__(self) -> "StreamSubscription":
         return self
@@ -395,34 +404,17 @@ class StreamSubscription:
         self.cancel()
 
 
-class AsyncStreamSubscription:
+class AsyncStreamSubscription(_SubscriptionBase):
     """An async-iterable subscription (`async for batch in sub`)."""
-
-    def __init__(self, sub: Any) -> None:
-        self._sync = StreamSubscription(sub)
-
-    @property
-    def schema(self) -> pa.Schema:
-        """Schema of delivered batches."""
-        return self._sync.schema
-
-    @property
-    def is_active(self) -> bool:
-        """True until cancelled or the pipeline stops."""
-        return self._sync.is_active
-
-    def cancel(self) -> None:
-        """Stops the subscription."""
-        self._sync.cancel()
 
     async def next(self) -> QueryResult:
         """Awaits the next epoch's changes."""
         while True:
-            item = self._sync.try_next()
+            item = self._poll()
             if item is not None:
                 return item
             try:
-                return await asyncio.to_thread(self._sync.next_timeout, 100)
+                return await asyncio.to_thread(self._wait, 100)
             except SubscriptionError as e:
                 if getattr(e, "code", None) != codes.SUBSCRIPTION_TIMEOUT:
                     raise
