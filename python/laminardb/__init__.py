@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 
 import pyarrow as pa
 
@@ -935,3 +935,7 @@ def sql(query: str) -> QueryResult:
 def mv(conn: Connection, name: str, sql_def: Optional[str] = None) -> MaterializedView:
     """A handle on materialized view `name`, created from `sql_def` when given and absent."""
     return MaterializedView(conn, name, sql_def)
+
+
+# Keep the public namespace to the API itself.
+del TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence, dataclass, field, annotations
