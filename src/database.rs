@@ -379,7 +379,8 @@ impl Database {
             ));
         }
         let planned = plan_query(&def.query, &*st)?;
-        let output = Arc::new(StreamOutput::new(planned.schema.clone(), planned.plan.is_append_only())?);
+        let retention = stream_retention(&def, planned.plan.is_append_only())?;
+        let output = Arc::new(StreamOutput::new(planned.schema.clone(), planned.plan.is_append_only(), retention)?);
         let entry = Arc::new(StreamEntry {
             sources: planned.plan.sources(),
             sql: sql.trim().to_string(),
@@ -906,12 +907,17 @@ impl Database {
                 query: sql.clone(),
                 materialized: false,
                 emit: EmitMode::OnUpdate,
+                options: Default::default(),
                 if_not_exists: false,
                 or_replace: false,
             },
             sources: planned.plan.sources(),
             sql,
-            output: Arc::new(StreamOutput::new(planned.schema.clone(), planned.plan.is_append_only())?),
+            output: Arc::new(StreamOutput::new(
+                planned.schema.clone(),
+                planned.plan.is_append_only(),
+                Retention::Unbounded,
+            )?),
             planned,
             stats: Arc::new(DataflowStats::default()),
             running: Mutex::new(None),
@@ -1238,6 +1244,32 @@ impl Database {
         }
         topo
     }
+}
+
+/// The `'retention'` of a stream's queryable history (its only `WITH` option).
+fn stream_retention(def: &CreateStream, append_only: bool) -> Result<Retention> {
+    let mut retention = Retention::Unbounded;
+    for (key, value) in &def.options {
+        match key.as_str() {
+            "retention" if append_only => retention = Retention::parse(value)?,
+            "retention" => {
+                return Err(LaminarError::Schema {
+                    code: codes::INVALID_SCHEMA,
+                    message: format!(
+                        "'retention' applies to append-only streams; '{}' is an updating result (one row per key)",
+                        def.name
+                    ),
+                })
+            }
+            other => {
+                return Err(LaminarError::Query(format!(
+                    "unknown option '{other}' for CREATE {} (known: 'retention')",
+                    if def.materialized { "MATERIALIZED VIEW" } else { "STREAM" }
+                )))
+            }
+        }
+    }
+    Ok(retention)
 }
 
 fn statement_kind(s: &Statement) -> &'static str {

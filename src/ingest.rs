@@ -143,15 +143,8 @@ fn bad_retention(value: &str) -> LaminarError {
 
 /// The stored contents of a source.
 pub enum SourceData {
-    /// Inserted batches (within the retention), oldest first, with their arrival time.
-    Append {
-        /// Batches in arrival order.
-        batches: std::collections::VecDeque<(std::time::Instant, RecordBatch)>,
-        /// Total rows held.
-        rows: usize,
-        /// What to keep.
-        retention: Retention,
-    },
+    /// Inserted batches within the retention.
+    Append(History),
     /// The current row of each primary key.
     Upsert(UpsertState),
 }
@@ -169,7 +162,7 @@ impl SourceData {
     /// Empty contents for a source with the given primary key (empty: append-only).
     pub fn new(schema: &SchemaRef, primary_key: &[usize], retention: Retention) -> Result<Self> {
         if primary_key.is_empty() {
-            return Ok(SourceData::Append { batches: Default::default(), rows: 0, retention });
+            return Ok(SourceData::Append(History::new(retention)));
         }
         if retention != Retention::Unbounded {
             return Err(LaminarError::Schema {
@@ -192,7 +185,7 @@ impl SourceData {
     /// Number of rows currently held.
     pub fn num_rows(&self) -> usize {
         match self {
-            SourceData::Append { rows, .. } => *rows,
+            SourceData::Append(h) => h.num_rows(),
             SourceData::Upsert(u) => u.rows.len(),
         }
     }
@@ -200,10 +193,8 @@ impl SourceData {
     /// Applies inserted rows; returns the change to send downstream.
     pub fn insert(&mut self, batch: RecordBatch) -> Result<DiffBatch> {
         match self {
-            SourceData::Append { batches, rows, retention } => {
-                *rows += batch.num_rows();
-                batches.push_back((std::time::Instant::now(), batch.clone()));
-                trim(batches, rows, *retention);
+            SourceData::Append(h) => {
+                h.push(batch.clone());
                 Ok(DiffBatch::inserts(batch))
             }
             SourceData::Upsert(u) => u.upsert(batch),
@@ -213,7 +204,7 @@ impl SourceData {
     /// Deletes the rows whose primary key appears in `keys` (upsert sources only).
     pub fn delete(&mut self, source: &str, keys: &RecordBatch) -> Result<Option<DiffBatch>> {
         match self {
-            SourceData::Append { .. } => Err(LaminarError::ingestion(format!(
+            SourceData::Append(_) => Err(LaminarError::ingestion(format!(
                 "source '{source}' is append-only: declare a PRIMARY KEY to delete or update rows"
             ))),
             SourceData::Upsert(u) => u.delete(keys),
@@ -223,13 +214,7 @@ impl SourceData {
     /// The current contents.
     pub fn snapshot(&self) -> Result<Vec<RecordBatch>> {
         match self {
-            SourceData::Append { batches, retention, .. } => {
-                let cutoff = match retention {
-                    Retention::Duration(d) => std::time::Instant::now().checked_sub(*d),
-                    _ => None,
-                };
-                Ok(batches.iter().filter(|(t, _)| cutoff.is_none_or(|c| *t >= c)).map(|(_, b)| b.clone()).collect())
-            }
+            SourceData::Append(h) => Ok(h.snapshot()),
             SourceData::Upsert(u) => {
                 if u.rows.is_empty() {
                     return Ok(Vec::new());
@@ -241,34 +226,68 @@ impl SourceData {
     }
 }
 
-fn trim(
-    batches: &mut std::collections::VecDeque<(std::time::Instant, RecordBatch)>,
-    rows: &mut usize,
+/// Append-only batches within a retention bound, oldest first, with their arrival times.
+#[derive(Debug, Default)]
+pub struct History {
+    batches: std::collections::VecDeque<(std::time::Instant, RecordBatch)>,
+    rows: usize,
     retention: Retention,
-) {
-    match retention {
-        Retention::Unbounded => {}
-        Retention::Rows(n) => {
-            while *rows > n {
-                let Some((t, front)) = batches.pop_front() else { break };
-                let excess = *rows - n;
-                if front.num_rows() > excess {
-                    let kept = front.slice(excess, front.num_rows() - excess);
-                    *rows -= excess;
-                    batches.push_front((t, kept));
-                } else {
-                    *rows -= front.num_rows();
+}
+
+impl History {
+    /// An empty history keeping what `retention` allows.
+    pub fn new(retention: Retention) -> Self {
+        Self { batches: Default::default(), rows: 0, retention }
+    }
+
+    /// Rows held.
+    pub fn num_rows(&self) -> usize {
+        self.rows
+    }
+
+    /// What this history keeps.
+    pub fn retention(&self) -> Retention {
+        self.retention
+    }
+
+    /// Appends a batch and drops what falls outside the retention.
+    pub fn push(&mut self, batch: RecordBatch) {
+        self.rows += batch.num_rows();
+        self.batches.push_back((std::time::Instant::now(), batch));
+        match self.retention {
+            Retention::Unbounded => {}
+            Retention::Rows(n) => {
+                while self.rows > n {
+                    let Some((t, front)) = self.batches.pop_front() else { break };
+                    let excess = self.rows - n;
+                    if front.num_rows() > excess {
+                        self.rows -= excess;
+                        self.batches.push_front((t, front.slice(excess, front.num_rows() - excess)));
+                    } else {
+                        self.rows -= front.num_rows();
+                    }
                 }
             }
+            Retention::Duration(d) => self.expire(d),
         }
-        Retention::Duration(d) => {
-            let now = std::time::Instant::now();
-            while batches.front().is_some_and(|(t, _)| now.duration_since(*t) > d) {
-                if let Some((_, b)) = batches.pop_front() {
-                    *rows -= b.num_rows();
-                }
+    }
+
+    fn expire(&mut self, d: std::time::Duration) {
+        let now = std::time::Instant::now();
+        while self.batches.front().is_some_and(|(t, _)| now.duration_since(*t) > d) {
+            if let Some((_, b)) = self.batches.pop_front() {
+                self.rows -= b.num_rows();
             }
         }
+    }
+
+    /// The batches currently retained.
+    pub fn snapshot(&self) -> Vec<RecordBatch> {
+        let cutoff = match self.retention {
+            Retention::Duration(d) => std::time::Instant::now().checked_sub(d),
+            _ => None,
+        };
+        self.batches.iter().filter(|(t, _)| cutoff.is_none_or(|c| *t >= c)).map(|(_, b)| b.clone()).collect()
     }
 }
 

@@ -13,7 +13,7 @@ use laminar_dataflow::rowstore::RowBag;
 use parking_lot::Mutex;
 
 use crate::error::{codes, LaminarError, Result};
-use crate::ingest::concat_or_empty;
+use crate::ingest::{concat_or_empty, History, Retention};
 
 /// Name of the weight column added to changelog subscriptions.
 pub const WEIGHT_COLUMN: &str = "_weight";
@@ -38,7 +38,7 @@ pub struct ChangeBatch {
 }
 
 enum Snapshot {
-    Append(Vec<RecordBatch>),
+    Append(History),
     Consolidated { converter: RowConverter, rows: RowBag },
 }
 
@@ -64,12 +64,13 @@ pub struct StreamOutput {
 }
 
 impl StreamOutput {
-    /// Output state for a stream with `schema`; `append_only` streams keep batches as they are.
-    pub fn new(schema: SchemaRef, append_only: bool) -> Result<Self> {
+    /// Output state for a stream with `schema`; `append_only` streams keep batches as they are,
+    /// within `retention`.
+    pub fn new(schema: SchemaRef, append_only: bool, retention: Retention) -> Result<Self> {
         let mut fields: Vec<Arc<Field>> = schema.fields().iter().cloned().collect();
         fields.push(Arc::new(Field::new(WEIGHT_COLUMN, DataType::Int64, false)));
         Ok(Self {
-            snapshot: Mutex::new(Self::empty_snapshot(&schema, append_only)?),
+            snapshot: Mutex::new(Self::empty_snapshot(&schema, append_only.then_some(retention))?),
             changelog_schema: Arc::new(Schema::new(fields)),
             schema,
             subscribers: Mutex::new(Vec::new()),
@@ -79,9 +80,10 @@ impl StreamOutput {
         })
     }
 
-    fn empty_snapshot(schema: &SchemaRef, append_only: bool) -> Result<Snapshot> {
-        Ok(if append_only {
-            Snapshot::Append(Vec::new())
+    /// `append_only`: the retention of an append-only stream (None: an updating stream).
+    fn empty_snapshot(schema: &SchemaRef, append_only: Option<Retention>) -> Result<Snapshot> {
+        Ok(if let Some(retention) = append_only {
+            Snapshot::Append(History::new(retention))
         } else {
             let fields = schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect();
             Snapshot::Consolidated { converter: RowConverter::new(fields)?, rows: RowBag::default() }
@@ -96,15 +98,18 @@ impl StreamOutput {
     /// Forgets the contents (the dataflow is about to recompute them from the sources).
     pub fn reset(&self) -> Result<()> {
         let mut s = self.snapshot.lock();
-        let append_only = matches!(*s, Snapshot::Append(_));
-        *s = Self::empty_snapshot(&self.schema, append_only)?;
+        let keep = match &*s {
+            Snapshot::Append(h) => Some(h.retention()),
+            Snapshot::Consolidated { .. } => None,
+        };
+        *s = Self::empty_snapshot(&self.schema, keep)?;
         Ok(())
     }
 
     /// Current contents.
     pub fn snapshot(&self) -> Result<Vec<RecordBatch>> {
         match &*self.snapshot.lock() {
-            Snapshot::Append(b) => Ok(b.clone()),
+            Snapshot::Append(h) => Ok(h.snapshot()),
             Snapshot::Consolidated { converter, rows } => {
                 if rows.is_empty() {
                     return Ok(Vec::new());
@@ -120,7 +125,7 @@ impl StreamOutput {
     /// Number of rows in the snapshot.
     pub fn num_rows(&self) -> usize {
         match &*self.snapshot.lock() {
-            Snapshot::Append(b) => b.iter().map(|b| b.num_rows()).sum(),
+            Snapshot::Append(h) => h.num_rows(),
             Snapshot::Consolidated { rows, .. } => rows.total().max(0) as usize,
         }
     }
@@ -153,7 +158,7 @@ impl StreamOutput {
         {
             let mut snap = self.snapshot.lock();
             match &mut *snap {
-                Snapshot::Append(v) => v.extend(batches.iter().map(|b| b.data.clone())),
+                Snapshot::Append(h) => batches.iter().for_each(|b| h.push(b.data.clone())),
                 Snapshot::Consolidated { converter, rows } => {
                     for b in &batches {
                         if let Ok(encoded) = converter.convert_columns(b.data.columns()) {

@@ -83,6 +83,8 @@ pub struct CreateStream {
     pub materialized: bool,
     /// `EMIT …` clause.
     pub emit: EmitMode,
+    /// Trailing `WITH (…)` options (`'retention'`).
+    pub options: Options,
     /// `IF NOT EXISTS`.
     pub if_not_exists: bool,
     /// `OR REPLACE`.
@@ -682,23 +684,39 @@ fn watermark_delay(text: &str, column: &str) -> Result<i64> {
     }
 }
 
+/// Index of the statement's trailing `WITH (…)` after a query starting at `q_start`: the last
+/// top-level `WITH (` whose `)` ends the statement (a leading `WITH` is the query's own CTE).
+fn trailing_with(c: &Cursor<'_>, q_start: usize) -> usize {
+    c.find_top_level(q_start + 1, |c, i| {
+        c.word_at(i).as_deref() == Some("WITH")
+            && c.peek_at(i + 1) == Some(&Token::LParen)
+            && c.matching_paren(i + 1) == Some(c.toks.len() - 1)
+    })
+}
+
+/// The query text from `AS` up to an `EMIT` clause or the trailing `WITH (…)`; leaves the cursor
+/// after `EMIT …` and returns the emit mode too.
+fn query_tail(c: &mut Cursor<'_>) -> Result<(String, EmitMode)> {
+    c.expect_word("AS")?;
+    let q_start = c.pos;
+    let with_at = trailing_with(c, q_start);
+    let q_end = c.find_top_level(q_start, |c, i| c.word_at(i).as_deref() == Some("EMIT")).min(with_at);
+    let query = c.text(q_start, q_end);
+    if q_end == q_start || query.is_empty() {
+        return Err(c.unexpected("a query"));
+    }
+    c.pos = q_end;
+    let emit = parse_emit(c)?;
+    Ok((query, emit))
+}
+
 fn parse_create_stream(c: &mut Cursor<'_>, materialized: bool, or_replace: bool) -> Result<Statement> {
     let if_not_exists = c.eat_words(&["IF", "NOT", "EXISTS"]);
     let name = c.object_name()?;
-    c.expect_word("AS")?;
-    let q_start = c.pos;
-    let emit_at = c.find_top_level(q_start, |c, i| c.word_at(i).as_deref() == Some("EMIT"));
-    if emit_at == q_start {
-        return Err(c.unexpected("a query"));
-    }
-    let query = c.text(q_start, emit_at);
-    if query.is_empty() {
-        return Err(c.unexpected("a query"));
-    }
-    c.pos = emit_at;
-    let emit = parse_emit(c)?;
+    let (query, emit) = query_tail(c)?;
+    let options = if c.eat_word("WITH") { c.options()? } else { Options::new() };
     c.expect_end()?;
-    Ok(Statement::CreateStream(CreateStream { name, query, materialized, emit, if_not_exists, or_replace }))
+    Ok(Statement::CreateStream(CreateStream { name, query, materialized, emit, options, if_not_exists, or_replace }))
 }
 
 fn parse_emit(c: &mut Cursor<'_>) -> Result<EmitMode> {
@@ -723,24 +741,8 @@ fn parse_create_sink(c: &mut Cursor<'_>) -> Result<Statement> {
         let from = c.object_name()?;
         format!("SELECT * FROM {from}")
     } else {
-        c.expect_word("AS")?;
-        let q_start = c.pos;
-        // The sink's WITH (…) is the last top-level `WITH (` whose `)` ends the statement.
-        let with_at = c.find_top_level(q_start + 1, |c, i| {
-            c.word_at(i).as_deref() == Some("WITH")
-                && c.peek_at(i + 1) == Some(&Token::LParen)
-                && c.matching_paren(i + 1) == Some(c.toks.len() - 1)
-        });
-        let q_end = c.find_top_level(q_start, |c, i| c.word_at(i).as_deref() == Some("EMIT")).min(with_at);
-        let q = c.text(q_start, q_end);
-        if q.is_empty() {
-            return Err(c.unexpected("a query"));
-        }
-        c.pos = q_end;
-        if parse_emit(c)? == EmitMode::OnWindowClose {
-            // carried by the query's windows; accepted for symmetry with CREATE STREAM
-        }
-        q
+        // an EMIT clause is carried by the query's windows; accepted for symmetry with streams
+        query_tail(c)?.0
     };
     let options = if c.eat_word("WITH") { c.options()? } else { Options::new() };
     c.expect_end()?;
@@ -791,6 +793,10 @@ mod tests {
         assert_eq!(s.query, "WITH x AS (SELECT * FROM t) SELECT k, COUNT(*) FROM x GROUP BY k");
         assert_eq!(s.emit, EmitMode::OnWindowClose);
         assert!(!s.materialized);
+        let s = parse_statement("CREATE STREAM r AS SELECT * FROM t WITH ('retention' = '10 rows')").expect("parse");
+        let Statement::CreateStream(s) = s else { panic!("not a stream") };
+        assert_eq!(s.query, "SELECT * FROM t");
+        assert_eq!(s.options.get("retention").map(String::as_str), Some("10 rows"));
     }
 
     #[test]
