@@ -67,6 +67,9 @@ enum Command {
 
 type Handle = InputHandle<u64, CapacityContainerBuilder<Vec<DiffBatch>>>;
 
+/// The epoch open when the runtime starts.
+const INITIAL_EPOCH: u64 = 1;
+
 struct Shared {
     epoch: AtomicU64,
     dirty: AtomicBool,
@@ -96,7 +99,7 @@ impl Runtime {
         let receivers: Arc<Mutex<Vec<Option<Receiver<Command>>>>> =
             Arc::new(Mutex::new(receivers.into_iter().map(Some).collect()));
         let shared = Arc::new(Shared {
-            epoch: AtomicU64::new(1),
+            epoch: AtomicU64::new(INITIAL_EPOCH),
             dirty: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             threads: Mutex::new(vec![None; workers]),
@@ -116,7 +119,7 @@ impl Runtime {
             w_shared.threads.lock()[index] = Some(std::thread::current());
             let _ = ready_tx.send(());
             if let Some(rx) = rx {
-                worker_loop(worker, rx, &w_shared);
+                worker_loop(worker, rx);
             }
         })
         .map_err(DataflowError::Internal)?;
@@ -181,7 +184,9 @@ impl Runtime {
     /// Installs a dataflow on every worker.
     pub fn install(&self, req: InstallRequest) -> Result<()> {
         let req = Arc::new(req);
+        // Under the advance lock like data: every worker installs at the same epoch.
         self.with_senders(|s| {
+            let _order = self.shared.advance_lock.read();
             s.iter().try_for_each(|tx| tx.send(Command::Install(req.clone())).map_err(|_| DataflowError::NotRunning))
         })??;
         self.unpark(None);
@@ -256,9 +261,12 @@ struct Installed {
     inputs: Vec<(String, Handle)>,
 }
 
-fn worker_loop(worker: &mut timely::worker::Worker, rx: Receiver<Command>, shared: &Shared) {
+fn worker_loop(worker: &mut timely::worker::Worker, rx: Receiver<Command>) {
     let index = worker.index();
-    let mut epoch = shared.epoch.load(Ordering::Acquire);
+    // Every epoch change reaches this worker as an `Advance` command in its channel, which exists
+    // since the runtime started: start from the initial epoch, not from the shared counter, which
+    // may already count advances still queued behind earlier commands.
+    let mut epoch = INITIAL_EPOCH;
     let mut installed: HashMap<u64, Installed> = HashMap::new();
     loop {
         let mut worked = false;
@@ -344,4 +352,45 @@ fn install(worker: &mut timely::worker::Worker, req: &InstallRequest, epoch: u64
         }
     }
     Installed { inputs }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::merge::EpochMerger;
+    use arrow::array::{Int64Array, RecordBatch};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    /// Data sent before `close_epoch` is delivered once that epoch completes, even when the
+    /// commands reach a worker before its thread has started (a past race: workers read the
+    /// shared epoch counter instead of replaying the queued advances).
+    #[test]
+    fn data_sent_before_close_epoch_belongs_to_an_earlier_epoch() {
+        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
+        for _ in 0..100 {
+            let rt = Runtime::start(RuntimeConfig { workers: 2, ..Default::default() }).expect("start");
+            let seen = Arc::new(Mutex::new(0usize));
+            let s2 = seen.clone();
+            let merger = Arc::new(EpochMerger::new(
+                2,
+                Box::new(move |_, batches| *s2.lock() += batches.iter().map(|b| b.num_rows()).sum::<usize>()),
+            ));
+            let plan = PlanNode::Source { name: "t".into(), schema: schema.clone(), append_only: true };
+            rt.install(InstallRequest {
+                id: 1,
+                plan,
+                output: merger.clone(),
+                backfill: vec![],
+                stats: Default::default(),
+            })
+            .expect("install");
+            let batch =
+                RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![1, 2, 3]))]).expect("b");
+            rt.send(&Arc::from("t"), DiffBatch::inserts(batch)).expect("send");
+            let e = rt.close_epoch().expect("close");
+            assert!(merger.wait_delivered(e, Duration::from_secs(10)));
+            assert_eq!(*seen.lock(), 3);
+            rt.shutdown();
+        }
+    }
 }
