@@ -68,10 +68,9 @@ struct SourceEntry {
     inflight: Mutex<std::collections::VecDeque<(u64, usize)>>,
     /// Sum of the rows in `inflight`.
     pending: AtomicU64,
-    /// Times an insert had to wait for the pipeline to catch up.
-    backpressure_waits: AtomicU64,
-    /// Small inserts waiting to be sent as one batch (at most `STAGE_ROWS` rows or ~1 ms).
-    staged: Mutex<Vec<RecordBatch>>,
+    /// Small inserts waiting to be sent as one batch (at most `STAGE_ROWS` rows or ~1 ms), with
+    /// their row count.
+    staged: Mutex<(Vec<RecordBatch>, usize)>,
 }
 
 /// Inserts smaller than this are staged and sent together, at the latest ~1 ms later.
@@ -109,6 +108,23 @@ struct StreamEntry {
     output: Arc<StreamOutput>,
     stats: Arc<DataflowStats>,
     running: Mutex<Option<Running>>,
+}
+
+impl StreamEntry {
+    /// Removes the stream's dataflow from the runtime, if it has one there.
+    fn stop(&self, rt: Option<&Arc<Runtime>>) -> Result<()> {
+        if let (Some(rt), Some(r)) = (rt, self.running.lock().take()) {
+            rt.remove(r.id)?;
+        }
+        Ok(())
+    }
+
+    /// Stops the dataflow and ends every subscription (the stream is going away).
+    fn retire(&self, rt: Option<&Arc<Runtime>>) -> Result<()> {
+        self.stop(rt)?;
+        self.output.close_subscribers();
+        Ok(())
+    }
 }
 
 struct SinkEntry {
@@ -345,8 +361,7 @@ impl Database {
             watermark: AtomicI64::new(i64::MIN),
             inflight: Mutex::new(Default::default()),
             pending: AtomicU64::new(0),
-            backpressure_waits: AtomicU64::new(0),
-            staged: Mutex::new(Vec::new()),
+            staged: Mutex::new((Vec::new(), 0)),
             def,
         });
         let name = entry.def.name.clone();
@@ -404,9 +419,7 @@ impl Database {
             let kind = if entry.def.materialized { "MATERIALIZED VIEW" } else { "STREAM" };
             let e = CatalogEntry { name: name.clone(), kind: kind.into(), sql: entry.sql.clone() };
             if let Err(e) = st.catalog.update(|v| v.push(e)) {
-                if let (Some(rt), Some(r)) = (&rt, entry.running.lock().take()) {
-                    let _ = rt.remove(r.id);
-                }
+                let _ = entry.stop(rt.as_ref());
                 return Err(e);
             }
         }
@@ -478,26 +491,20 @@ impl Database {
             .collect();
         for n in orphans {
             if let Some(q) = st.queries.remove(&n) {
-                if let (Some(rt), Some(r)) = (&rt, q.running.lock().take()) {
-                    rt.remove(r.id)?;
-                }
-                q.output.close_subscribers();
+                q.retire(rt.as_ref())?;
             }
         }
         for n in doomed.iter().rev() {
             st.sources.remove(n);
             st.sinks.remove(n);
             if let Some(s) = st.streams.remove(n) {
-                if let (Some(rt), Some(r)) = (&rt, s.running.lock().take()) {
-                    rt.remove(r.id)?;
-                }
-                s.output.close_subscribers();
+                s.retire(rt.as_ref())?;
             }
         }
         Ok(ddl)
     }
 
-    fn install(&self, _st: &State, rt: &Arc<Runtime>, entry: &Arc<StreamEntry>, id: u64) -> Result<()> {
+    fn install(&self, st: &State, rt: &Arc<Runtime>, entry: &Arc<StreamEntry>, id: u64) -> Result<()> {
         let output = entry.output.clone();
         output.reset()?;
         let merger = Arc::new(EpochMerger::new(rt.workers(), Box::new(move |e, b| output.deliver(e, b))));
@@ -505,7 +512,7 @@ impl Database {
         let st_sources = entry.planned.plan.sources();
         let mut backfill = Vec::new();
         for name in st_sources {
-            let src = _st
+            let src = st
                 .sources
                 .get(&name)
                 .ok_or_else(|| LaminarError::Internal(format!("stream reads unknown source '{name}'")))?;
@@ -538,12 +545,7 @@ impl Database {
     /// Starts the pipeline: every stream begins processing (existing source contents first).
     pub fn start(&self) -> Result<()> {
         self.check_open()?;
-        let st = self.inner.state.lock();
-        match st.pipeline {
-            PipelineState::Running | PipelineState::Starting => return Ok(()),
-            PipelineState::Created | PipelineState::Stopped | PipelineState::ShuttingDown => {}
-        }
-        drop(st);
+        // Staged rows go into the sources' contents first, so the new dataflows backfill them.
         self.flush_all_staged()?;
         let mut st = self.inner.state.lock();
         if st.pipeline == PipelineState::Running || st.pipeline == PipelineState::Starting {
@@ -668,8 +670,9 @@ impl Database {
         if n < stage_limit {
             let staged_rows = {
                 let mut staged = src.staged.lock();
-                staged.push(batch);
-                staged.iter().map(|b| b.num_rows()).sum::<usize>()
+                staged.0.push(batch);
+                staged.1 += n;
+                staged.1
             };
             if staged_rows >= stage_limit {
                 self.flush_staged(&src)?;
@@ -687,10 +690,10 @@ impl Database {
     fn flush_staged(&self, src: &SourceEntry) -> Result<()> {
         // Held until the rows are sent: whoever finds the stage empty knows nothing is in transit.
         let mut staged = src.staged.lock();
-        if staged.is_empty() {
+        if staged.0.is_empty() {
             return Ok(());
         }
-        let batches = std::mem::take(&mut *staged);
+        let (batches, _) = std::mem::take(&mut *staged);
         let batch = concat_or_empty(&src.schema, &batches)?;
         self.ingest(src, batch)
     }
@@ -803,12 +806,7 @@ impl Database {
         if src.pending.load(Ordering::Acquire) < capacity {
             return;
         }
-        let mut counted = false;
         while self.release_inflight(src) >= capacity && self.inner.runtime.read().is_some() {
-            if !counted {
-                src.backpressure_waits.fetch_add(1, Ordering::Relaxed);
-                counted = true;
-            }
             std::thread::sleep(Duration::from_micros(200));
         }
     }
@@ -939,9 +937,7 @@ impl Database {
     fn remove_query(&self, name: &str) {
         let mut st = self.inner.state.lock();
         if let Some(q) = st.queries.remove(name) {
-            if let (Some(rt), Some(r)) = (self.inner.runtime.read().clone(), q.running.lock().take()) {
-                let _ = rt.remove(r.id);
-            }
+            let _ = q.stop(self.inner.runtime.read().as_ref());
         }
     }
 

@@ -2,7 +2,6 @@
 //! (append-only batches, or the current row per primary key for upsert sources).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use arrow::array::{new_null_array, Array, ArrayRef, Int64Array, RecordBatch, RecordBatchOptions};
 use arrow::compute::{cast_with_options, CastOptions};
@@ -389,12 +388,10 @@ pub fn concat_or_empty(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Re
     })
 }
 
-/// Shared reference to a source's stored contents.
-pub type SharedData = Arc<parking_lot::Mutex<SourceData>>;
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn retention_keeps_the_most_recent_rows() {

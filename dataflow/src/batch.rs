@@ -138,11 +138,6 @@ impl DiffBatch {
         Ok(Self { data, diffs: self.diffs.clone() })
     }
 
-    /// Approximate heap size in bytes.
-    pub fn memory_size(&self) -> usize {
-        self.data.get_array_memory_size() + self.diffs.as_ref().map_or(0, |d| d.get_array_memory_size())
-    }
-
     /// Encodes the batch (data and multiplicities) as an Arrow IPC stream.
     pub fn to_ipc(&self) -> Result<Vec<u8>> {
         let mut fields: Vec<Arc<Field>> = self.data.schema().fields().iter().cloned().collect();

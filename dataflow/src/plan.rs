@@ -219,6 +219,3 @@ impl fmt::Display for PlanNode {
         f.write_str(&self.explain())
     }
 }
-
-/// Result type re-export for implementors of the traits above.
-pub type PlanResult<T> = Result<T>;

@@ -66,11 +66,6 @@ impl RowSlots {
         self.arena = arena;
         self.garbage = 0;
     }
-
-    /// Bytes held.
-    pub fn memory_size(&self) -> usize {
-        self.arena.capacity() + self.slots.capacity() * std::mem::size_of::<(u64, u32)>()
-    }
 }
 
 /// A multiset of byte rows with signed counts (the consolidated contents of a collection).
