@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray};
@@ -13,6 +13,10 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::MemTable;
 use datafusion::common::TableReference;
 use datafusion::prelude::SessionContext;
+use laminar_adapters::runner::{spawn_sink, spawn_source};
+use laminar_adapters::{
+    Change, ConnectorStatus, DeadLetter, DlqTarget, SinkHandle, SinkSpec, SourceHandle, SourceSpec, SourceTarget,
+};
 use laminar_dataflow::batch::DiffBatch;
 use laminar_dataflow::merge::EpochMerger;
 use laminar_dataflow::runtime::{InstallRequest, Runtime, RuntimeConfig};
@@ -71,7 +75,29 @@ struct SourceEntry {
     /// Small inserts waiting to be sent as one batch (at most `STAGE_ROWS` rows or ~1 ms), with
     /// their row count.
     staged: Mutex<(Vec<RecordBatch>, usize)>,
+    /// The connector's spec (validated at CREATE), if the source has a connector.
+    connector: Option<SourceSpec>,
+    /// Rows kept in `<source>_errors` (0: dead letters go elsewhere).
+    errors_max: usize,
+    /// The connector of the current run.
+    run: Mutex<Option<SourceRun>>,
+    /// The connector status of the current (or last) run.
+    status: Mutex<Option<Arc<ConnectorStatus>>>,
+    /// Where the connector stopped last time (resumed by the next `start()`).
+    position: Mutex<Option<serde_json::Value>>,
+    /// The most recent dead letters (the `<source>_errors` collection).
+    errors: Mutex<std::collections::VecDeque<DeadLetter>>,
 }
+
+struct SourceRun {
+    handle: SourceHandle,
+}
+
+/// Suffix of the queryable dead-letter collection of a source.
+pub const ERRORS_SUFFIX: &str = "_errors";
+
+/// How long `start()` waits for a connector to connect.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Inserts smaller than this are staged and sent together, at the latest ~1 ms later.
 const STAGE_ROWS: usize = 1024;
@@ -101,6 +127,8 @@ struct Running {
 
 struct StreamEntry {
     def: CreateStream,
+    /// The sink connector fed by this dataflow (sinks only).
+    sink: Mutex<Option<Arc<SinkHandle>>>,
     /// Sources the stream's dataflow reads (after inlining streams it reads).
     sources: BTreeSet<String>,
     sql: String,
@@ -111,6 +139,13 @@ struct StreamEntry {
 }
 
 impl StreamEntry {
+    /// Every epoch below this has reached the output (and the sink connector, if any).
+    fn progress(&self) -> Option<u64> {
+        let delivered = self.running.lock().as_ref().map(|r| r.merger.delivered())?;
+        let sink = self.sink.lock().as_ref().and_then(|h| h.oldest_pending());
+        Some(sink.map_or(delivered, |p| p.min(delivered)))
+    }
+
     /// Removes the stream's dataflow from the runtime, if it has one there.
     fn stop(&self, rt: Option<&Arc<Runtime>>) -> Result<()> {
         if let (Some(rt), Some(r)) = (rt, self.running.lock().take()) {
@@ -130,13 +165,20 @@ impl StreamEntry {
 struct SinkEntry {
     def: CreateSink,
     planned: PlannedQuery,
+    spec: SinkSpec,
+    /// The dataflow computing the sink's query.
+    entry: Arc<StreamEntry>,
+    /// The connector status of the current (or last) run.
+    status: Mutex<Option<Arc<ConnectorStatus>>>,
+    /// True once the sink has run: later runs do not replay the sources' history into it.
+    has_run: AtomicBool,
 }
 
 struct State {
     catalog: Catalog,
     sources: BTreeMap<String, Arc<SourceEntry>>,
     streams: BTreeMap<String, Arc<StreamEntry>>,
-    sinks: BTreeMap<String, SinkEntry>,
+    sinks: BTreeMap<String, Arc<SinkEntry>>,
     /// Ad-hoc continuous queries behind `subscribe_query`: not in the catalog, gone with their
     /// subscription.
     queries: BTreeMap<String, Arc<StreamEntry>>,
@@ -174,6 +216,8 @@ struct Inner {
     closed: AtomicBool,
     batches: AtomicU64,
     query_rt: OnceLock<tokio::runtime::Runtime>,
+    /// Runs connectors.
+    connector_rt: OnceLock<tokio::runtime::Runtime>,
     stage: Arc<StageSignal>,
 }
 
@@ -183,6 +227,10 @@ impl Drop for Inner {
         self.stage.notify();
         if let Some(rt) = self.runtime.write().take() {
             rt.shutdown();
+        }
+        // May run on a connector thread: never block on a runtime here.
+        for rt in [self.connector_rt.take(), self.query_rt.take()].into_iter().flatten() {
+            rt.shutdown_background();
         }
     }
 }
@@ -246,6 +294,7 @@ impl Database {
                 closed: AtomicBool::new(false),
                 batches: AtomicU64::new(0),
                 query_rt: OnceLock::new(),
+                connector_rt: OnceLock::new(),
                 stage: Arc::new(StageSignal::default()),
             }),
         };
@@ -296,6 +345,7 @@ impl Database {
             Statement::Drop { kind, name, if_exists, cascade } => self.drop_object(kind, &name, if_exists, cascade),
             Statement::Show(kind) => self.show(kind).map(ExecuteResult::Metadata),
             Statement::Describe(name) => self.describe(&name).map(ExecuteResult::Metadata),
+            Statement::ShowCreate { kind, name } => self.show_create(kind, &name).map(ExecuteResult::Metadata),
             Statement::Explain(q) => self.explain(&q).map(ExecuteResult::Metadata),
             Statement::Insert { table, columns, query } => {
                 self.insert_sql(&table, &columns, &query).map(|n| ExecuteResult::RowsAffected(n as u64))
@@ -342,12 +392,26 @@ impl Database {
             Some(v) => Retention::parse(&v)?,
             None => Retention::Unbounded,
         };
-        if !connector_options.is_empty() {
-            laminar_adapters::validate_source(&connector_options)?;
-        }
         let schema = Arc::new(Schema::new(
             def.columns.iter().map(|c| Field::new(&c.name, c.data_type.clone(), c.nullable)).collect::<Vec<_>>(),
         ));
+        let (connector, errors_max) = if connector_options.is_empty() {
+            (None, 0)
+        } else {
+            let spec = SourceSpec {
+                name: def.name.clone(),
+                schema: schema.clone(),
+                primary_key: def.primary_key.clone(),
+                watermark_column: def.watermark.as_ref().map(|w| w.column.clone()),
+                options: connector_options,
+            };
+            laminar_adapters::validate_source(&spec)?;
+            let max = match laminar_adapters::build_source(&spec)?.dlq {
+                DlqTarget::Collection { max_rows } => max_rows,
+                DlqTarget::File(_) => 0,
+            };
+            (Some(spec), max)
+        };
         let pk: Vec<usize> =
             def.primary_key.iter().filter_map(|k| def.columns.iter().position(|c| &c.name == k)).collect();
         let data = SourceData::new(&schema, &pk, retention)?;
@@ -362,6 +426,12 @@ impl Database {
             inflight: Mutex::new(Default::default()),
             pending: AtomicU64::new(0),
             staged: Mutex::new((Vec::new(), 0)),
+            connector,
+            errors_max,
+            run: Mutex::new(None),
+            status: Mutex::new(None),
+            position: Mutex::new(None),
+            errors: Mutex::new(Default::default()),
             def,
         });
         let name = entry.def.name.clone();
@@ -372,7 +442,18 @@ impl Database {
                 v.push(e)
             })?;
         }
-        st.sources.insert(name, entry);
+        let old = st.sources.insert(name, entry.clone());
+        let running = st.pipeline == PipelineState::Running;
+        drop(st);
+        if let Some(old) = old {
+            self.stop_source(&old);
+        }
+        if running {
+            if let Err(e) = self.start_source(&entry) {
+                let _ = self.drop_object(ObjectKind::Source, &entry.def.name, true, false);
+                return Err(e);
+            }
+        }
         Ok(ddl())
     }
 
@@ -403,6 +484,7 @@ impl Database {
             output,
             stats: Arc::new(DataflowStats::default()),
             running: Mutex::new(None),
+            sink: Mutex::new(None),
             def,
         });
         let name = entry.def.name.clone();
@@ -410,7 +492,7 @@ impl Database {
         if let Some(rt) = &rt {
             let id = st.next_id;
             st.next_id += 1;
-            if let Err(e) = self.install(&st, rt, &entry, id) {
+            if let Err(e) = self.install(&st, rt, &entry, id, true) {
                 let _ = rt.remove(id);
                 return Err(e);
             }
@@ -437,14 +519,55 @@ impl Database {
             }
             return Err(LaminarError::AlreadyExists(format!("a {kind} named '{}' already exists", def.name)));
         }
-        laminar_adapters::validate_sink(&def.options)?;
+        laminar_adapters::registry::require_connector(laminar_adapters::ConnectorKind::Sink, &def.options)?;
         let planned = plan_query(&def.query, &*st)?;
+        let spec = SinkSpec {
+            name: def.name.clone(),
+            schema: planned.schema.clone(),
+            append_only: planned.plan.is_append_only(),
+            key_columns: Vec::new(),
+            options: def.options.clone(),
+        };
+        laminar_adapters::validate_sink(&spec)?;
         let name = def.name.clone();
+        let entry = Arc::new(StreamEntry {
+            def: CreateStream {
+                name: name.clone(),
+                query: def.query.clone(),
+                materialized: false,
+                emit: EmitMode::OnUpdate,
+                options: Default::default(),
+                if_not_exists: false,
+                or_replace: false,
+            },
+            sink: Mutex::new(None),
+            sources: planned.plan.sources(),
+            sql: sql.trim().to_string(),
+            output: Arc::new(StreamOutput::forwarding(planned.schema.clone())?),
+            planned: planned.clone(),
+            stats: Arc::new(DataflowStats::default()),
+            running: Mutex::new(None),
+        });
+        let sink = Arc::new(SinkEntry {
+            def,
+            planned,
+            spec,
+            entry,
+            status: Mutex::new(None),
+            has_run: AtomicBool::new(false),
+        });
         if persist {
             let e = CatalogEntry { name: name.clone(), kind: "SINK".into(), sql: sql.trim().to_string() };
             st.catalog.update(|v| v.push(e))?;
         }
-        st.sinks.insert(name, SinkEntry { def, planned });
+        st.sinks.insert(name.clone(), sink.clone());
+        if let Some(rt) = self.inner.runtime.read().clone() {
+            if let Err(e) = self.start_sink(&mut st, &rt, &sink) {
+                drop(st);
+                let _ = self.drop_object(ObjectKind::Sink, &name, true, false);
+                return Err(e);
+            }
+        }
         Ok(ddl())
     }
 
@@ -494,24 +617,35 @@ impl Database {
                 q.retire(rt.as_ref())?;
             }
         }
+        let mut removed_sources = Vec::new();
         for n in doomed.iter().rev() {
-            st.sources.remove(n);
-            st.sinks.remove(n);
+            if let Some(src) = st.sources.remove(n) {
+                removed_sources.push(src);
+            }
+            if let Some(sink) = st.sinks.remove(n) {
+                self.stop_sink(&sink);
+                sink.entry.stop(rt.as_ref())?;
+            }
             if let Some(s) = st.streams.remove(n) {
                 s.retire(rt.as_ref())?;
             }
         }
+        drop(st);
+        for src in removed_sources {
+            self.stop_source(&src);
+        }
         Ok(ddl)
     }
 
-    fn install(&self, st: &State, rt: &Arc<Runtime>, entry: &Arc<StreamEntry>, id: u64) -> Result<()> {
+    /// Installs a dataflow; `replay` feeds it the sources' current contents first.
+    fn install(&self, st: &State, rt: &Arc<Runtime>, entry: &Arc<StreamEntry>, id: u64, replay: bool) -> Result<()> {
         let output = entry.output.clone();
         output.reset()?;
         let merger = Arc::new(EpochMerger::new(rt.workers(), Box::new(move |e, b| output.deliver(e, b))));
         let guard = self.inner.ingest.lock();
         let st_sources = entry.planned.plan.sources();
         let mut backfill = Vec::new();
-        for name in st_sources {
+        for name in st_sources.into_iter().filter(|_| replay) {
             let src = st
                 .sources
                 .get(&name)
@@ -569,27 +703,199 @@ impl Database {
             .filter_map(|n| st.streams.get(&n).cloned())
             .chain(st.queries.values().cloned())
             .collect();
+        let mut result = Ok(());
         for s in streams {
             let id = st.next_id;
             st.next_id += 1;
-            if let Err(e) = self.install(&st, &rt, &s, id) {
-                drop(self.inner.runtime.write().take());
-                rt.shutdown();
-                st.pipeline = PipelineState::Stopped;
-                return Err(e);
+            if let Err(e) = self.install(&st, &rt, &s, id, true) {
+                result = Err(e);
+                break;
             }
         }
+        // Sinks next, so that they see everything the sources produce.
+        if result.is_ok() {
+            let sinks: Vec<Arc<SinkEntry>> =
+                catalog_order(&st).into_iter().filter_map(|n| st.sinks.get(&n).cloned()).collect();
+            for sink in sinks {
+                if let Err(e) = self.start_sink(&mut st, &rt, &sink) {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        let sources: Vec<Arc<SourceEntry>> = st.sources.values().filter(|s| s.connector.is_some()).cloned().collect();
         st.pipeline = PipelineState::Running;
         st.started_at = Some(Instant::now());
+        drop(st);
+        if result.is_ok() {
+            for src in &sources {
+                if let Err(e) = self.start_source(src) {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        if result.is_err() {
+            let _ = self.shutdown();
+        }
+        result
+    }
+
+    fn connector_runtime(&self) -> Result<&tokio::runtime::Runtime> {
+        if let Some(rt) = self.inner.connector_rt.get() {
+            return Ok(rt);
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("laminar-connector")
+            .enable_all()
+            .build()
+            .map_err(|e| LaminarError::Internal(format!("cannot start the connector runtime: {e}")))?;
+        Ok(self.inner.connector_rt.get_or_init(|| rt))
+    }
+
+    /// Opens a source's connector and starts polling it (the pipeline is running).
+    fn start_source(&self, src: &Arc<SourceEntry>) -> Result<()> {
+        let Some(spec) = &src.connector else { return Ok(()) };
+        let crt = self.connector_runtime()?;
+        let built = laminar_adapters::build_source(spec)?;
+        let mut connector = built.connector;
+        if let Some(pos) = src.position.lock().clone() {
+            connector.restore(&pos)?;
+        }
+        let peer = connector.describe();
+        let opened = crt.block_on(async {
+            match tokio::time::timeout(OPEN_TIMEOUT, connector.open()).await {
+                Ok(r) => r,
+                Err(_) => Err(laminar_adapters::ConnectorError::Unavailable(format!(
+                    "timed out after {} s",
+                    OPEN_TIMEOUT.as_secs()
+                ))),
+            }
+        });
+        if let Err(e) = opened {
+            return Err(LaminarError::Connector {
+                code: e.code().max(codes::CONNECTOR_UNAVAILABLE),
+                message: format!("source '{}' cannot connect to {peer}: {e}", src.def.name),
+            });
+        }
+        let status = Arc::new(ConnectorStatus::new(peer));
+        let target = Arc::new(EngineTarget { inner: Arc::downgrade(&self.inner), src: src.clone() });
+        let handle = spawn_source(crt.handle(), src.def.name.clone(), connector, built.dlq, target, status.clone());
+        *src.status.lock() = Some(status);
+        *src.run.lock() = Some(SourceRun { handle });
         Ok(())
+    }
+
+    /// Stops a source's connector, remembering where it stopped. Call without the state lock.
+    fn stop_source(&self, src: &SourceEntry) {
+        let run = src.run.lock().take();
+        if let (Some(run), Some(crt)) = (run, self.inner.connector_rt.get()) {
+            if let Some(pos) = run.handle.stop(crt.handle(), Duration::from_secs(10)) {
+                *src.position.lock() = Some(pos);
+            }
+        }
+    }
+
+    /// Opens a sink's connector and installs its dataflow.
+    fn start_sink(&self, st: &mut State, rt: &Arc<Runtime>, sink: &Arc<SinkEntry>) -> Result<()> {
+        let crt = self.connector_runtime()?;
+        let mut connector = laminar_adapters::build_sink(&sink.spec)?;
+        let peer = connector.describe();
+        let opened = crt.block_on(async {
+            match tokio::time::timeout(OPEN_TIMEOUT, connector.open()).await {
+                Ok(r) => r,
+                Err(_) => Err(laminar_adapters::ConnectorError::Unavailable(format!(
+                    "timed out after {} s",
+                    OPEN_TIMEOUT.as_secs()
+                ))),
+            }
+        });
+        if let Err(e) = opened {
+            return Err(LaminarError::Connector {
+                code: e.code().max(codes::CONNECTOR_UNAVAILABLE),
+                message: format!("sink '{}' cannot connect to {peer}: {e}", sink.def.name),
+            });
+        }
+        let status = Arc::new(ConnectorStatus::new(peer));
+        let handle = Arc::new(spawn_sink(crt.handle(), connector, status.clone()));
+        let h = handle.clone();
+        sink.entry.output.set_forward(Some(Box::new(move |epoch, batches| h.push(epoch, batches.to_vec()))));
+        *sink.entry.sink.lock() = Some(handle);
+        *sink.status.lock() = Some(status);
+        let id = st.next_id;
+        st.next_id += 1;
+        let first_run = !sink.has_run.swap(true, Ordering::AcqRel);
+        if let Err(e) = self.install(st, rt, &sink.entry, id, first_run) {
+            self.stop_sink(sink);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Writes what a sink has queued and closes its connector.
+    fn stop_sink(&self, sink: &SinkEntry) {
+        sink.entry.output.set_forward(None);
+        let handle = sink.entry.sink.lock().take();
+        if let (Some(h), Some(crt)) = (handle, self.inner.connector_rt.get()) {
+            h.finish(crt.handle(), Duration::from_secs(30));
+        }
+    }
+
+    /// Applies a change from a source connector.
+    fn apply_change(&self, src: &SourceEntry, change: Change) -> Result<()> {
+        match change {
+            Change::Insert(batch) => {
+                let batch = coerce_batch(&src.def.name, &batch, &src.schema)?;
+                if batch.num_rows() == 0 {
+                    return Ok(());
+                }
+                self.note_insert(src, &batch);
+                self.ingest(src, batch)
+            }
+            Change::Delete(keys) => {
+                let _g = self.inner.ingest.lock();
+                let change = src.data.lock().delete(&src.def.name, &keys)?;
+                match change {
+                    Some(c) => self.send_change(src, c),
+                    None => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Counts inserted rows and advances the source's watermark.
+    fn note_insert(&self, src: &SourceEntry, batch: &RecordBatch) {
+        if let Some(w) = &src.def.watermark {
+            if let Some(max) = max_event_time_ms(batch, &w.column) {
+                src.watermark.fetch_max(max.saturating_sub(w.delay_ms), Ordering::AcqRel);
+            }
+        }
+        src.total.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+        self.inner.batches.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Stops the pipeline after draining in-flight data; subscriptions end.
     pub fn shutdown(&self) -> Result<()> {
         self.flush_all_staged()?;
+        // Connectors first: sources stop, the pipeline drains into the sinks, sinks flush.
+        let (sources, sinks) = {
+            let st = self.inner.state.lock();
+            if st.pipeline != PipelineState::Running {
+                return Ok(());
+            }
+            (st.sources.values().cloned().collect::<Vec<_>>(), st.sinks.values().cloned().collect::<Vec<_>>())
+        };
+        for src in &sources {
+            self.stop_source(src);
+        }
+        let drained = self.flush_inner();
+        for sink in &sinks {
+            self.stop_sink(sink);
+        }
         let mut st = self.inner.state.lock();
         if st.pipeline != PipelineState::Running {
-            return Ok(());
+            return drained;
         }
         st.pipeline = PipelineState::ShuttingDown;
         let rt = {
@@ -623,18 +929,33 @@ impl Database {
     }
 
     /// Waits until every row inserted before this call is reflected in every stream.
+    /// Sinks included: returns once their connectors have committed those rows.
     pub fn flush(&self) -> Result<()> {
         self.check_open()?;
+        self.flush_inner()
+    }
+
+    fn flush_inner(&self) -> Result<()> {
         self.flush_all_staged()?;
         let Some(rt) = self.inner.runtime.read().clone() else { return Ok(()) };
         let epoch = rt.close_epoch()?;
-        let mergers: Vec<Arc<EpochMerger>> = {
-            let st = self.inner.state.lock();
-            st.dataflows().filter_map(|s| s.running.lock().as_ref().map(|r| r.merger.clone())).collect()
-        };
-        for m in mergers {
+        let flows: Vec<Arc<StreamEntry>> = self.inner.state.lock().dataflows().cloned().collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for f in flows {
+            let merger = f.running.lock().as_ref().map(|r| r.merger.clone());
+            let Some(m) = merger else { continue };
             if !m.wait_delivered(epoch, Duration::from_secs(60)) {
                 return Err(LaminarError::Internal("flush timed out after 60 s".into()));
+            }
+            loop {
+                let pending = f.sink.lock().as_ref().and_then(|h| h.oldest_pending());
+                if pending.is_none_or(|p| p >= epoch) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(LaminarError::Internal(format!("sink '{}' did not write within 60 s", f.def.name)));
+                }
+                std::thread::sleep(Duration::from_micros(500));
             }
         }
         Ok(())
@@ -658,13 +979,7 @@ impl Database {
         if n == 0 {
             return Ok(0);
         }
-        if let Some(w) = &src.def.watermark {
-            if let Some(max) = max_event_time_ms(&batch, &w.column) {
-                src.watermark.fetch_max(max.saturating_sub(w.delay_ms), Ordering::AcqRel);
-            }
-        }
-        src.total.fetch_add(n as u64, Ordering::Relaxed);
-        self.inner.batches.fetch_add(1, Ordering::Relaxed);
+        self.note_insert(&src, &batch);
         // Stage small inserts (bounded by a quarter of the buffer, so that backpressure stays fine-grained).
         let stage_limit = STAGE_ROWS.min(self.inner.config.buffer_size / 4).max(1);
         if n < stage_limit {
@@ -784,10 +1099,7 @@ impl Database {
     fn release_inflight(&self, src: &SourceEntry) -> u64 {
         let delivered: Option<u64> = {
             let st = self.inner.state.lock();
-            st.dataflows()
-                .filter(|s| s.sources.contains(&src.def.name))
-                .filter_map(|s| s.running.lock().as_ref().map(|r| r.merger.delivered()))
-                .min()
+            st.dataflows().filter(|s| s.sources.contains(&src.def.name)).filter_map(|s| s.progress()).min()
         };
         let mut q = src.inflight.lock();
         while let Some(&(epoch, n)) = q.front() {
@@ -919,11 +1231,12 @@ impl Database {
             planned,
             stats: Arc::new(DataflowStats::default()),
             running: Mutex::new(None),
+            sink: Mutex::new(None),
         });
         // Subscribe before installing so that the backfilled result is delivered too.
         let sub = entry.output.subscribe(mode);
         if let Some(rt) = self.inner.runtime.read().clone() {
-            self.install(&st, &rt, &entry, id)?;
+            self.install(&st, &rt, &entry, id, true)?;
         }
         st.queries.insert(name.clone(), entry);
         let weak = Arc::downgrade(&self.inner);
@@ -979,6 +1292,16 @@ impl Database {
             for (name, s) in &st.streams {
                 let t = MemTable::try_new(s.planned.schema.clone(), vec![s.output.snapshot()?])?;
                 ctx.register_table(TableReference::bare(name.as_str()), Arc::new(t))?;
+            }
+            for (name, s) in st.sources.iter().filter(|(_, s)| s.errors_max > 0) {
+                let errors = format!("{name}{ERRORS_SUFFIX}");
+                if Self::name_taken(&st, &errors).is_some() {
+                    continue;
+                }
+                let letters: Vec<DeadLetter> = s.errors.lock().iter().cloned().collect();
+                let batch = laminar_adapters::dlq::to_batch(&letters)?;
+                let t = MemTable::try_new(batch.schema(), vec![vec![batch]])?;
+                ctx.register_table(TableReference::bare(errors.as_str()), Arc::new(t))?;
             }
         }
         let rt = self.query_runtime()?;
@@ -1069,6 +1392,37 @@ impl Database {
         )
     }
 
+    /// `SHOW CREATE [kind] name`: the statement that defined `name`, secrets masked.
+    fn show_create(&self, kind: Option<ObjectKind>, name: &str) -> Result<QueryResult> {
+        let st = self.inner.state.lock();
+        let entry = st
+            .catalog
+            .entries()
+            .iter()
+            .find(|e| e.name == name)
+            .ok_or_else(|| LaminarError::NotFound(format!("'{name}' does not exist")))?;
+        if let Some(k) = kind {
+            if k.sql() != entry.kind {
+                return Err(LaminarError::NotFound(format!(
+                    "'{name}' is a {}, not a {}",
+                    entry.kind.to_ascii_lowercase(),
+                    k.sql().to_ascii_lowercase()
+                )));
+            }
+        }
+        let options = st
+            .sources
+            .get(name)
+            .map(|s| &s.def.options)
+            .or_else(|| st.sinks.get(name).map(|s| &s.def.options))
+            .or_else(|| st.streams.get(name).map(|s| &s.def.options));
+        let sql = match options {
+            Some(o) => laminar_adapters::options::redact_sql(&entry.sql, o),
+            None => entry.sql.clone(),
+        };
+        metadata(&["name", "kind", "create_statement"], vec![vec![name.to_string(), entry.kind.clone(), sql]])
+    }
+
     /// Every source.
     pub fn sources(&self) -> Vec<SourceInfo> {
         let st = self.inner.state.lock();
@@ -1147,8 +1501,19 @@ impl Database {
         let rt = self.inner.runtime.read().clone();
         PipelineMetrics {
             total_events_ingested: st.sources.values().map(|s| s.total.load(Ordering::Relaxed)).sum(),
-            total_events_emitted: st.streams.values().map(|s| s.output.rows_delivered.load(Ordering::Relaxed)).sum(),
-            total_events_dropped: st.streams.values().map(|s| s.stats.dropped()).sum(),
+            total_events_emitted: st
+                .streams
+                .values()
+                .map(|s| s.output.rows_delivered.load(Ordering::Relaxed))
+                .sum::<u64>()
+                + sink_statuses(&st).map(|s| s.rows.load(Ordering::Relaxed)).sum::<u64>(),
+            total_events_dropped: st.dataflows().map(|s| s.stats.dropped()).sum::<u64>()
+                + sink_statuses(&st).map(|s| s.dropped.load(Ordering::Relaxed)).sum::<u64>()
+                + st.sources
+                    .values()
+                    .filter_map(|s| s.status.lock().clone())
+                    .map(|s| s.dropped.load(Ordering::Relaxed))
+                    .sum::<u64>(),
             total_cycles: rt.map(|r| r.current_epoch().saturating_sub(1)).unwrap_or(0),
             total_batches: self.inner.batches.load(Ordering::Relaxed),
             uptime_secs: st.started_at.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0),
@@ -1166,7 +1531,15 @@ impl Database {
         let capacity = self.inner.config.buffer_size.max(1) as u64;
         let pending = self.release_inflight(&s);
         let w = s.watermark.load(Ordering::Acquire);
+        let status = s.status.lock().clone();
         Some(SourceMetrics {
+            connector_state: match (&s.connector, &status) {
+                (None, _) => None,
+                (Some(_), None) => Some("created".into()),
+                (Some(_), Some(st)) => Some(st.state().name().into()),
+            },
+            last_error: status.as_ref().and_then(|s| s.last_error()),
+            dead_letters: status.as_ref().map_or(0, |s| s.dropped.load(Ordering::Relaxed)),
             name: s.def.name.clone(),
             total_events: s.total.load(Ordering::Relaxed),
             pending,
@@ -1196,6 +1569,39 @@ impl Database {
             last_error: s.stats.last_error(),
             sql: s.def.query.clone(),
         })
+    }
+
+    /// Counters of one sink, `None` if it does not exist.
+    pub fn sink_metrics(&self, name: &str) -> Option<SinkMetrics> {
+        let sink = self.inner.state.lock().sinks.get(name)?.clone();
+        let status = sink.status.lock().clone();
+        let load = |f: fn(&ConnectorStatus) -> &AtomicU64| status.as_ref().map_or(0, |s| f(s).load(Ordering::Relaxed));
+        let pending = sink.entry.sink.lock().as_ref().map_or(0, |h| h.pending_epochs() as u64);
+        Some(SinkMetrics {
+            name: sink.def.name.clone(),
+            connector: sink.def.options.get("connector").cloned().unwrap_or_default(),
+            peer: status.as_ref().map(|s| s.peer.clone()).unwrap_or_default(),
+            state: status.as_ref().map_or("created", |s| s.state().name()).to_string(),
+            rows_written: load(|s| &s.rows),
+            epochs_committed: load(|s| &s.epochs),
+            pending_epochs: pending,
+            dropped: load(|s| &s.dropped),
+            retries: load(|s| &s.retries),
+            last_error: status.as_ref().and_then(|s| s.last_error()),
+        })
+    }
+
+    /// Counters of every sink.
+    pub fn all_sink_metrics(&self) -> Vec<SinkMetrics> {
+        let names: Vec<String> = self.sinks().into_iter().map(|s| s.name).collect();
+        names.iter().filter_map(|n| self.sink_metrics(n)).collect()
+    }
+
+    /// The dead letters a source keeps in its `<source>_errors` collection, oldest first.
+    pub fn dead_letters(&self, source: &str) -> Result<Vec<DeadLetter>> {
+        let src = self.source(source)?;
+        let letters = src.errors.lock().iter().cloned().collect();
+        Ok(letters)
     }
 
     /// Counters of every stream.
@@ -1276,6 +1682,7 @@ fn statement_kind(s: &Statement) -> &'static str {
         Statement::Drop { .. } => "DROP",
         Statement::Show(_) => "SHOW",
         Statement::Describe(_) => "DESCRIBE",
+        Statement::ShowCreate { .. } => "SHOW CREATE",
         Statement::Explain(_) => "EXPLAIN",
         Statement::Insert { .. } => "INSERT",
         Statement::Query(_) => "query",
@@ -1285,7 +1692,7 @@ fn statement_kind(s: &Statement) -> &'static str {
 impl State {
     /// Streams, views and ad-hoc queries: everything with a dataflow.
     fn dataflows(&self) -> impl Iterator<Item = &Arc<StreamEntry>> {
-        self.streams.values().chain(self.queries.values())
+        self.streams.values().chain(self.queries.values()).chain(self.sinks.values().map(|s| &s.entry))
     }
 }
 
@@ -1295,6 +1702,10 @@ fn dependents(st: &State, name: &str) -> Vec<String> {
         st.streams.iter().filter(|(_, s)| s.planned.references.contains(name)).map(|(n, _)| n.clone()).collect();
     out.extend(st.sinks.iter().filter(|(_, s)| s.planned.references.contains(name)).map(|(n, _)| n.clone()));
     out
+}
+
+fn sink_statuses(st: &State) -> impl Iterator<Item = Arc<ConnectorStatus>> + '_ {
+    st.sinks.values().filter_map(|s| s.status.lock().clone())
 }
 
 fn catalog_order(st: &State) -> Vec<String> {
@@ -1357,6 +1768,38 @@ fn max_event_time_ms(batch: &RecordBatch, column: &str) -> Option<i64> {
         }
         DataType::Date32 => as_i64(col.as_ref()).map(|d| d * 86_400_000),
         _ => as_i64(col.as_ref()),
+    }
+}
+
+/// Feeds a source connector's output into the engine.
+struct EngineTarget {
+    inner: Weak<Inner>,
+    src: Arc<SourceEntry>,
+}
+
+impl SourceTarget for EngineTarget {
+    fn has_capacity(&self) -> bool {
+        let Some(inner) = self.inner.upgrade() else { return true };
+        let capacity = inner.config.buffer_size.max(1) as u64;
+        let db = Database { inner };
+        self.src.pending.load(Ordering::Acquire) < capacity || db.release_inflight(&self.src) < capacity
+    }
+
+    fn apply(&self, change: Change) -> std::result::Result<(), String> {
+        let Some(inner) = self.inner.upgrade() else { return Err("the database is closed".into()) };
+        Database { inner }.apply_change(&self.src, change).map_err(|e| e.to_string())
+    }
+
+    fn watermark(&self, ts_ms: i64) {
+        self.src.watermark.fetch_max(ts_ms, Ordering::AcqRel);
+    }
+
+    fn dead_letters(&self, letters: Vec<DeadLetter>) {
+        let mut q = self.src.errors.lock();
+        q.extend(letters);
+        while q.len() > self.src.errors_max.max(1) {
+            q.pop_front();
+        }
     }
 }
 

@@ -85,6 +85,38 @@ pub struct SourceMetrics {
     pub watermark: Option<i64>,
     /// `pending / capacity`.
     pub utilization: f64,
+    /// State of the source's connector (`running`, `backpressured`, `retrying`, `finished`,
+    /// `failed`, `stopped`), `None` for sources fed by inserts.
+    pub connector_state: Option<String>,
+    /// The connector's most recent error.
+    pub last_error: Option<String>,
+    /// Records that could not be decoded (sent to the dead-letter target).
+    pub dead_letters: u64,
+}
+
+/// Counters of one sink.
+#[derive(Clone, Debug, Default)]
+pub struct SinkMetrics {
+    /// Name.
+    pub name: String,
+    /// The connector.
+    pub connector: String,
+    /// Where it writes (no secrets).
+    pub peer: String,
+    /// Connector state (`created` before the first start).
+    pub state: String,
+    /// Rows written (insertions and retractions).
+    pub rows_written: u64,
+    /// Epochs committed.
+    pub epochs_committed: u64,
+    /// Epochs waiting to be written.
+    pub pending_epochs: u64,
+    /// Rows discarded after the sink failed.
+    pub dropped: u64,
+    /// Transient failures retried.
+    pub retries: u64,
+    /// The most recent error.
+    pub last_error: Option<String>,
 }
 
 /// Counters of one stream.

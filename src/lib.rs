@@ -19,6 +19,7 @@
 //! ```
 
 pub mod catalog;
+pub mod cli;
 pub mod database;
 pub mod error;
 pub mod info;

@@ -38,8 +38,13 @@ pub struct ChangeBatch {
 }
 
 enum Snapshot {
+    /// Nothing kept (a sink's query: its rows go to the connector).
+    None,
     Append(History),
-    Consolidated { converter: RowConverter, rows: RowBag },
+    Consolidated {
+        converter: RowConverter,
+        rows: RowBag,
+    },
 }
 
 struct Subscriber {
@@ -61,7 +66,12 @@ pub struct StreamOutput {
     pub epochs: AtomicU64,
     /// Rows delivered to subscribers.
     pub rows_delivered: AtomicU64,
+    /// Receives every completed epoch (a sink's connector).
+    forward: Mutex<Option<ForwardFn>>,
 }
+
+/// Receives a completed epoch's changes.
+pub type ForwardFn = Box<dyn Fn(u64, &[DiffBatch]) + Send + Sync>;
 
 impl StreamOutput {
     /// Output state for a stream with `schema`; `append_only` streams keep batches as they are,
@@ -77,7 +87,20 @@ impl StreamOutput {
             rows_out: AtomicU64::new(0),
             epochs: AtomicU64::new(0),
             rows_delivered: AtomicU64::new(0),
+            forward: Mutex::new(None),
         })
+    }
+
+    /// Output state that keeps no snapshot and hands every epoch to `forward` (a sink).
+    pub fn forwarding(schema: SchemaRef) -> Result<Self> {
+        let out = Self::new(schema, true, Retention::Rows(0))?;
+        *out.snapshot.lock() = Snapshot::None;
+        Ok(out)
+    }
+
+    /// Sets (or clears) the receiver of completed epochs.
+    pub fn set_forward(&self, f: Option<ForwardFn>) {
+        *self.forward.lock() = f;
     }
 
     /// `append_only`: the retention of an append-only stream (None: an updating stream).
@@ -99,6 +122,7 @@ impl StreamOutput {
     pub fn reset(&self) -> Result<()> {
         let mut s = self.snapshot.lock();
         let keep = match &*s {
+            Snapshot::None => return Ok(()),
             Snapshot::Append(h) => Some(h.retention()),
             Snapshot::Consolidated { .. } => None,
         };
@@ -109,6 +133,7 @@ impl StreamOutput {
     /// Current contents.
     pub fn snapshot(&self) -> Result<Vec<RecordBatch>> {
         match &*self.snapshot.lock() {
+            Snapshot::None => Ok(Vec::new()),
             Snapshot::Append(h) => Ok(h.snapshot()),
             Snapshot::Consolidated { converter, rows } => {
                 if rows.is_empty() {
@@ -125,6 +150,7 @@ impl StreamOutput {
     /// Number of rows in the snapshot.
     pub fn num_rows(&self) -> usize {
         match &*self.snapshot.lock() {
+            Snapshot::None => 0,
             Snapshot::Append(h) => h.num_rows(),
             Snapshot::Consolidated { rows, .. } => rows.total().max(0) as usize,
         }
@@ -158,6 +184,7 @@ impl StreamOutput {
         {
             let mut snap = self.snapshot.lock();
             match &mut *snap {
+                Snapshot::None => {}
                 Snapshot::Append(h) => batches.iter().for_each(|b| h.push(b.data.clone())),
                 Snapshot::Consolidated { converter, rows } => {
                     for b in &batches {
@@ -169,6 +196,9 @@ impl StreamOutput {
                     }
                 }
             }
+        }
+        if let Some(f) = &*self.forward.lock() {
+            f(epoch, &batches);
         }
         let mut subs = self.subscribers.lock();
         if subs.is_empty() {

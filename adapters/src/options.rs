@@ -8,12 +8,87 @@ use crate::ConnectorError;
 /// Raw options (keys lower-cased).
 pub type Options = BTreeMap<String, String>;
 
-/// Option keys whose values are secrets: never echoed back.
-pub const SECRET_KEYS: &[&str] = &["password", "sasl.password", "auth", "token", "secret", "aws_secret_access_key"];
+/// Option keys whose values are secrets: never echoed back (also as the last part of a dotted
+/// key, e.g. `'schema.registry.password'`).
+pub const SECRET_KEYS: &[&str] = &[
+    "password",
+    "sasl.password",
+    "sasl.jaas.config",
+    "auth",
+    "token",
+    "secret",
+    "api_key",
+    "aws_secret_access_key",
+    "aws_session_token",
+    "basic.auth.user.info",
+];
+
+/// What a secret is replaced with in messages, `SHOW CREATE` and logs.
+pub const MASK: &str = "***";
 
 /// True when the value of `key` must not appear in messages.
 pub fn is_secret(key: &str) -> bool {
-    SECRET_KEYS.iter().any(|s| key == *s || key.ends_with(&format!(".{s}")))
+    let key = key.to_ascii_lowercase();
+    SECRET_KEYS.iter().any(|s| key == *s || key.ends_with(&format!(".{s}")) || key.ends_with(&format!("_{s}")))
+}
+
+/// `value` of `key` as it may be shown: secrets masked, and the password of a URI
+/// (`scheme://user:password@host`) masked. `None` when it can be shown as it is.
+pub fn redact(key: &str, value: &str) -> Option<String> {
+    if is_secret(key) {
+        return Some(MASK.to_string());
+    }
+    redact_uri(value)
+}
+
+/// A URI with its password masked, `None` if it has none. Comma-separated lists of URIs are
+/// handled element by element.
+pub fn redact_uri(value: &str) -> Option<String> {
+    let mut changed = false;
+    let parts: Vec<String> = value
+        .split(',')
+        .map(|part| {
+            let Some(scheme_end) = part.find("://") else { return part.to_string() };
+            let rest = &part[scheme_end + 3..];
+            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            let authority = &rest[..authority_end];
+            let Some(at) = authority.rfind('@') else { return part.to_string() };
+            let userinfo = &authority[..at];
+            let Some(colon) = userinfo.find(':') else { return part.to_string() };
+            changed = true;
+            format!("{}{}:{MASK}{}", &part[..scheme_end + 3], &userinfo[..colon], &part[scheme_end + 3 + at..])
+        })
+        .collect();
+    changed.then(|| parts.join(","))
+}
+
+/// `sql` with the secret option values of `options` masked (each `'value'` literal of a secret
+/// is replaced), for `SHOW CREATE`, topology and messages.
+pub fn redact_sql(sql: &str, options: &Options) -> String {
+    let mut out = sql.to_string();
+    for (k, v) in options {
+        if let Some(masked) = redact(k, v) {
+            let quoted = format!("'{}'", v.replace('\'', "''"));
+            out = out.replace(&quoted, &format!("'{}'", masked.replace('\'', "''")));
+        }
+    }
+    out
+}
+
+/// Shows options with their secrets masked (for `Debug` output).
+pub struct Redacted<'a>(pub &'a Options);
+
+impl std::fmt::Debug for Redacted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut m = f.debug_map();
+        for (k, v) in self.0 {
+            match redact(k, v) {
+                Some(masked) => m.entry(k, &masked),
+                None => m.entry(k, v),
+            };
+        }
+        m.finish()
+    }
 }
 
 /// Pulls typed values out of a connector's options.
@@ -89,6 +164,64 @@ impl<'a> OptionReader<'a> {
         }
     }
 
+    /// A required unsigned integer.
+    pub fn required_u64(&mut self, key: &str) -> Result<u64, ConnectorError> {
+        match self.opt_u64(key)? {
+            Some(v) => Ok(v),
+            None => Err(ConnectorError::Config(format!("connector '{}' requires option '{key}'", self.connector))),
+        }
+    }
+
+    /// An optional signed integer.
+    pub fn opt_i64(&mut self, key: &str) -> Result<Option<i64>, ConnectorError> {
+        match self.remaining.remove(key) {
+            None => Ok(None),
+            Some(v) => v.trim().parse::<i64>().map(Some).map_err(|_| self.bad(key, &v, "an integer")),
+        }
+    }
+
+    /// An optional floating-point number.
+    pub fn opt_f64(&mut self, key: &str) -> Result<Option<f64>, ConnectorError> {
+        match self.remaining.remove(key) {
+            None => Ok(None),
+            Some(v) => v.trim().parse::<f64>().map(Some).map_err(|_| self.bad(key, &v, "a number")),
+        }
+    }
+
+    /// An optional single character (delimiters, quotes).
+    pub fn opt_char(&mut self, key: &str) -> Result<Option<u8>, ConnectorError> {
+        match self.remaining.remove(key) {
+            None => Ok(None),
+            Some(v) => {
+                let v2 = if v == "\\t" { "\t".to_string() } else { v.clone() };
+                match v2.as_bytes() {
+                    [b] => Ok(Some(*b)),
+                    _ => Err(self.bad(key, &v, "a single ASCII character")),
+                }
+            }
+        }
+    }
+
+    /// Removes and returns every option whose key starts with `prefix` (prefix stripped).
+    pub fn take_prefixed(&mut self, prefix: &str) -> Vec<(String, String)> {
+        let keys: Vec<String> = self.remaining.keys().filter(|k| k.starts_with(prefix)).cloned().collect();
+        keys.into_iter().filter_map(|k| self.remaining.remove(&k).map(|v| (k[prefix.len()..].to_string(), v))).collect()
+    }
+
+    /// The connector name these options belong to.
+    pub fn connector(&self) -> &str {
+        self.connector
+    }
+
+    /// A "bad value" error for `key` (secret values are not echoed).
+    pub fn bad(&self, key: &str, value: &str, expected: &str) -> ConnectorError {
+        ConnectorError::Config(format!(
+            "option '{key}' of connector '{}' must be {expected}, got '{}'",
+            self.connector,
+            if is_secret(key) { "***" } else { value }
+        ))
+    }
+
     /// Fails on any key not pulled, suggesting the closest known key.
     pub fn finish(self, known: &[&str]) -> Result<(), ConnectorError> {
         if let Some(key) = self.remaining.keys().next() {
@@ -151,5 +284,28 @@ mod tests {
         assert!(r.opt_bool("b").expect_err("b").to_string().contains("'b'"));
         assert!(r.required_str("x").expect_err("x").to_string().contains("requires option 'x'"));
         assert!(is_secret("sasl.password"));
+    }
+
+    #[test]
+    fn secrets_are_masked_everywhere() {
+        assert!(is_secret("schema.registry.password") && is_secret("AUTH") && !is_secret("topic"));
+        assert_eq!(
+            redact("connection", "postgresql://u:hunter2@h:5432/db").as_deref(),
+            Some("postgresql://u:***@h:5432/db")
+        );
+        assert_eq!(redact("uri", "amqp://guest@h").as_deref(), None);
+        assert_eq!(redact("url", "ws://a:b@h/x?t=1,ws://c:d@g").as_deref(), Some("ws://a:***@h/x?t=1,ws://c:***@g"));
+        let mut o = Options::new();
+        o.insert("sasl.password".into(), "s3cr'et".into());
+        o.insert("connection".into(), "mysql://root:pw@localhost/db".into());
+        o.insert("topic".into(), "t".into());
+        let sql = "CREATE SOURCE s (a INT) WITH ('sasl.password' = 's3cr''et', 'connection' = 'mysql://root:pw@localhost/db', 'topic' = 't')";
+        let red = redact_sql(sql, &o);
+        assert_eq!(
+            red,
+            "CREATE SOURCE s (a INT) WITH ('sasl.password' = '***', 'connection' = 'mysql://root:***@localhost/db', 'topic' = 't')"
+        );
+        let dbg = format!("{:?}", Redacted(&o));
+        assert!(!dbg.contains("s3cr") && !dbg.contains(":pw@") && dbg.contains("\"t\""), "{dbg}");
     }
 }

@@ -1,7 +1,13 @@
-//! The registry of connectors, keyed by the SQL `connector` value.
+//! The registry of connectors: one explicit list, keyed by the SQL `connector` value.
+//!
+//! Building a connector pulls its options into a typed config and fails with a
+//! [`ConnectorError`] naming the key on any problem; building never does I/O, so the engine
+//! builds once at CREATE (validation) and again at `start()` (to run it).
 
-use crate::options::Options;
-use crate::ConnectorError;
+use crate::connector::{SinkCapabilities, SinkConnector, SinkSpec, SourceCapabilities, SourceConnector, SourceSpec};
+use crate::dlq::DlqTarget;
+use crate::options::OptionReader;
+use crate::{ConnectorError, Result};
 
 /// Whether a connector is used as a source or a sink.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -12,9 +18,54 @@ pub enum ConnectorKind {
     Sink,
 }
 
+/// Builds a source connector from its options.
+pub struct SourceFactory {
+    /// SQL name.
+    pub name: &'static str,
+    /// Every option key the connector reads (for "did you mean").
+    pub keys: &'static [&'static str],
+    /// Pulls options (the reader is checked for leftovers afterwards) and builds, without I/O.
+    pub build: fn(&SourceSpec, &mut OptionReader<'_>) -> Result<Box<dyn SourceConnector>>,
+}
+
+/// Builds a sink connector from its options.
+pub struct SinkFactory {
+    /// SQL name.
+    pub name: &'static str,
+    /// Every option key the connector reads.
+    pub keys: &'static [&'static str],
+    /// Pulls options and builds, without I/O.
+    pub build: fn(&SinkSpec, &mut OptionReader<'_>) -> Result<Box<dyn SinkConnector>>,
+}
+
+/// Option keys every source accepts (dead-letter routing).
+pub const SOURCE_COMMON_KEYS: &[&str] = &["dlq", "dlq.max_rows"];
+
+fn sources() -> Vec<&'static SourceFactory> {
+    vec![
+        #[cfg(feature = "datagen")]
+        &crate::datagen::SOURCE,
+        #[cfg(feature = "file")]
+        &crate::file::SOURCE,
+    ]
+}
+
+fn sinks() -> Vec<&'static SinkFactory> {
+    vec![
+        &crate::blackhole::SINK,
+        #[cfg(feature = "console")]
+        &crate::console::SINK,
+        #[cfg(feature = "file")]
+        &crate::file::SINK,
+    ]
+}
+
 /// Names of the connectors compiled into this build, for the given direction.
-pub fn connector_names(_kind: ConnectorKind) -> Vec<&'static str> {
-    Vec::new()
+pub fn connector_names(kind: ConnectorKind) -> Vec<&'static str> {
+    match kind {
+        ConnectorKind::Source => sources().iter().map(|f| f.name).collect(),
+        ConnectorKind::Sink => sinks().iter().map(|f| f.name).collect(),
+    }
 }
 
 fn unknown(kind: ConnectorKind, name: &str) -> ConnectorError {
@@ -26,21 +77,81 @@ fn unknown(kind: ConnectorKind, name: &str) -> ConnectorError {
     ))
 }
 
-fn connector_name(options: &Options) -> Result<&str, ConnectorError> {
+fn connector_name(options: &crate::Options) -> Result<String> {
     options
         .get("connector")
-        .map(String::as_str)
+        .map(|s| s.trim().to_ascii_lowercase())
         .ok_or_else(|| ConnectorError::Config("option 'connector' is required in WITH (…)".into()))
 }
 
-/// Validates a source's options at CREATE time (no network I/O).
-pub fn validate_source(options: &Options) -> Result<(), ConnectorError> {
+/// Checks that the `connector` option names a connector of this build (before anything else
+/// about the statement is looked at).
+pub fn require_connector(kind: ConnectorKind, options: &crate::Options) -> Result<()> {
     let name = connector_name(options)?;
-    Err(unknown(ConnectorKind::Source, name))
+    if connector_names(kind).contains(&name.as_str()) {
+        Ok(())
+    } else {
+        Err(unknown(kind, &name))
+    }
 }
 
-/// Validates a sink's options at CREATE time (no network I/O).
-pub fn validate_sink(options: &Options) -> Result<(), ConnectorError> {
-    let name = connector_name(options)?;
-    Err(unknown(ConnectorKind::Sink, name))
+/// A source connector ready to open, with where its dead letters go.
+pub struct BuiltSource {
+    /// The connector (not yet opened).
+    pub connector: Box<dyn SourceConnector>,
+    /// Dead-letter target.
+    pub dlq: DlqTarget,
+}
+
+/// Builds a source from its spec (no I/O).
+pub fn build_source(spec: &SourceSpec) -> Result<BuiltSource> {
+    let name = connector_name(&spec.options)?;
+    let factory =
+        sources().into_iter().find(|f| f.name == name).ok_or_else(|| unknown(ConnectorKind::Source, &name))?;
+    let mut r = OptionReader::new(factory.name, spec.options.clone());
+    let dlq = DlqTarget::pull(&mut r)?;
+    let connector = (factory.build)(spec, &mut r)?;
+    let known: Vec<&str> = factory.keys.iter().chain(SOURCE_COMMON_KEYS).copied().collect();
+    r.finish(&known)?;
+    Ok(BuiltSource { connector, dlq })
+}
+
+/// Validates a source's options at CREATE time (no network I/O); returns its capabilities.
+pub fn validate_source(spec: &SourceSpec) -> Result<SourceCapabilities> {
+    let built = build_source(spec)?;
+    let caps = built.connector.capabilities();
+    if caps.changelog && spec.primary_key.is_empty() {
+        return Err(ConnectorError::Config(format!(
+            "source '{}' receives updates and deletes: declare a PRIMARY KEY",
+            spec.name
+        )));
+    }
+    Ok(caps)
+}
+
+/// Builds a sink from its spec (no I/O).
+pub fn build_sink(spec: &SinkSpec) -> Result<Box<dyn SinkConnector>> {
+    let name = connector_name(&spec.options)?;
+    let factory = sinks().into_iter().find(|f| f.name == name).ok_or_else(|| unknown(ConnectorKind::Sink, &name))?;
+    let mut r = OptionReader::new(factory.name, spec.options.clone());
+    let connector = (factory.build)(spec, &mut r)?;
+    r.finish(factory.keys)?;
+    Ok(connector)
+}
+
+/// Validates a sink's options at CREATE time (no network I/O), including whether it can take
+/// the query's changes; returns its capabilities.
+pub fn validate_sink(spec: &SinkSpec) -> Result<SinkCapabilities> {
+    let sink = build_sink(spec)?;
+    let caps = sink.capabilities();
+    if !spec.append_only && !caps.accepts_updates() {
+        return Err(ConnectorError::Config(format!(
+            "sink '{}' (connector '{}') is append-only, but its query produces updates and deletes \
+             (an aggregate or a PRIMARY KEY source): write the query so it only inserts, or use a sink \
+             that accepts changelogs",
+            spec.name,
+            spec.options.get("connector").map(String::as_str).unwrap_or("")
+        )));
+    }
+    Ok(caps)
 }

@@ -56,7 +56,7 @@ __version__: str = _ext.__version__
 __all__ = [
     "open", "connect", "Connection", "LaminarConfig", "Config", "QueryResult", "ExecuteResult",
     "StreamSubscription", "AsyncStreamSubscription", "CallbackSubscription", "Writer",
-    "SourceInfo", "SinkInfo", "StreamInfo", "PipelineMetrics", "SourceMetrics", "StreamMetrics",
+    "SourceInfo", "SinkInfo", "StreamInfo", "PipelineMetrics", "SourceMetrics", "SinkMetrics", "StreamMetrics",
     "PipelineNode", "PipelineEdge", "PipelineTopology", "codes", "__version__",
     "execute", "sql", "mv", "BatchWriter", "Subscription", "AsyncSubscription", "ChangeEvent", "ChangeRow",
     "CheckpointStatus", "Column", "MaterializedView", "Metrics", "QueryInfo", "Schema", "TableStats", "Watermark",
@@ -301,6 +301,28 @@ class SourceMetrics:
     is_backpressured: bool
     watermark: Optional[int]
     utilization: float
+    connector_state: Optional[str] = None
+    """State of the source's connector (None for sources fed by inserts)."""
+    last_error: Optional[str] = None
+    """The connector's most recent error."""
+    dead_letters: int = 0
+    """Records that could not be decoded (see the ``<source>_errors`` collection)."""
+
+
+@dataclass(frozen=True)
+class SinkMetrics:
+    """Counters of one sink."""
+
+    name: str
+    connector: str
+    peer: str
+    state: str
+    rows_written: int
+    epochs_committed: int
+    pending_epochs: int
+    dropped: int
+    retries: int
+    last_error: Optional[str]
 
 
 @dataclass(frozen=True)
@@ -870,6 +892,15 @@ class Connection:
         """Counters of one stream, or None."""
         m = self._raw().stream_metrics(name)
         return None if m is None else StreamMetrics(**m)
+
+    def sink_metrics(self, name: str) -> Optional[SinkMetrics]:
+        """Counters of one sink (rows written, epochs committed, connector state), or None."""
+        m = self._raw().sink_metrics(name)
+        return None if m is None else SinkMetrics(**m)
+
+    def all_sink_metrics(self) -> list[SinkMetrics]:
+        """Counters of every sink."""
+        return [m for m in (self.sink_metrics(n) for n in self.list_sinks()) if m is not None]
 
     def all_stream_metrics(self) -> list[StreamMetrics]:
         """Counters of every stream."""

@@ -306,6 +306,26 @@ impl PyConnection {
         d.set_item("is_backpressured", m.is_backpressured)?;
         d.set_item("watermark", m.watermark)?;
         d.set_item("utilization", m.utilization)?;
+        d.set_item("connector_state", m.connector_state)?;
+        d.set_item("last_error", m.last_error)?;
+        d.set_item("dead_letters", m.dead_letters)?;
+        Ok(Some(d))
+    }
+
+    /// One sink's counters as a dict, or None.
+    fn sink_metrics<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some(m) = py.detach(|| self.db.sink_metrics(name)) else { return Ok(None) };
+        let d = PyDict::new(py);
+        d.set_item("name", m.name)?;
+        d.set_item("connector", m.connector)?;
+        d.set_item("peer", m.peer)?;
+        d.set_item("state", m.state)?;
+        d.set_item("rows_written", m.rows_written)?;
+        d.set_item("epochs_committed", m.epochs_committed)?;
+        d.set_item("pending_epochs", m.pending_epochs)?;
+        d.set_item("dropped", m.dropped)?;
+        d.set_item("retries", m.retries)?;
+        d.set_item("last_error", m.last_error)?;
         Ok(Some(d))
     }
 
@@ -492,12 +512,23 @@ impl PySubscription {
     }
 }
 
+/// Runs the `laminardb` command line with `argv` (without the program name); returns the exit
+/// code. Ctrl-C stops a running pipeline gracefully.
+#[pyfunction]
+fn cli_main(py: Python<'_>, argv: Vec<String>) -> i32 {
+    py.detach(|| {
+        let interrupted = || Python::attach(|py| py.check_signals().is_err());
+        laminardb::cli::main_with(&argv, &interrupted, &mut std::io::stdout())
+    })
+}
+
 /// The `laminardb._laminardb` extension module.
 #[pymodule]
 fn _laminardb(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<PyConnection>()?;
     m.add_class::<PySubscription>()?;
+    m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add("LaminarError", py.get_type::<PyLaminarError>())?;
     m.add("ConnectionError", py.get_type::<ConnectionError>())?;
     m.add("QueryError", py.get_type::<QueryError>())?;

@@ -21,6 +21,8 @@ def stub_symbols():
             } | {n.target.id for n in node.body if isinstance(n, ast.AnnAssign)}
         elif isinstance(node, ast.AnnAssign):
             out[node.target.id] = set()
+        elif isinstance(node, ast.FunctionDef):
+            out[node.name] = set()
     return out
 
 

@@ -151,6 +151,13 @@ pub enum Statement {
     },
     /// `SHOW SOURCES|STREAMS|SINKS|MATERIALIZED VIEWS`.
     Show(ObjectKind),
+    /// `SHOW CREATE [SOURCE|STREAM|SINK|MATERIALIZED VIEW] name`: the defining statement.
+    ShowCreate {
+        /// The kind named in the statement, if any.
+        kind: Option<ObjectKind>,
+        /// Name.
+        name: String,
+    },
     /// `DESCRIBE name`.
     Describe(String),
     /// `EXPLAIN query`.
@@ -450,6 +457,16 @@ pub fn parse_statement(sql: &str) -> Result<Statement> {
         }
         "SHOW" => {
             c.pos += 1;
+            if c.eat_word("CREATE") {
+                // `SHOW CREATE name` (the name is all that is left) or `SHOW CREATE kind name`.
+                let kind = match c.peek_at(c.pos + 1) {
+                    None => None,
+                    Some(_) => Some(parse_kind(&mut c, false)?),
+                };
+                let name = c.object_name()?;
+                c.expect_end()?;
+                return Ok(Statement::ShowCreate { kind, name });
+            }
             let kind = parse_kind(&mut c, true)?;
             c.expect_end()?;
             Ok(Statement::Show(kind))
@@ -806,6 +823,14 @@ mod tests {
             Statement::Drop { kind: ObjectKind::MaterializedView, name: "mv".into(), if_exists: true, cascade: true }
         );
         assert_eq!(parse_statement("show streams").expect("show"), Statement::Show(ObjectKind::Stream));
+        assert_eq!(
+            parse_statement("SHOW CREATE SINK out").expect("show create"),
+            Statement::ShowCreate { kind: Some(ObjectKind::Sink), name: "out".into() }
+        );
+        assert_eq!(
+            parse_statement("show create trades").expect("show create"),
+            Statement::ShowCreate { kind: None, name: "trades".into() }
+        );
         assert_eq!(parse_statement("DESCRIBE Trades").expect("desc"), Statement::Describe("trades".into()));
     }
 

@@ -1,0 +1,237 @@
+//! The [`SourceConnector`] and [`SinkConnector`] traits every connector implements.
+//!
+//! A source is polled by the framework ([`crate::runner`]); each poll returns decoded Arrow
+//! changes, dead letters and an optional event-time watermark. A sink receives the changes of one
+//! epoch at a time between [`SinkConnector::begin`] and [`SinkConnector::commit`]; the
+//! `pre_commit`/`commit`/`abort` hooks let exactly-once sinks take part in checkpoints.
+
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use async_trait::async_trait;
+use laminar_dataflow::batch::DiffBatch;
+
+use crate::dlq::DeadLetter;
+use crate::options::{Options, Redacted};
+use crate::{ConnectorError, Result};
+
+/// What the engine tells a source connector about the source it feeds.
+#[derive(Clone)]
+pub struct SourceSpec {
+    /// Source name.
+    pub name: String,
+    /// Columns declared in the DDL.
+    pub schema: SchemaRef,
+    /// `PRIMARY KEY` columns (empty: append-only).
+    pub primary_key: Vec<String>,
+    /// The `WATERMARK FOR` column, if any.
+    pub watermark_column: Option<String>,
+    /// The `WITH` options meant for the connector (`connector` included).
+    pub options: Options,
+}
+
+/// What the engine tells a sink connector about the sink it drains.
+#[derive(Clone)]
+pub struct SinkSpec {
+    /// Sink name.
+    pub name: String,
+    /// Columns of the query feeding the sink.
+    pub schema: SchemaRef,
+    /// True when the query only ever inserts (no updates or deletes).
+    pub append_only: bool,
+    /// The key of an updating query (its GROUP BY columns), if known.
+    pub key_columns: Vec<String>,
+    /// The `WITH` options meant for the connector (`connector` included).
+    pub options: Options,
+}
+
+impl std::fmt::Debug for SourceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceSpec")
+            .field("name", &self.name)
+            .field("schema", &self.schema)
+            .field("primary_key", &self.primary_key)
+            .field("watermark_column", &self.watermark_column)
+            .field("options", &Redacted(&self.options))
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for SinkSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SinkSpec")
+            .field("name", &self.name)
+            .field("schema", &self.schema)
+            .field("append_only", &self.append_only)
+            .field("key_columns", &self.key_columns)
+            .field("options", &Redacted(&self.options))
+            .finish()
+    }
+}
+
+/// What a source can do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceCapabilities {
+    /// Can seek back to a checkpointed position (replay after a crash).
+    pub replayable: bool,
+    /// Emits deletions/updates (needs a PRIMARY KEY on the source).
+    pub changelog: bool,
+    /// Ends by itself (a bounded input).
+    pub bounded: bool,
+}
+
+/// What a sink can do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SinkCapabilities {
+    /// Applies retractions by key (upsert).
+    pub upsert: bool,
+    /// Writes every change with its operation (changelog).
+    pub changelog: bool,
+    /// Commits epochs transactionally (exactly-once with checkpoints).
+    pub exactly_once: bool,
+}
+
+impl SinkCapabilities {
+    /// True if the sink can take the output of an updating query.
+    pub fn accepts_updates(&self) -> bool {
+        self.upsert || self.changelog
+    }
+}
+
+/// One change of a source: rows inserted, or rows deleted (matched by primary key).
+#[derive(Clone, Debug)]
+pub enum Change {
+    /// Rows to insert (replacing the current row of their key on PRIMARY KEY sources).
+    Insert(RecordBatch),
+    /// Rows whose primary key is to be deleted.
+    Delete(RecordBatch),
+}
+
+impl Change {
+    /// Number of rows.
+    pub fn num_rows(&self) -> usize {
+        match self {
+            Change::Insert(b) | Change::Delete(b) => b.num_rows(),
+        }
+    }
+}
+
+/// The result of one poll.
+#[derive(Debug, Default)]
+pub struct SourceChunk {
+    /// Decoded changes, in order.
+    pub changes: Vec<Change>,
+    /// Records that could not be decoded.
+    pub dead_letters: Vec<DeadLetter>,
+    /// New event-time watermark (ms), if the connector tracks one itself.
+    pub watermark: Option<i64>,
+}
+
+impl SourceChunk {
+    /// A chunk holding one inserted batch.
+    pub fn insert(batch: RecordBatch) -> Self {
+        Self { changes: vec![Change::Insert(batch)], ..Self::default() }
+    }
+
+    /// Rows in the chunk.
+    pub fn num_rows(&self) -> usize {
+        self.changes.iter().map(Change::num_rows).sum()
+    }
+}
+
+/// What a poll produced.
+#[derive(Debug)]
+pub enum Poll {
+    /// Data (possibly only dead letters or a watermark).
+    Data(SourceChunk),
+    /// Nothing now; poll again after this long.
+    Idle(Duration),
+    /// The input is exhausted (bounded sources).
+    Finished,
+}
+
+/// A source connector. Created (validated) at CREATE, opened at `start()`, polled until
+/// shutdown. Implementations keep protocol code apart from this wiring.
+#[async_trait]
+pub trait SourceConnector: Send {
+    /// What this source can do.
+    fn capabilities(&self) -> SourceCapabilities;
+
+    /// Connects to the peer. Errors name the peer's address.
+    async fn open(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Returns the next data. Should return within ~100 ms (return `Idle` rather than blocking).
+    async fn poll(&mut self) -> Result<Poll>;
+
+    /// The position after everything returned so far (checkpointed with the epoch).
+    fn checkpoint(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::Value::Null)
+    }
+
+    /// Seeks to a checkpointed position before `open`.
+    fn restore(&mut self, _position: &serde_json::Value) -> Result<()> {
+        if self.capabilities().replayable {
+            return Err(ConnectorError::Failed("restore is not implemented for this connector".into()));
+        }
+        Err(ConnectorError::Failed("this source cannot replay from a checkpoint".into()))
+    }
+
+    /// Called once the checkpoint holding `position` is durable (acknowledge to the peer).
+    async fn commit_position(&mut self, _position: &serde_json::Value) -> Result<()> {
+        Ok(())
+    }
+
+    /// Disconnects.
+    async fn close(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// A short description of the peer for messages and metrics (never contains secrets).
+    fn describe(&self) -> String;
+}
+
+/// A sink connector. Each epoch's changes arrive between `begin` and `commit`.
+#[async_trait]
+pub trait SinkConnector: Send {
+    /// What this sink can do.
+    fn capabilities(&self) -> SinkCapabilities;
+
+    /// Connects to the peer. Errors name the peer's address.
+    async fn open(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Starts epoch `epoch`.
+    async fn begin(&mut self, _epoch: u64) -> Result<()> {
+        Ok(())
+    }
+
+    /// Writes changes of the current epoch. Append-only sinks only ever see insertions.
+    async fn write(&mut self, batch: &DiffBatch) -> Result<()>;
+
+    /// Makes the epoch's writes durable but not yet visible (first phase of a commit).
+    async fn pre_commit(&mut self, _epoch: u64) -> Result<()> {
+        Ok(())
+    }
+
+    /// Makes the epoch visible.
+    async fn commit(&mut self, _epoch: u64) -> Result<()> {
+        Ok(())
+    }
+
+    /// Discards the epoch's writes.
+    async fn abort(&mut self, _epoch: u64) -> Result<()> {
+        Ok(())
+    }
+
+    /// Flushes and disconnects.
+    async fn close(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// A short description of the peer for messages and metrics (never contains secrets).
+    fn describe(&self) -> String;
+}

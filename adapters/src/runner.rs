@@ -1,0 +1,395 @@
+//! Drives connectors on the engine's connector runtime: polls sources into the engine with
+//! backpressure, writes sink epochs in order, retries transient failures with exponential
+//! backoff and keeps each connector's state and counters for metrics.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use laminar_dataflow::batch::DiffBatch;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::connector::{Change, Poll, SinkConnector, SourceConnector};
+use crate::dlq::{DeadLetter, DlqTarget};
+use crate::ConnectorError;
+
+/// First retry delay after a transient failure; doubles up to [`MAX_BACKOFF`].
+pub const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest retry delay.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Life-cycle state of a connector.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnectorState {
+    /// Not started.
+    Created,
+    /// Moving data.
+    Running,
+    /// Waiting for the pipeline to drain (source buffer full).
+    Backpressured,
+    /// A transient failure; retrying with backoff.
+    Retrying,
+    /// A bounded source reached its end.
+    Finished,
+    /// A definite failure; the connector stopped (see `last_error`).
+    Failed,
+    /// Stopped by shutdown.
+    Stopped,
+}
+
+impl ConnectorState {
+    /// Lower-case name for metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConnectorState::Created => "created",
+            ConnectorState::Running => "running",
+            ConnectorState::Backpressured => "backpressured",
+            ConnectorState::Retrying => "retrying",
+            ConnectorState::Finished => "finished",
+            ConnectorState::Failed => "failed",
+            ConnectorState::Stopped => "stopped",
+        }
+    }
+}
+
+/// Live state and counters of one connector.
+#[derive(Debug)]
+pub struct ConnectorStatus {
+    state: Mutex<ConnectorState>,
+    last_error: Mutex<Option<String>>,
+    /// Rows moved (read by a source, written by a sink).
+    pub rows: AtomicU64,
+    /// Records sent to the dead-letter target, or rows a failed sink discarded.
+    pub dropped: AtomicU64,
+    /// Transient failures retried.
+    pub retries: AtomicU64,
+    /// Epochs committed (sinks).
+    pub epochs: AtomicU64,
+    /// The peer, for messages (no secrets).
+    pub peer: String,
+}
+
+impl ConnectorStatus {
+    /// A fresh status for a connector talking to `peer`.
+    pub fn new(peer: String) -> Self {
+        Self {
+            state: Mutex::new(ConnectorState::Created),
+            last_error: Mutex::new(None),
+            rows: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            epochs: AtomicU64::new(0),
+            peer,
+        }
+    }
+
+    /// Current state.
+    pub fn state(&self) -> ConnectorState {
+        *self.state.lock()
+    }
+
+    /// Sets the state.
+    pub fn set_state(&self, s: ConnectorState) {
+        *self.state.lock() = s;
+    }
+
+    /// The most recent error, if any.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().clone()
+    }
+
+    fn fail(&self, state: ConnectorState, e: &ConnectorError) {
+        *self.last_error.lock() = Some(e.to_string());
+        self.set_state(state);
+    }
+}
+
+/// Where a source's data goes: implemented by the engine.
+pub trait SourceTarget: Send + Sync {
+    /// True while the source's buffer has room.
+    fn has_capacity(&self) -> bool;
+    /// Applies one change (stores it and sends it into the pipeline).
+    fn apply(&self, change: Change) -> Result<(), String>;
+    /// Advances the event-time watermark (ms).
+    fn watermark(&self, ts_ms: i64);
+    /// Keeps dead letters in the `<source>_errors` collection.
+    fn dead_letters(&self, letters: Vec<DeadLetter>);
+}
+
+/// A running source.
+pub struct SourceHandle {
+    stop: watch::Sender<bool>,
+    join: Option<JoinHandle<Option<serde_json::Value>>>,
+}
+
+impl SourceHandle {
+    /// Stops the source and waits for it on `rt` (bounded by `timeout`); returns its position.
+    pub fn stop(mut self, rt: &tokio::runtime::Handle, timeout: Duration) -> Option<serde_json::Value> {
+        let _ = self.stop.send(true);
+        let j = self.join.take()?;
+        match rt.block_on(async { tokio::time::timeout(timeout, j).await }) {
+            Ok(Ok(pos)) => pos,
+            _ => None,
+        }
+    }
+}
+
+async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    if *stop.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(d) => *stop.borrow(),
+        _ = stop.changed() => true,
+    }
+}
+
+/// Starts polling an opened source on `rt`.
+pub fn spawn_source(
+    rt: &tokio::runtime::Handle,
+    source: String,
+    mut connector: Box<dyn SourceConnector>,
+    dlq: DlqTarget,
+    target: Arc<dyn SourceTarget>,
+    status: Arc<ConnectorStatus>,
+) -> SourceHandle {
+    let (stop_tx, mut stop) = watch::channel(false);
+    let join = rt.spawn(async move {
+        status.set_state(ConnectorState::Running);
+        let mut backoff = INITIAL_BACKOFF;
+        loop {
+            if *stop.borrow() {
+                break;
+            }
+            if !target.has_capacity() {
+                status.set_state(ConnectorState::Backpressured);
+                while !target.has_capacity() {
+                    if sleep_or_stop(Duration::from_micros(500), &mut stop).await {
+                        break;
+                    }
+                }
+                if *stop.borrow() {
+                    break;
+                }
+                status.set_state(ConnectorState::Running);
+            }
+            let polled = tokio::select! {
+                p = connector.poll() => p,
+                _ = stop.changed() => break,
+            };
+            match polled {
+                Ok(Poll::Data(chunk)) => {
+                    backoff = INITIAL_BACKOFF;
+                    if status.state() == ConnectorState::Retrying {
+                        status.set_state(ConnectorState::Running);
+                    }
+                    let mut letters = chunk.dead_letters;
+                    for change in chunk.changes {
+                        let n = change.num_rows() as u64;
+                        match target.apply(change.clone()) {
+                            Ok(()) => {
+                                status.rows.fetch_add(n, Ordering::Relaxed);
+                            }
+                            Err(reason) => letters.push(rejected(&change, reason)),
+                        }
+                    }
+                    if !letters.is_empty() {
+                        status.dropped.fetch_add(letters.len() as u64, Ordering::Relaxed);
+                        route_dead_letters(&source, &dlq, &*target, &status, letters);
+                    }
+                    if let Some(w) = chunk.watermark {
+                        target.watermark(w);
+                    }
+                }
+                Ok(Poll::Idle(d)) => {
+                    if sleep_or_stop(d, &mut stop).await {
+                        break;
+                    }
+                }
+                Ok(Poll::Finished) => {
+                    status.set_state(ConnectorState::Finished);
+                    let _ = connector.close().await;
+                    return connector.checkpoint().ok();
+                }
+                Err(e) if e.is_transient() => {
+                    status.fail(ConnectorState::Retrying, &e);
+                    status.retries.fetch_add(1, Ordering::Relaxed);
+                    if sleep_or_stop(backoff, &mut stop).await {
+                        break;
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    let _ = connector.close().await;
+                    if let Err(e) = connector.open().await {
+                        status.fail(ConnectorState::Retrying, &e);
+                    }
+                }
+                Err(e) => {
+                    status.fail(ConnectorState::Failed, &e);
+                    let _ = connector.close().await;
+                    return connector.checkpoint().ok();
+                }
+            }
+        }
+        let _ = connector.close().await;
+        if status.state() != ConnectorState::Failed {
+            status.set_state(ConnectorState::Stopped);
+        }
+        connector.checkpoint().ok()
+    });
+    SourceHandle { stop: stop_tx, join: Some(join) }
+}
+
+/// A change the engine refused (e.g. a NULL primary key), as one dead letter holding its rows.
+fn rejected(change: &Change, reason: String) -> DeadLetter {
+    let (Change::Insert(b) | Change::Delete(b)) = change;
+    let mut payload = Vec::new();
+    {
+        let mut w = arrow::json::LineDelimitedWriter::new(&mut payload);
+        let _ = w.write(b);
+        let _ = w.finish();
+    }
+    DeadLetter::new(format!("{} rows", b.num_rows()), reason, &payload)
+}
+
+fn route_dead_letters(
+    source: &str,
+    dlq: &DlqTarget,
+    target: &dyn SourceTarget,
+    status: &ConnectorStatus,
+    letters: Vec<DeadLetter>,
+) {
+    match dlq {
+        DlqTarget::Collection { .. } => target.dead_letters(letters),
+        DlqTarget::File(path) => {
+            if let Err(e) = DlqTarget::append_to_file(path, source, &letters) {
+                // Keep them queryable rather than losing them.
+                *status.last_error.lock() = Some(e.to_string());
+                target.dead_letters(letters);
+            }
+        }
+    }
+}
+
+/// One epoch's changes for a sink.
+type EpochItem = (u64, Vec<DiffBatch>);
+
+/// A running sink (shared by the engine's delivery path and its shutdown path).
+pub struct SinkHandle {
+    tx: Mutex<Option<mpsc::UnboundedSender<EpochItem>>>,
+    pending: Arc<Mutex<VecDeque<u64>>>,
+    stopping: Arc<AtomicBool>,
+    join: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl SinkHandle {
+    /// Queues a completed epoch (called by the engine in epoch order).
+    pub fn push(&self, epoch: u64, batches: Vec<DiffBatch>) {
+        if let Some(tx) = &*self.tx.lock() {
+            self.pending.lock().push_back(epoch);
+            if tx.send((epoch, batches)).is_err() {
+                self.pending.lock().retain(|e| *e != epoch);
+            }
+        }
+    }
+
+    /// Number of queued epochs not yet committed.
+    pub fn pending_epochs(&self) -> usize {
+        self.pending.lock().len()
+    }
+
+    /// The oldest queued epoch not yet committed, if any.
+    pub fn oldest_pending(&self) -> Option<u64> {
+        self.pending.lock().front().copied()
+    }
+
+    /// Writes what is queued, closes the connector and waits (bounded by `timeout`).
+    pub fn finish(&self, rt: &tokio::runtime::Handle, timeout: Duration) {
+        self.tx.lock().take();
+        let join = self.join.lock().take();
+        if let Some(j) = join {
+            let stopping = self.stopping.clone();
+            rt.block_on(async move {
+                tokio::pin!(j);
+                if tokio::time::timeout(timeout, &mut j).await.is_err() {
+                    // A sink stuck retrying: give up on it.
+                    stopping.store(true, Ordering::Release);
+                    let _ = tokio::time::timeout(Duration::from_secs(5), j).await;
+                }
+            });
+        }
+    }
+}
+
+/// Starts writing epochs into an opened sink on `rt`.
+pub fn spawn_sink(
+    rt: &tokio::runtime::Handle,
+    mut connector: Box<dyn SinkConnector>,
+    status: Arc<ConnectorStatus>,
+) -> SinkHandle {
+    let (tx, mut rx) = mpsc::unbounded_channel::<EpochItem>();
+    let pending: Arc<Mutex<VecDeque<u64>>> = Arc::new(Mutex::new(VecDeque::new()));
+    let stopping = Arc::new(AtomicBool::new(false));
+    let (p2, s2) = (pending.clone(), stopping.clone());
+    let join = rt.spawn(async move {
+        status.set_state(ConnectorState::Running);
+        while let Some((epoch, batches)) = rx.recv().await {
+            let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
+            if status.state() == ConnectorState::Failed {
+                status.dropped.fetch_add(rows, Ordering::Relaxed);
+                p2.lock().pop_front();
+                continue;
+            }
+            let mut backoff = INITIAL_BACKOFF;
+            loop {
+                match write_epoch(&mut *connector, epoch, &batches).await {
+                    Ok(()) => {
+                        status.rows.fetch_add(rows, Ordering::Relaxed);
+                        status.epochs.fetch_add(1, Ordering::Relaxed);
+                        if status.state() == ConnectorState::Retrying {
+                            status.set_state(ConnectorState::Running);
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        let _ = connector.abort(epoch).await;
+                        if !e.is_transient() || s2.load(Ordering::Acquire) {
+                            status.fail(ConnectorState::Failed, &e);
+                            status.dropped.fetch_add(rows, Ordering::Relaxed);
+                            break;
+                        }
+                        status.fail(ConnectorState::Retrying, &e);
+                        status.retries.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        let _ = connector.close().await;
+                        if let Err(e) = connector.open().await {
+                            status.fail(ConnectorState::Retrying, &e);
+                        }
+                    }
+                }
+            }
+            p2.lock().pop_front();
+        }
+        if let Err(e) = connector.close().await {
+            status.fail(ConnectorState::Failed, &e);
+        }
+        if status.state() != ConnectorState::Failed {
+            status.set_state(ConnectorState::Stopped);
+        }
+    });
+    SinkHandle { tx: Mutex::new(Some(tx)), pending, stopping, join: Mutex::new(Some(join)) }
+}
+
+async fn write_epoch(c: &mut dyn SinkConnector, epoch: u64, batches: &[DiffBatch]) -> Result<(), ConnectorError> {
+    c.begin(epoch).await?;
+    for b in batches {
+        if b.num_rows() > 0 {
+            c.write(b).await?;
+        }
+    }
+    c.pre_commit(epoch).await?;
+    c.commit(epoch).await
+}
