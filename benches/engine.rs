@@ -188,7 +188,10 @@ fn latency() -> (f64, f64, f64) {
 }
 
 fn main() {
-    let n: usize = std::env::var("LAMINAR_BENCH_ROWS").ok().and_then(|s| s.parse().ok()).unwrap_or(5_000_000);
+    // `cargo test --all-targets` runs this without `--bench`: a quick smoke run then.
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let default_rows = if smoke { 20_000 } else { 5_000_000 };
+    let n: usize = std::env::var("LAMINAR_BENCH_ROWS").ok().and_then(|s| s.parse().ok()).unwrap_or(default_rows);
     let only = std::env::var("LAMINAR_BENCH_ONLY").unwrap_or_default();
     let runs = 5;
     let want = |w: &str| only.is_empty() || only == w;

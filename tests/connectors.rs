@@ -361,3 +361,47 @@ fn nexmark_tables_agree() {
     assert_eq!(orphans, vec!["0"]);
     db.shutdown().expect("shutdown");
 }
+
+#[test]
+fn a_transient_failure_is_retried_with_backoff_and_reported_in_metrics() {
+    let root = tempfile::tempdir().expect("root");
+    let dir = root.path().join("incoming");
+    std::fs::create_dir(&dir).expect("dir");
+    std::fs::write(dir.join("1.jsonl"), "{\"id\": 1}\n").expect("write");
+    let db = common::db_with_workers(1);
+    db.execute(&format!(
+        "CREATE SOURCE s (id BIGINT) WITH (connector = 'file', 'path' = '{}', 'watch' = 'true', 'poll_interval_ms' = '10')",
+        dir.display()
+    ))
+    .expect("source");
+    db.start().expect("start");
+    wait_for("the first file", Duration::from_secs(30), || db.source_metrics("s").is_some_and(|m| m.total_events == 1));
+    // The directory goes away: the source retries (and says so) instead of failing.
+    std::fs::remove_dir_all(&dir).expect("remove");
+    wait_for("retrying", Duration::from_secs(30), || source_state(&db, "s") == "retrying");
+    let m = db.source_metrics("s").expect("m");
+    assert!(m.last_error.as_deref().is_some_and(|e| e.contains("incoming")), "{:?}", m.last_error);
+    // It comes back: the source resumes and reads the new file.
+    std::fs::create_dir(&dir).expect("dir again");
+    std::fs::write(dir.join("2.jsonl"), "{\"id\": 2}\n{\"id\": 3}\n").expect("write");
+    wait_for("recovery", Duration::from_secs(30), || db.source_metrics("s").is_some_and(|m| m.total_events == 3));
+    wait_for("running", Duration::from_secs(30), || source_state(&db, "s") == "running");
+    db.flush().expect("flush");
+    assert_eq!(common::sorted_query(&db, "SELECT id FROM s"), vec!["1", "2", "3"]);
+    db.shutdown().expect("shutdown");
+    assert_eq!(source_state(&db, "s"), "stopped");
+}
+
+#[test]
+fn show_create_returns_the_statement() {
+    let db = common::db_with_workers(1);
+    db.execute("CREATE SOURCE g (id BIGINT) WITH (connector = 'datagen', 'max_rows' = '10')").expect("source");
+    db.execute("CREATE SINK out AS SELECT id FROM g WITH (connector = 'blackhole')").expect("sink");
+    let r = common::sorted_query(&db, "SHOW CREATE SINK out");
+    assert_eq!(r, vec!["out|SINK|CREATE SINK out AS SELECT id FROM g WITH (connector = 'blackhole')"]);
+    let r = common::sorted_query(&db, "SHOW CREATE g");
+    assert!(r[0].starts_with("g|SOURCE|CREATE SOURCE g (id BIGINT)"), "{r:?}");
+    let err = db.execute("SHOW CREATE STREAM g").expect_err("kind mismatch");
+    assert!(err.to_string().contains("is a source, not a stream"), "{err}");
+    assert!(db.execute("SHOW CREATE nothing").is_err());
+}

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import fastavro
 import pytest
 
 import laminardb
@@ -151,3 +152,97 @@ def test_command_line_runs_a_pipeline_file(tmp_path: pathlib.Path):
     assert "all sources finished" in out.stdout
     assert "| 300   |" in out.stdout
     assert "done: 300 rows in" in out.stdout
+
+
+def test_avro_container_files_in_and_out_read_by_an_independent_library(tmp_path: pathlib.Path):
+    src_dir, out_dir = tmp_path / "in", tmp_path / "out"
+    src_dir.mkdir()
+    schema = {
+        "type": "record",
+        "name": "Reading",
+        "fields": [
+            {"name": "sensor", "type": "string"},
+            {"name": "id", "type": ["null", "long"]},
+            {"name": "celsius", "type": "float"},
+            {"name": "unused", "type": "boolean"},
+        ],
+    }
+    records = [
+        {"sensor": "a", "id": 1, "celsius": 20.5, "unused": True},
+        {"sensor": "b", "id": None, "celsius": 21.0, "unused": False},  # id is NOT NULL in the source
+        {"sensor": "c", "id": 3, "celsius": -4.25, "unused": True},
+    ]
+    with open(src_dir / "readings.avro", "wb") as f:
+        fastavro.writer(f, fastavro.parse_schema(schema), records, codec="deflate")
+    with laminardb.open(":memory:") as db:
+        db.execute(
+            f"CREATE SOURCE r (id BIGINT NOT NULL, sensor VARCHAR, celsius DOUBLE) "
+            f"WITH (connector = 'file', 'path' = '{src_dir}', 'format' = 'avro')"
+        )
+        db.execute(
+            f"CREATE SINK warm AS SELECT id, sensor, celsius * 2 AS doubled FROM r "
+            f"WITH (connector = 'file', 'path' = '{out_dir}', 'format' = 'avro')"
+        )
+        db.start()
+        wait_for(lambda: finished(db, "r"))
+        db.flush()
+        assert sorted(db.query("SELECT id, sensor FROM r").to_dicts(), key=lambda r: r["id"]) == [
+            {"id": 1, "sensor": "a"},
+            {"id": 3, "sensor": "c"},
+        ]
+        (err,) = db.query("SELECT position, reason, payload FROM r_errors").to_dicts()
+        assert err["position"] == "readings.avro#1" and "id" in err["reason"]
+        assert json.loads(err["payload"])["sensor"] == "b"
+        db.shutdown()
+    out = []
+    for path in sorted(out_dir.glob("*.avro")):
+        with open(path, "rb") as f:
+            out.extend(fastavro.reader(f))
+    assert sorted(out, key=lambda r: r["id"]) == [
+        {"id": 1, "sensor": "a", "doubled": 41.0},
+        {"id": 3, "sensor": "c", "doubled": -8.5},
+    ]
+
+
+def test_connection_problems_raise_connector_error_at_start():
+    with laminardb.open(":memory:") as db:
+        db.execute("CREATE SOURCE s (a BIGINT) WITH (connector = 'file', 'path' = '/no/such/place')")
+        with pytest.raises(laminardb.ConnectorError, match="/no/such/place") as e:
+            db.start()
+        assert e.value.code == laminardb.codes.CONNECTOR_UNAVAILABLE
+        assert db.pipeline_state != "Running"
+
+
+def test_show_create_returns_the_definition(tmp_path: pathlib.Path):
+    with laminardb.open(":memory:") as db:
+        db.execute(f"CREATE SOURCE s (a BIGINT) WITH (connector = 'file', 'path' = '{tmp_path}', 'watch' = 'true')")
+        (row,) = db.execute("SHOW CREATE SOURCE s").to_query_result().to_dicts()
+        assert row["name"] == "s" and row["kind"] == "SOURCE"
+        assert "'watch' = 'true'" in row["create_statement"]
+        with pytest.raises(laminardb.LaminarError, match="not a sink"):
+            db.execute("SHOW CREATE SINK s")
+
+
+def test_interactive_sql_prompt(tmp_path: pathlib.Path):
+    script = (
+        "CREATE SOURCE t (k VARCHAR, v BIGINT);\n"
+        "CREATE MATERIALIZED VIEW s AS\n  SELECT k, SUM(v) AS total FROM t GROUP BY k;\n"
+        "START;\n"
+        "INSERT INTO t VALUES ('a', 1), ('a', 2), ('b', 5);\n"
+        "FLUSH;\n"
+        "SELECT * FROM s ORDER BY k;\n"
+        "SELECT nope FROM s;\n"
+        "\\q\n"
+    )
+    code = "import sys; from laminardb.cli import main; sys.argv = ['laminardb', 'sql', sys.argv[1]]; main()"
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "db")], input=script, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "CREATE MATERIALIZED VIEW s" in out.stdout
+    lines = [line.replace(" ", "") for line in out.stdout.splitlines()]
+    assert "|a|3|" in lines and "|b|5|" in lines, out.stdout
+    assert "error:" in out.stdout  # the bad query is reported and the prompt goes on
+    # The catalog persisted in the directory.
+    with laminardb.open(str(tmp_path / "db")) as db:
+        assert db.list_tables() == ["t"] and db.list_streams() == ["s"]

@@ -43,7 +43,7 @@ pub struct ConsoleSink {
 }
 
 impl ConsoleSink {
-    fn lines(&self, batch: &DiffBatch) -> Result<Vec<u8>> {
+    fn lines(&mut self, batch: &DiffBatch) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         let (pos, neg) = split_by_sign(batch)?;
         for (tag, part) in [("+I", pos), ("-D", neg)] {
@@ -121,7 +121,7 @@ mod tests {
         let mut r = OptionReader::new("console", Default::default());
         let sink = build_sink(&spec, &mut r).expect("build");
         assert!(sink.capabilities().changelog);
-        let c = ConsoleSink {
+        let mut c = ConsoleSink {
             encoder: Encoder::new(FormatKind::Json, &schema, false, b',').expect("e"),
             stderr: false,
             prefix: "s> ".into(),

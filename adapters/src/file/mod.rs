@@ -2,8 +2,9 @@
 //!
 //! # Source options
 //! - `'path'` (required): a directory (every file in it, in name order) or one file.
-//! - `'format'`: `json` (JSON lines, default), `csv`, `parquet`, `raw` (each line into the
-//!   source's single column) or `debezium` (JSON change envelopes; needs a PRIMARY KEY).
+//! - `'format'`: `json` (JSON lines, default), `csv`, `parquet`, `avro` (Avro object container
+//!   files; columns matched by name), `raw` (each line into the source's single column) or
+//!   `debezium` (JSON change envelopes; needs a PRIMARY KEY).
 //! - `'watch'`: keep watching the directory for new files (default false: the source ends after
 //!   the last file); `'poll_interval_ms'` (default 500) between scans.
 //! - `'pattern'`: only files whose name ends with this suffix (e.g. `.jsonl`).
@@ -12,11 +13,12 @@
 //!   `'csv.delimiter'` (default `,`).
 //!
 //! Files whose name starts with `.` or `_` are skipped (in-progress files of writers). A record
-//! that cannot be decoded goes to the dead-letter target with `file:line` as its position.
+//! that cannot be decoded goes to the dead-letter target with `file:line` (`file#row` for
+//! Parquet and Avro) as its position.
 //!
 //! # Sink options
 //! - `'path'` (required): the directory to write into (created if missing).
-//! - `'format'`: `json` (default), `csv` or `parquet`.
+//! - `'format'`: `json` (default), `csv`, `parquet` or `avro` (object container files).
 //! - `'rollover.rows'` (default 1 000 000) and `'rollover.interval_ms'` (default 1000): a file is
 //!   committed once it holds this many rows or is this old, at the end of an epoch.
 //! - `'prefix'`: file name prefix (default: the sink name).
@@ -25,7 +27,8 @@
 //! # Guarantees
 //! Sink: rows are written to a hidden in-progress file and committed by an atomic rename to
 //! `<prefix>-<first epoch>-<last epoch>.<ext>`, so readers never see a partial file and a file
-//! always holds whole epochs. Source: replayable; the position is (file, byte offset, line).
+//! always holds whole epochs. Source: replayable; the position is (file, byte offset, line), or
+//! (file, row) for Parquet and Avro files.
 //!
 //! # Error handling
 //! A missing directory fails `start()` naming the path; unreadable files are dead-lettered

@@ -34,7 +34,20 @@ pub const SINK: SinkFactory = SinkFactory {
 
 fn build(spec: &SinkSpec, r: &mut OptionReader<'_>) -> Result<Box<dyn SinkConnector>> {
     let dir = PathBuf::from(r.required_str("path")?);
-    let format = FormatSpec::pull(r, FormatKind::Json, &[FormatKind::Json, FormatKind::Csv, FormatKind::Parquet])?;
+    let format = FormatSpec::pull(
+        r,
+        FormatKind::Json,
+        &[FormatKind::Json, FormatKind::Csv, FormatKind::Parquet, FormatKind::Avro],
+    )?;
+    for (key, set) in
+        [("avro.schema", format.avro_schema.is_some()), ("schema.registry.url", format.registry.is_some())]
+    {
+        if set {
+            return Err(ConnectorError::Config(format!(
+                "option '{key}' does not apply to connector 'file': Avro container files carry their own schema"
+            )));
+        }
+    }
     let rollover_rows = r.opt_u64("rollover.rows")?.unwrap_or(1_000_000).max(1);
     let rollover_interval = Duration::from_millis(r.opt_u64("rollover.interval_ms")?.unwrap_or(1000));
     let prefix = r.opt_str("prefix").unwrap_or_else(|| spec.name.clone());
@@ -42,8 +55,12 @@ fn build(spec: &SinkSpec, r: &mut OptionReader<'_>) -> Result<Box<dyn SinkConnec
         return Err(r.bad("prefix", &prefix, "a file name prefix (no '/', not starting with '.')"));
     }
     let changelog = r.opt_bool("changelog")?.unwrap_or(false);
-    let encoder_kind = if format.kind == FormatKind::Parquet { FormatKind::Json } else { format.kind };
+    let columnar = matches!(format.kind, FormatKind::Parquet | FormatKind::Avro);
+    let encoder_kind = if columnar { FormatKind::Json } else { format.kind };
     let encoder = Encoder::new(encoder_kind, &spec.schema, changelog, format.csv_delimiter)?;
+    if format.kind == FormatKind::Avro {
+        crate::format::avro::avro_schema_for(encoder.schema())?;
+    }
     Ok(Box::new(FileSink {
         dir,
         format,
@@ -60,6 +77,7 @@ fn build(spec: &SinkSpec, r: &mut OptionReader<'_>) -> Result<Box<dyn SinkConnec
 enum Writer {
     Text(BufWriter<File>),
     Parquet(Box<ArrowWriter<File>>),
+    Avro(Box<arrow_avro::writer::AvroWriter<BufWriter<File>>>),
 }
 
 struct OpenFile {
@@ -94,6 +112,7 @@ impl FileSink {
         match self.format.kind {
             FormatKind::Csv => "csv",
             FormatKind::Parquet => "parquet",
+            FormatKind::Avro => "avro",
             _ => "jsonl",
         }
     }
@@ -110,6 +129,13 @@ impl FileSink {
                 FormatKind::Parquet => Writer::Parquet(Box::new(
                     ArrowWriter::try_new(file, self.schema(), None).map_err(|e| io("write", &tmp, e))?,
                 )),
+                FormatKind::Avro => Writer::Avro(Box::new(
+                    arrow_avro::writer::AvroWriter::new(
+                        BufWriter::with_capacity(1 << 20, file),
+                        arrow::datatypes::Schema::new(self.schema().fields().clone()),
+                    )
+                    .map_err(|e| io("write", &tmp, e))?,
+                )),
                 _ => Writer::Text(BufWriter::with_capacity(1 << 20, file)),
             };
             self.open =
@@ -124,6 +150,10 @@ impl FileSink {
         let file = match f.writer {
             Writer::Text(w) => w.into_inner().map_err(|e| io("write", &f.tmp, e.error()))?,
             Writer::Parquet(w) => w.into_inner().map_err(|e| io("write", &f.tmp, e))?,
+            Writer::Avro(mut w) => {
+                w.finish().map_err(|e| io("write", &f.tmp, e))?;
+                w.into_inner().into_inner().map_err(|e| io("write", &f.tmp, e.error()))?
+            }
         };
         file.sync_all().map_err(|e| io("sync", &f.tmp, e))?;
         let name = format!("{}-{:012}-{:012}.{}", self.prefix, f.first_epoch, f.last_epoch, self.extension());
@@ -169,12 +199,19 @@ impl SinkConnector for FileSink {
         let epoch = self.open.as_ref().map(|f| f.last_epoch).unwrap_or(0);
         let first = self.open.as_ref().is_none_or(|f| f.rows == 0);
         let mut text = Vec::new();
-        if self.format.kind != FormatKind::Parquet {
+        if !matches!(self.format.kind, FormatKind::Parquet | FormatKind::Avro) {
             self.encoder.encode_into(&rows, &mut text, header && first)?;
         }
         let f = self.ensure_open(epoch)?;
         match &mut f.writer {
             Writer::Parquet(w) => w.write(&rows).map_err(|e| io("write", &f.tmp, e))?,
+            Writer::Avro(w) => {
+                let plain = arrow::array::RecordBatch::try_new(
+                    std::sync::Arc::new(arrow::datatypes::Schema::new(rows.schema().fields().clone())),
+                    rows.columns().to_vec(),
+                )?;
+                w.write(&plain).map_err(|e| io("write", &f.tmp, e))?
+            }
             Writer::Text(w) => w.write_all(&text).map_err(|e| io("write", &f.tmp, e))?,
         }
         f.rows += rows.num_rows() as u64;

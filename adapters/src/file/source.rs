@@ -5,14 +5,14 @@ use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use arrow::array::{new_null_array, ArrayRef, RecordBatch};
+use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 
-use crate::connector::{Poll, SourceCapabilities, SourceChunk, SourceConnector, SourceSpec};
+use crate::connector::{Change, Poll, SourceCapabilities, SourceChunk, SourceConnector, SourceSpec};
 use crate::dlq::DeadLetter;
-use crate::format::{Decoder, FormatKind, FormatSpec};
+use crate::format::{conform_rows, row_json, Decoder, FormatKind, FormatSpec};
 use crate::options::OptionReader;
 use crate::registry::SourceFactory;
 use crate::{ConnectorError, Result};
@@ -29,14 +29,30 @@ fn build(spec: &SourceSpec, r: &mut OptionReader<'_>) -> Result<Box<dyn SourceCo
     let format = FormatSpec::pull(
         r,
         FormatKind::Json,
-        &[FormatKind::Json, FormatKind::Csv, FormatKind::Parquet, FormatKind::Raw, FormatKind::Debezium],
+        &[
+            FormatKind::Json,
+            FormatKind::Csv,
+            FormatKind::Parquet,
+            FormatKind::Avro,
+            FormatKind::Raw,
+            FormatKind::Debezium,
+        ],
     )?;
+    for (key, set) in
+        [("avro.schema", format.avro_schema.is_some()), ("schema.registry.url", format.registry.is_some())]
+    {
+        if set {
+            return Err(ConnectorError::Config(format!(
+                "option '{key}' does not apply to connector 'file': Avro container files carry their own schema"
+            )));
+        }
+    }
     let watch = r.opt_bool("watch")?.unwrap_or(false);
     let poll_interval = Duration::from_millis(r.opt_u64("poll_interval_ms")?.unwrap_or(500).max(1));
     let pattern = r.opt_str("pattern");
     let batch_size = r.opt_u64("batch_size")?.unwrap_or(8192).max(1) as usize;
     let decoder = match format.kind {
-        FormatKind::Parquet => None,
+        FormatKind::Parquet | FormatKind::Avro => None,
         _ => Some(Decoder::new(&format, &spec.schema, &spec.primary_key)?),
     };
     Ok(Box::new(FileSource {
@@ -54,8 +70,22 @@ fn build(spec: &SourceSpec, r: &mut OptionReader<'_>) -> Result<Box<dyn SourceCo
 }
 
 enum Reader {
-    Lines { file: BufReader<File>, offset: u64, line: u64 },
-    Parquet(ParquetRecordBatchReader),
+    Lines {
+        file: BufReader<File>,
+        offset: u64,
+        line: u64,
+    },
+    /// `row`: rows of the file read so far; `skip`: rows to pass over (resuming a position).
+    Parquet {
+        reader: ParquetRecordBatchReader,
+        row: u64,
+        skip: u64,
+    },
+    Avro {
+        reader: Box<arrow_avro::reader::Reader<BufReader<File>>>,
+        row: u64,
+        skip: u64,
+    },
 }
 
 struct Current {
@@ -108,8 +138,19 @@ impl FileSource {
                 match ParquetRecordBatchReaderBuilder::try_new(file)
                     .and_then(|b| b.with_batch_size(self.batch_size).build())
                 {
-                    Ok(r) => Reader::Parquet(r),
+                    Ok(reader) => Reader::Parquet { reader, row: 0, skip: 0 },
                     Err(e) => return Ok(Err(DeadLetter::new(name, format!("not a readable Parquet file: {e}"), b""))),
+                }
+            }
+            FormatKind::Avro => {
+                match arrow_avro::reader::ReaderBuilder::new()
+                    .with_batch_size(self.batch_size)
+                    .build(BufReader::with_capacity(1 << 20, file))
+                {
+                    Ok(r) => Reader::Avro { reader: Box::new(r), row: 0, skip: 0 },
+                    Err(e) => {
+                        return Ok(Err(DeadLetter::new(name, format!("not a readable Avro container file: {e}"), b"")))
+                    }
                 }
             }
             _ => {
@@ -182,43 +223,73 @@ impl FileSource {
                 let (changes, dead_letters) = dec.decode(&payloads, &|i| format!("{name}:{}", lines[i]));
                 Ok(Some(SourceChunk { changes, dead_letters, watermark: None }))
             }
-            Reader::Parquet(r) => match r.next() {
-                None => Ok(None),
-                Some(Err(e)) => {
-                    let letter = DeadLetter::new(cur.name.clone(), format!("cannot read Parquet data: {e}"), b"");
-                    self.current = None;
-                    Ok(Some(SourceChunk { dead_letters: vec![letter], ..SourceChunk::default() }))
-                }
-                Some(Ok(b)) => match project(&b, &self.schema) {
-                    Ok(batch) => Ok(Some(SourceChunk::insert(batch))),
-                    Err(reason) => {
-                        let letter = DeadLetter::new(cur.name.clone(), reason, b"");
-                        self.current = None;
-                        Ok(Some(SourceChunk { dead_letters: vec![letter], ..SourceChunk::default() }))
-                    }
-                },
-            },
+            Reader::Parquet { reader, row, skip } => {
+                let next = skip_rows(reader.next(), row, skip);
+                let first = *row;
+                *row += next.as_ref().map_or(0, |b| b.as_ref().map_or(0, |b| b.num_rows() as u64));
+                Ok(self.columnar(next, first))
+            }
+            Reader::Avro { reader, row, skip } => {
+                let next = skip_rows(reader.next(), row, skip);
+                let first = *row;
+                *row += next.as_ref().map_or(0, |b| b.as_ref().map_or(0, |b| b.num_rows() as u64));
+                Ok(self.columnar(next, first))
+            }
+        }
+    }
+
+    /// A batch from a columnar file (Parquet, Avro) matched to the source's columns; rows that do
+    /// not fit are dead letters (`file#row`); an unreadable rest of the file is one dead letter.
+    fn columnar(
+        &mut self,
+        next: Option<std::result::Result<RecordBatch, arrow::error::ArrowError>>,
+        first_row: u64,
+    ) -> Option<SourceChunk> {
+        let name = self.current.as_ref().map(|c| c.name.clone()).unwrap_or_default();
+        match next {
+            None => None,
+            Some(Err(e)) => {
+                let letter = DeadLetter::new(name, format!("cannot read the file: {e}"), b"");
+                self.current = None;
+                Some(SourceChunk { dead_letters: vec![letter], ..SourceChunk::default() })
+            }
+            Some(Ok(b)) => {
+                let (good, fails) = conform_rows(&b, &self.schema);
+                let dead_letters = fails
+                    .into_iter()
+                    .map(|(i, reason)| {
+                        DeadLetter::new(format!("{name}#{}", first_row + i as u64), reason, &row_json(&b, i))
+                    })
+                    .collect();
+                Some(SourceChunk {
+                    changes: good.map(Change::Insert).into_iter().collect(),
+                    dead_letters,
+                    watermark: None,
+                })
+            }
         }
     }
 }
 
-fn io_err(path: &Path, e: std::io::Error) -> ConnectorError {
-    ConnectorError::Unavailable(format!("cannot read {}: {e}", path.display()))
+/// Drops the first `skip` rows (already delivered before a restart) from a columnar batch.
+fn skip_rows(
+    mut next: Option<std::result::Result<RecordBatch, arrow::error::ArrowError>>,
+    row: &mut u64,
+    skip: &mut u64,
+) -> Option<std::result::Result<RecordBatch, arrow::error::ArrowError>> {
+    if let Some(Ok(b)) = &next {
+        if *skip > 0 {
+            let n = (*skip).min(b.num_rows() as u64);
+            *skip -= n;
+            *row += n;
+            next = Some(Ok(b.slice(n as usize, b.num_rows() - n as usize)));
+        }
+    }
+    next
 }
 
-/// Columns of `schema` taken from `b` by name (cast; missing nullable columns are NULL).
-fn project(b: &RecordBatch, schema: &SchemaRef) -> std::result::Result<RecordBatch, String> {
-    let cols = schema
-        .fields()
-        .iter()
-        .map(|f| match b.schema().fields().iter().position(|g| g.name().eq_ignore_ascii_case(f.name())) {
-            Some(i) => arrow::compute::cast(b.column(i), f.data_type())
-                .map_err(|e| format!("column '{}' cannot be read as {}: {e}", f.name(), f.data_type())),
-            None if f.is_nullable() => Ok(new_null_array(f.data_type(), b.num_rows())),
-            None => Err(format!("the file has no column '{}', which is NOT NULL", f.name())),
-        })
-        .collect::<std::result::Result<Vec<ArrayRef>, String>>()?;
-    RecordBatch::try_new(schema.clone(), cols).map_err(|e| e.to_string())
+fn io_err(path: &Path, e: std::io::Error) -> ConnectorError {
+    ConnectorError::Unavailable(format!("cannot read {}: {e}", path.display()))
 }
 
 #[async_trait]
@@ -267,7 +338,12 @@ impl SourceConnector for FileSource {
             Some(Current { name, reader: Reader::Lines { offset, line, .. }, .. }) => {
                 serde_json::json!({ "name": name, "offset": offset, "line": line })
             }
-            _ => serde_json::Value::Null,
+            Some(Current {
+                name, reader: Reader::Parquet { row, skip, .. } | Reader::Avro { row, skip, .. }, ..
+            }) => {
+                serde_json::json!({ "name": name, "row": row + skip })
+            }
+            None => serde_json::Value::Null,
         };
         Ok(serde_json::json!({ "done": self.done, "current": current }))
     }
@@ -279,10 +355,16 @@ impl SourceConnector for FileSource {
         if let Some(name) = cur["name"].as_str() {
             let path = if self.path.is_file() { self.path.clone() } else { self.path.join(name) };
             if let Ok(Ok(())) = self.open_file(name.to_string(), path) {
-                if let Some(Current { reader: Reader::Lines { file, offset, line }, .. }) = self.current.as_mut() {
-                    *offset = cur["offset"].as_u64().ok_or_else(bad)?;
-                    *line = cur["line"].as_u64().ok_or_else(bad)?;
-                    file.seek(SeekFrom::Start(*offset)).map_err(|e| ConnectorError::Failed(e.to_string()))?;
+                match self.current.as_mut().map(|c| &mut c.reader) {
+                    Some(Reader::Lines { file, offset, line }) => {
+                        *offset = cur["offset"].as_u64().ok_or_else(bad)?;
+                        *line = cur["line"].as_u64().ok_or_else(bad)?;
+                        file.seek(SeekFrom::Start(*offset)).map_err(|e| ConnectorError::Failed(e.to_string()))?;
+                    }
+                    Some(Reader::Parquet { skip, .. } | Reader::Avro { skip, .. }) => {
+                        *skip = cur["row"].as_u64().ok_or_else(bad)?;
+                    }
+                    None => {}
                 }
             }
         }

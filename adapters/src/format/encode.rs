@@ -1,4 +1,5 @@
-//! Arrow changes → payloads (`json` lines or `csv`), one per row or as one stream.
+//! Arrow changes → payloads (`json` lines, `csv`, or `avro` records), one per row or as one
+//! stream.
 //!
 //! Append-only encoders write the inserted rows (a row with multiplicity n is written n times).
 //! Changelog encoders add an `op` column: `"insert"` or `"delete"`.
@@ -9,6 +10,7 @@ use arrow::array::{ArrayRef, RecordBatch, StringArray, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use laminar_dataflow::batch::DiffBatch;
 
+use super::avro::AvroEncoder;
 use super::FormatKind;
 use crate::{ConnectorError, Result};
 
@@ -21,19 +23,30 @@ pub struct Encoder {
     changelog: bool,
     delimiter: u8,
     out_schema: SchemaRef,
+    avro: Option<Box<AvroEncoder>>,
 }
 
 impl Encoder {
     /// An encoder for rows of `schema`; `changelog` adds the `op` column.
     pub fn new(kind: FormatKind, schema: &SchemaRef, changelog: bool, delimiter: u8) -> Result<Self> {
-        if !matches!(kind, FormatKind::Json | FormatKind::Csv) {
+        if !matches!(kind, FormatKind::Json | FormatKind::Csv | FormatKind::Avro) {
             return Err(ConnectorError::Config(format!("format '{}' cannot be written by this sink", kind.name())));
         }
         let mut fields: Vec<Arc<Field>> = schema.fields().iter().cloned().collect();
         if changelog {
             fields.push(Arc::new(Field::new(OP_COLUMN, DataType::Utf8, false)));
         }
-        Ok(Self { kind, changelog, delimiter, out_schema: Arc::new(Schema::new(fields)) })
+        let out_schema = Arc::new(Schema::new(fields));
+        let avro = match kind {
+            FormatKind::Avro => Some(Box::new(AvroEncoder::new(out_schema.clone())?)),
+            _ => None,
+        };
+        Ok(Self { kind, changelog, delimiter, out_schema, avro })
+    }
+
+    /// Avro: the encoder (its schema to register, and the registry id to frame records with).
+    pub fn avro(&mut self) -> Option<&mut AvroEncoder> {
+        self.avro.as_deref_mut()
     }
 
     /// Schema of what is written (with the `op` column for changelogs).
@@ -76,9 +89,15 @@ impl Encoder {
         Ok(RecordBatch::try_new(self.out_schema.clone(), cols)?)
     }
 
-    /// Appends the rows to `out` (JSON lines, or CSV lines with an optional header first).
-    pub fn encode_into(&self, rows: &RecordBatch, out: &mut Vec<u8>, header: bool) -> Result<()> {
+    /// Appends the rows to `out` (JSON lines, CSV lines with an optional header first, or Avro
+    /// records back to back).
+    pub fn encode_into(&mut self, rows: &RecordBatch, out: &mut Vec<u8>, header: bool) -> Result<()> {
         match self.kind {
+            FormatKind::Avro => {
+                if let Some(a) = self.avro.as_mut() {
+                    a.encode(rows)?.iter().for_each(|r| out.extend_from_slice(r));
+                }
+            }
             FormatKind::Json => {
                 let mut w = arrow::json::LineDelimitedWriter::new(&mut *out);
                 w.write(rows)?;
@@ -96,25 +115,45 @@ impl Encoder {
     }
 
     /// One payload per row (no trailing newline).
-    pub fn encode_rows(&self, batch: &DiffBatch) -> Result<Vec<Vec<u8>>> {
+    pub fn encode_rows(&mut self, batch: &DiffBatch) -> Result<Vec<Vec<u8>>> {
         let rows = self.prepare(batch)?;
         let mut out = Vec::new();
         match self.kind {
+            FormatKind::Avro => match self.avro.as_mut() {
+                Some(a) => a.encode(&rows),
+                None => Ok(Vec::new()),
+            },
             FormatKind::Json => {
                 // arrow-json escapes newlines inside values, so lines are rows.
                 self.encode_into(&rows, &mut out, false)?;
                 Ok(out.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec).collect())
             }
-            _ => (0..rows.num_rows())
-                .map(|i| {
-                    let mut one = Vec::new();
-                    self.encode_into(&rows.slice(i, 1), &mut one, false)?;
-                    while one.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                        one.pop();
-                    }
-                    Ok(one)
-                })
-                .collect(),
+            _ => {
+                // One pass over the batch; per-row encoding only when a value holds a line break.
+                self.encode_into(&rows, &mut out, false)?;
+                if out.last() == Some(&b'\n') {
+                    out.pop();
+                }
+                let lines: Vec<Vec<u8>> =
+                    out.split(|b| *b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l).to_vec()).collect();
+                if lines.len() == rows.num_rows() || rows.num_rows() == 0 {
+                    return Ok(if rows.num_rows() == 0 { Vec::new() } else { lines });
+                }
+                self.encode_rows_one_by_one(&rows)
+            }
         }
+    }
+
+    fn encode_rows_one_by_one(&mut self, rows: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+        (0..rows.num_rows())
+            .map(|i| {
+                let mut one = Vec::new();
+                self.encode_into(&rows.slice(i, 1), &mut one, false)?;
+                while one.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                    one.pop();
+                }
+                Ok(one)
+            })
+            .collect()
     }
 }

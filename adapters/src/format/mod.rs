@@ -1,20 +1,29 @@
-//! Record formats shared by every transport: `json`, `csv`, `raw`, `debezium` (and, for files,
-//! `parquet`). A [`Decoder`] turns a slice of payloads into Arrow changes plus dead letters;
-//! an [`Encoder`] turns changes into payloads.
+//! Record formats shared by every transport: `json`, `csv`, `raw`, `avro` (plain datums or the
+//! Confluent Schema Registry wire format), `debezium` (and, for files, `parquet` and Avro
+//! container files). A [`Decoder`] turns a slice of payloads into Arrow changes plus dead
+//! letters; an [`Encoder`] turns changes into payloads.
 //!
 //! Columns are matched by name (JSON keys, CSV header names); values are coerced to the declared
 //! column types (numbers and RFC 3339 strings into timestamps, numeric strings into numbers).
 //! A record that fails is isolated and returned as a dead letter: its neighbours still arrive.
 
+pub mod avro;
 mod csv;
 mod debezium;
 mod encode;
 mod json;
 mod raw;
+pub mod registry;
 
+use arrow::array::{new_null_array, ArrayRef, RecordBatch};
+use arrow::compute::CastOptions;
 use arrow::datatypes::SchemaRef;
 
 pub use encode::Encoder;
+pub use registry::RegistryConfig;
+
+/// Records that failed: `(index of the payload, reason)`.
+pub type Failures = Vec<(usize, String)>;
 
 use crate::connector::Change;
 use crate::dlq::DeadLetter;
@@ -73,15 +82,28 @@ pub struct FormatSpec {
     pub csv_header: bool,
     /// CSV: field delimiter (`'csv.delimiter'`, default `,`).
     pub csv_delimiter: u8,
+    /// Avro: the writer schema of plain records (`'avro.schema'`, JSON).
+    pub avro_schema: Option<String>,
+    /// Avro: records are in the Confluent wire format, schemas in this registry
+    /// (`'schema.registry.url'`, `'schema.registry.username'`, `'schema.registry.password'`).
+    pub registry: Option<RegistryConfig>,
 }
 
 /// Option keys read by [`FormatSpec::pull`].
-pub const FORMAT_KEYS: &[&str] = &["format", "csv.header", "csv.delimiter"];
+pub const FORMAT_KEYS: &[&str] = &[
+    "format",
+    "csv.header",
+    "csv.delimiter",
+    "avro.schema",
+    "schema.registry.url",
+    "schema.registry.username",
+    "schema.registry.password",
+];
 
 impl FormatSpec {
     /// A format with default options.
     pub fn new(kind: FormatKind) -> Self {
-        Self { kind, csv_header: true, csv_delimiter: b',' }
+        Self { kind, csv_header: true, csv_delimiter: b',', avro_schema: None, registry: None }
     }
 
     /// Reads `'format'` (one of `allowed`, default `default`) and its options.
@@ -110,6 +132,16 @@ impl FormatSpec {
         if let Some(d) = r.opt_char("csv.delimiter")? {
             spec.csv_delimiter = d;
         }
+        if kind == FormatKind::Avro {
+            spec.avro_schema = r.opt_str("avro.schema");
+            if let Some(url) = r.opt_str("schema.registry.url") {
+                spec.registry = Some(RegistryConfig {
+                    url: url.trim().to_string(),
+                    username: r.opt_str("schema.registry.username"),
+                    password: r.opt_str("schema.registry.password"),
+                });
+            }
+        }
         Ok(spec)
     }
 }
@@ -124,6 +156,8 @@ pub enum Decoder {
     Raw(raw::RawDecoder),
     /// Debezium envelopes.
     Debezium(debezium::DebeziumDecoder),
+    /// Avro records.
+    Avro(Box<avro::AvroDecoder>),
 }
 
 impl Decoder {
@@ -135,7 +169,12 @@ impl Decoder {
             FormatKind::Csv => Decoder::Csv(csv::CsvDecoder::new(schema.clone(), spec.csv_delimiter)),
             FormatKind::Raw => Decoder::Raw(raw::RawDecoder::new(schema.clone())?),
             FormatKind::Debezium => Decoder::Debezium(debezium::DebeziumDecoder::new(schema.clone(), primary_key)?),
-            FormatKind::Parquet | FormatKind::Avro => {
+            FormatKind::Avro => Decoder::Avro(Box::new(avro::AvroDecoder::new(
+                schema.clone(),
+                spec.avro_schema.as_deref(),
+                spec.registry.clone(),
+            )?)),
+            FormatKind::Parquet => {
                 return Err(ConnectorError::Config(format!(
                     "format '{}' is not a record format for this connector",
                     spec.kind.name()
@@ -157,6 +196,16 @@ impl Decoder {
         Ok(())
     }
 
+    /// Fetches what decoding `payloads` needs from outside the record (Avro writer schemas from
+    /// the schema registry; cached). Call it before [`Decoder::decode`]; a transient error
+    /// (registry unreachable) should be retried later without losing the payloads.
+    pub async fn prepare(&mut self, payloads: &[&[u8]]) -> Result<()> {
+        match self {
+            Decoder::Avro(d) => d.prepare(payloads).await,
+            _ => Ok(()),
+        }
+    }
+
     /// Decodes `payloads`; failures become dead letters whose position is `position(i)`.
     pub fn decode(&mut self, payloads: &[&[u8]], position: &dyn Fn(usize) -> String) -> (Vec<Change>, Vec<DeadLetter>) {
         let (changes, failures) = match self {
@@ -173,11 +222,69 @@ impl Decoder {
                 (b.map(Change::Insert).into_iter().collect(), f)
             }
             Decoder::Debezium(d) => d.decode(payloads),
+            Decoder::Avro(d) => {
+                let (b, f) = d.decode(payloads);
+                (b.map(Change::Insert).into_iter().collect(), f)
+            }
         };
         let letters =
             failures.into_iter().map(|(i, reason)| DeadLetter::new(position(i), reason, payloads[i])).collect();
         (changes, letters)
     }
+}
+
+const STRICT: CastOptions<'static> =
+    CastOptions { safe: false, format_options: arrow::util::display::FormatOptions::new() };
+
+/// `batch`'s columns matched to `target` by name (case-insensitive) and cast to its types;
+/// columns `target` lacks are ignored, a missing nullable column is NULL. A value that does not
+/// fit its column is an error (never silently NULL).
+pub fn conform(batch: &RecordBatch, target: &SchemaRef) -> std::result::Result<RecordBatch, String> {
+    let cols = target
+        .fields()
+        .iter()
+        .map(|f| match batch.schema().fields().iter().position(|g| g.name().eq_ignore_ascii_case(f.name())) {
+            Some(i) if batch.column(i).data_type() == f.data_type() => Ok(batch.column(i).clone()),
+            Some(i) => arrow::compute::cast_with_options(batch.column(i), f.data_type(), &STRICT)
+                .map_err(|e| format!("column '{}' cannot be read as {}: {e}", f.name(), f.data_type())),
+            None if f.is_nullable() => Ok(new_null_array(f.data_type(), batch.num_rows())),
+            None => Err(format!("no column '{}', which is NOT NULL", f.name())),
+        })
+        .collect::<std::result::Result<Vec<ArrayRef>, String>>()?;
+    RecordBatch::try_new(target.clone(), cols).map_err(|e| e.to_string())
+}
+
+/// [`conform`], isolating the rows that fail: the good rows (in order) and `(row, reason)`.
+pub fn conform_rows(batch: &RecordBatch, target: &SchemaRef) -> (Option<RecordBatch>, Failures) {
+    match conform(batch, target) {
+        Ok(b) => (Some(b), Vec::new()),
+        Err(_) => {
+            let mut good = Vec::new();
+            let mut failures = Vec::new();
+            for i in 0..batch.num_rows() {
+                match conform(&batch.slice(i, 1), target) {
+                    Ok(b) => good.push(b),
+                    Err(e) => failures.push((i, e)),
+                }
+            }
+            let b = if good.is_empty() { None } else { arrow::compute::concat_batches(target, &good).ok() };
+            (b, failures)
+        }
+    }
+}
+
+/// Row `i` of `batch` as a JSON object (the payload of a dead letter from a columnar file).
+pub fn row_json(batch: &RecordBatch, i: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    {
+        let mut w = arrow::json::LineDelimitedWriter::new(&mut out);
+        let _ = w.write(&batch.slice(i, 1));
+        let _ = w.finish();
+    }
+    while out.last() == Some(&b'\n') {
+        out.pop();
+    }
+    out
 }
 
 #[cfg(test)]

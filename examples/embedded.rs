@@ -1,7 +1,7 @@
-//! The README demo: a trades feed generated in-process, a filtered stream, an incremental
-//! aggregate, a live subscription, and ad-hoc queries over the results.
+//! Embedding LaminarDB in a Rust program: a trades feed inserted from the program, a filtered
+//! stream, an incremental aggregate, a live subscription, and ad-hoc queries over the results.
 //!
-//! Run with `cargo run --example demo`.
+//! Run with `cargo run --example embedded`.
 
 use std::sync::Arc;
 use std::time::Duration;
