@@ -155,7 +155,7 @@ fn run(args: &[String], interrupted: &dyn Fn() -> bool, out: &mut dyn Write) -> 
                 rate,
                 m.total_events_emitted,
                 m.total_events_dropped,
-                m.pipeline_watermark.map(|w| format!("  watermark {w}")).unwrap_or_default()
+                m.pipeline_watermark.map(|w| format!("  watermark {}", show_time(w))).unwrap_or_default()
             );
             for s in &sources {
                 let _ = writeln!(
@@ -201,6 +201,14 @@ fn run(args: &[String], interrupted: &dyn Fn() -> bool, out: &mut dyn Write) -> 
     )
     .map_err(|e| e.to_string())?;
     db.close().map_err(|e| e.to_string())
+}
+
+/// An event time (ms since the epoch) as `YYYY-MM-DD HH:MM:SS.mmm` (UTC).
+fn show_time(ms: i64) -> String {
+    match arrow::temporal_conversions::timestamp_ms_to_datetime(ms) {
+        Some(t) => t.format("%Y-%m-%d %H:%M:%S%.3f").to_string(),
+        None => ms.to_string(),
+    }
 }
 
 fn first_line(s: &str) -> &str {

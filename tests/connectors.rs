@@ -405,3 +405,53 @@ fn show_create_returns_the_statement() {
     assert!(err.to_string().contains("is a source, not a stream"), "{err}");
     assert!(db.execute("SHOW CREATE nothing").is_err());
 }
+
+#[test]
+fn unreadable_columnar_files_are_dead_letters_and_the_rest_still_arrives() {
+    let input = tempfile::tempdir().expect("in");
+    std::fs::write(input.path().join("a-broken.parquet"), b"PAR1 this is not parquet").expect("write");
+    let good = tempfile::tempdir().expect("good");
+    // A real Parquet file written by the parquet crate.
+    {
+        use std::sync::Arc;
+        let schema = Arc::new(arrow::datatypes::Schema::new(vec![arrow::datatypes::Field::new(
+            "id",
+            arrow::datatypes::DataType::Int64,
+            false,
+        )]));
+        let batch = arrow::array::RecordBatch::try_new(
+            schema.clone(),
+            vec![Arc::new(arrow::array::Int64Array::from(vec![7, 8, 9]))],
+        )
+        .expect("batch");
+        let f = std::fs::File::create(input.path().join("b-good.parquet")).expect("create");
+        let mut w = parquet::arrow::ArrowWriter::try_new(f, schema, None).expect("writer");
+        w.write(&batch).expect("write");
+        w.close().expect("close");
+    }
+    std::fs::write(good.path().join("x.avro"), b"Obj\x01 truncated header").expect("avro");
+    let db = common::db_with_workers(1);
+    db.execute(&format!(
+        "CREATE SOURCE p (id BIGINT) WITH (connector = 'file', 'path' = '{}', 'format' = 'parquet')",
+        input.path().display()
+    ))
+    .expect("parquet source");
+    db.execute(&format!(
+        "CREATE SOURCE a (id BIGINT) WITH (connector = 'file', 'path' = '{}', 'format' = 'avro')",
+        good.path().display()
+    ))
+    .expect("avro source");
+    db.start().expect("start");
+    wait_for("files", Duration::from_secs(30), || {
+        source_state(&db, "p") == "finished" && source_state(&db, "a") == "finished"
+    });
+    db.flush().expect("flush");
+    assert_eq!(common::sorted_query(&db, "SELECT id FROM p"), vec!["7", "8", "9"]);
+    let errors = common::sorted_query(&db, "SELECT position, reason FROM p_errors");
+    assert_eq!(errors.len(), 1);
+    assert!(errors[0].starts_with("a-broken.parquet|not a readable Parquet file"), "{errors:?}");
+    let errors = common::sorted_query(&db, "SELECT position, reason FROM a_errors");
+    assert!(errors.len() == 1 && errors[0].starts_with("x.avro|not a readable Avro container file"), "{errors:?}");
+    assert_eq!(db.metrics().total_events_dropped, 2);
+    db.shutdown().expect("shutdown");
+}

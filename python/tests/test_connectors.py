@@ -246,3 +246,10 @@ def test_interactive_sql_prompt(tmp_path: pathlib.Path):
     # The catalog persisted in the directory.
     with laminardb.open(str(tmp_path / "db")) as db:
         assert db.list_tables() == ["t"] and db.list_streams() == ["s"]
+
+
+def test_console_script_is_installed_with_the_package():
+    exe = pathlib.Path(sys.executable).with_name("laminardb")
+    assert exe.exists(), f"{exe} was not installed"
+    out = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.startswith("laminardb "), out.stdout + out.stderr
