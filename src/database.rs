@@ -15,7 +15,8 @@ use datafusion::common::TableReference;
 use datafusion::prelude::SessionContext;
 use laminar_adapters::runner::{spawn_sink, spawn_source};
 use laminar_adapters::{
-    Change, ConnectorStatus, DeadLetter, DlqTarget, SinkHandle, SinkSpec, SourceHandle, SourceSpec, SourceTarget,
+    BuildContext, Change, ConnectorStatus, DeadLetter, DlqTarget, SinkHandle, SinkSpec, SourceHandle, SourceSpec,
+    SourceTarget,
 };
 use laminar_dataflow::batch::DiffBatch;
 use laminar_dataflow::merge::EpochMerger;
@@ -24,6 +25,10 @@ use laminar_dataflow::stats::DataflowStats;
 use laminar_sql::ddl::{CreateSink, CreateSource, CreateStream, EmitMode, ObjectKind};
 use laminar_sql::{parse_statement, plan_query, CatalogView, PlannedQuery, SourceBinding, Statement, StreamBinding};
 use parking_lot::{Mutex, RwLock};
+
+mod callbacks;
+
+pub use callbacks::WatermarkSpec;
 
 use crate::catalog::{Catalog, CatalogEntry};
 use crate::error::{codes, LaminarError, Result};
@@ -218,6 +223,8 @@ struct Inner {
     query_rt: OnceLock<tokio::runtime::Runtime>,
     /// Runs connectors.
     connector_rt: OnceLock<tokio::runtime::Runtime>,
+    /// Sources and sinks registered at run time (`connector = 'python'`).
+    callbacks: laminar_adapters::Callbacks,
     stage: Arc<StageSignal>,
 }
 
@@ -295,6 +302,7 @@ impl Database {
                 batches: AtomicU64::new(0),
                 query_rt: OnceLock::new(),
                 connector_rt: OnceLock::new(),
+                callbacks: Default::default(),
                 stage: Arc::new(StageSignal::default()),
             }),
         };
@@ -405,8 +413,9 @@ impl Database {
                 watermark_column: def.watermark.as_ref().map(|w| w.column.clone()),
                 options: connector_options,
             };
-            laminar_adapters::validate_source(&spec)?;
-            let max = match laminar_adapters::build_source(&spec)?.dlq {
+            let ctx = BuildContext { callbacks: &self.inner.callbacks, resolve: persist };
+            laminar_adapters::validate_source(&spec, &ctx)?;
+            let max = match laminar_adapters::build_source(&spec, &ctx)?.dlq {
                 DlqTarget::Collection { max_rows } => max_rows,
                 DlqTarget::File(_) => 0,
             };
@@ -528,7 +537,7 @@ impl Database {
             key_columns: Vec::new(),
             options: def.options.clone(),
         };
-        laminar_adapters::validate_sink(&spec)?;
+        laminar_adapters::validate_sink(&spec, &BuildContext { callbacks: &self.inner.callbacks, resolve: persist })?;
         let name = def.name.clone();
         let entry = Arc::new(StreamEntry {
             def: CreateStream {
@@ -741,6 +750,10 @@ impl Database {
         result
     }
 
+    fn build_context(&self) -> BuildContext<'_> {
+        BuildContext { callbacks: &self.inner.callbacks, resolve: true }
+    }
+
     fn connector_runtime(&self) -> Result<&tokio::runtime::Runtime> {
         if let Some(rt) = self.inner.connector_rt.get() {
             return Ok(rt);
@@ -758,7 +771,7 @@ impl Database {
     fn start_source(&self, src: &Arc<SourceEntry>) -> Result<()> {
         let Some(spec) = &src.connector else { return Ok(()) };
         let crt = self.connector_runtime()?;
-        let built = laminar_adapters::build_source(spec)?;
+        let built = laminar_adapters::build_source(spec, &self.build_context())?;
         let mut connector = built.connector;
         if let Some(pos) = src.position.lock().clone() {
             connector.restore(&pos)?;
@@ -800,7 +813,7 @@ impl Database {
     /// Opens a sink's connector and installs its dataflow.
     fn start_sink(&self, st: &mut State, rt: &Arc<Runtime>, sink: &Arc<SinkEntry>) -> Result<()> {
         let crt = self.connector_runtime()?;
-        let mut connector = laminar_adapters::build_sink(&sink.spec)?;
+        let mut connector = laminar_adapters::build_sink(&sink.spec, &self.build_context())?;
         let peer = connector.describe();
         let opened = crt.block_on(async {
             match tokio::time::timeout(OPEN_TIMEOUT, connector.open()).await {
@@ -842,7 +855,8 @@ impl Database {
         }
     }
 
-    /// Applies a change from a source connector.
+    /// Applies a change from a source connector. Never waits for room: the connector's runner
+    /// waits (without blocking a thread) until the source has capacity.
     fn apply_change(&self, src: &SourceEntry, change: Change) -> Result<()> {
         match change {
             Change::Insert(batch) => {
@@ -851,7 +865,7 @@ impl Database {
                     return Ok(());
                 }
                 self.note_insert(src, &batch);
-                self.ingest(src, batch)
+                self.ingest_now(src, batch)
             }
             Change::Delete(keys) => {
                 let _g = self.inner.ingest.lock();
@@ -915,17 +929,28 @@ impl Database {
         }
         st.pipeline = PipelineState::Stopped;
         st.started_at = None;
-        Ok(())
+        let failed = connector_failures(&st);
+        drop(st);
+        drained?;
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(LaminarError::Connector { code: codes::CONNECTOR_FAILED, message: failed.join("; ") })
+        }
     }
 
-    /// Shuts down and releases the database directory; every later call fails.
+    /// Shuts down and releases the database directory; every later call fails. Connector
+    /// failures are not raised here (`shutdown()` raises them; metrics keep them).
     pub fn close(&self) -> Result<()> {
         if self.inner.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        self.shutdown()?;
+        let r = self.shutdown();
         self.inner.lock_file.lock().take();
-        Ok(())
+        match r {
+            Err(LaminarError::Connector { .. }) => Ok(()),
+            other => other,
+        }
     }
 
     /// Waits until every row inserted before this call is reflected in every stream.
@@ -1049,6 +1074,11 @@ impl Database {
 
     fn ingest(&self, src: &SourceEntry, batch: RecordBatch) -> Result<()> {
         self.wait_for_capacity(src);
+        self.ingest_now(src, batch)
+    }
+
+    /// Ingests without waiting for room (connector sources wait asynchronously beforehand).
+    fn ingest_now(&self, src: &SourceEntry, batch: RecordBatch) -> Result<()> {
         let _g = self.inner.ingest.lock();
         let change = src.data.lock().insert(batch)?;
         self.send_change(src, change)
@@ -1192,7 +1222,25 @@ impl Database {
             code: codes::SUBSCRIPTION_FAILED,
             message: format!("stream '{stream}' does not exist"),
         })?;
-        Ok(s.output.subscribe(mode))
+        Ok(s.output.subscribe(mode).with_health(self.upstream_health(&s.sources)))
+    }
+
+    /// Reports the first failed source connector among `sources` (for subscriptions waiting on
+    /// them).
+    fn upstream_health(&self, sources: &BTreeSet<String>) -> crate::output::HealthFn {
+        let weak = Arc::downgrade(&self.inner);
+        let names: Vec<String> = sources.iter().cloned().collect();
+        Box::new(move || {
+            let inner = weak.upgrade()?;
+            let st = inner.state.lock();
+            names.iter().find_map(|n| {
+                let status = st.sources.get(n)?.status.lock().clone()?;
+                (status.state() == laminar_adapters::ConnectorState::Failed).then(|| LaminarError::Connector {
+                    code: codes::CONNECTOR_FAILED,
+                    message: format!("source '{n}' failed: {}", status.last_error().unwrap_or_default()),
+                })
+            })
+        })
     }
 
     /// Subscribes to the changes of an ad-hoc continuous query. The query runs (and backfills
@@ -1234,7 +1282,7 @@ impl Database {
             sink: Mutex::new(None),
         });
         // Subscribe before installing so that the backfilled result is delivered too.
-        let sub = entry.output.subscribe(mode);
+        let sub = entry.output.subscribe(mode).with_health(self.upstream_health(&entry.sources));
         if let Some(rt) = self.inner.runtime.read().clone() {
             self.install(&st, &rt, &entry, id, true)?;
         }
@@ -1701,6 +1749,22 @@ fn dependents(st: &State, name: &str) -> Vec<String> {
     let mut out: Vec<String> =
         st.streams.iter().filter(|(_, s)| s.planned.references.contains(name)).map(|(n, _)| n.clone()).collect();
     out.extend(st.sinks.iter().filter(|(_, s)| s.planned.references.contains(name)).map(|(n, _)| n.clone()));
+    out
+}
+
+/// "source 'x' failed: …" for every connector that stopped on a definite error.
+fn connector_failures(st: &State) -> Vec<String> {
+    let mut out = Vec::new();
+    for (kind, name, status) in st
+        .sources
+        .iter()
+        .map(|(n, s)| ("source", n, s.status.lock().clone()))
+        .chain(st.sinks.iter().map(|(n, s)| ("sink", n, s.status.lock().clone())))
+    {
+        if let Some(status) = status.filter(|s| s.state() == laminar_adapters::ConnectorState::Failed) {
+            out.push(format!("{kind} '{name}' failed: {}", status.last_error().unwrap_or_default()));
+        }
+    }
     out
 }
 

@@ -26,7 +26,9 @@ pub mod info;
 pub mod ingest;
 pub mod output;
 
-pub use database::{Connection, Database, LaminarConfig, Writer};
+pub use database::{Connection, Database, LaminarConfig, WatermarkSpec, Writer};
 pub use error::{codes, LaminarError, Result};
 pub use info::*;
+/// The connector framework (traits, formats, callback connectors), for programs that add their own.
+pub use laminar_adapters as connectors;
 pub use output::{ChangeBatch, Subscription, SubscriptionMode};

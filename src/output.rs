@@ -166,7 +166,7 @@ impl StreamOutput {
             SubscriptionMode::Upsert => self.schema.clone(),
             SubscriptionMode::Changelog => self.changelog_schema.clone(),
         };
-        Subscription { rx, cancelled, closed, schema, on_drop: None }
+        Subscription { rx, cancelled, closed, schema, on_drop: None, health: None }
     }
 
     /// Ends every subscription (the pipeline stopped or the stream was dropped).
@@ -271,7 +271,11 @@ pub struct Subscription {
     closed: Arc<AtomicBool>,
     schema: SchemaRef,
     on_drop: Option<Box<dyn FnOnce() + Send + Sync>>,
+    health: Option<HealthFn>,
 }
+
+/// Reports why a subscription's input stopped for good (a failed source connector), if it did.
+pub type HealthFn = Box<dyn Fn() -> Option<LaminarError> + Send + Sync>;
 
 impl Drop for Subscription {
     fn drop(&mut self) {
@@ -286,6 +290,13 @@ impl Subscription {
     /// Runs `f` when the subscription is dropped (releases what the subscription owns).
     pub fn on_drop(mut self, f: Box<dyn FnOnce() + Send + Sync>) -> Self {
         self.on_drop = Some(f);
+        self
+    }
+
+    /// Checks `f` while waiting: once it reports an error and nothing is pending, waits end
+    /// with that error instead of timing out.
+    pub fn with_health(mut self, f: HealthFn) -> Self {
+        self.health = Some(f);
         self
     }
 
@@ -334,6 +345,9 @@ impl Subscription {
                 Ok(item) => return Ok(item),
                 Err(RecvTimeoutError::Disconnected) => return Err(closed()),
                 Err(RecvTimeoutError::Timeout) => {
+                    if let Some(e) = self.health.as_ref().and_then(|h| h()) {
+                        return Err(e);
+                    }
                     if Instant::now() >= deadline {
                         return Err(LaminarError::Subscription {
                             code: codes::SUBSCRIPTION_TIMEOUT,

@@ -227,6 +227,16 @@ pub trait SinkConnector: Send {
         Ok(())
     }
 
+    /// How often [`SinkConnector::tick`] runs while no epoch arrives (None: never).
+    fn tick_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Periodic work between epochs (delivering rows held for a batch).
+    async fn tick(&mut self) -> Result<()> {
+        Ok(())
+    }
+
     /// Flushes and disconnects.
     async fn close(&mut self) -> Result<()> {
         Ok(())

@@ -12,6 +12,7 @@
 //! schema, options) and receives Arrow batches with signed multiplicities back.
 
 pub mod blackhole;
+pub mod callback;
 pub mod connector;
 pub mod dlq;
 pub mod format;
@@ -26,13 +27,16 @@ pub mod datagen;
 #[cfg(feature = "file")]
 pub mod file;
 
+pub use callback::Callbacks;
 pub use connector::{
     Change, Poll, SinkCapabilities, SinkConnector, SinkSpec, SourceCapabilities, SourceChunk, SourceConnector,
     SourceSpec,
 };
 pub use dlq::{DeadLetter, DlqTarget};
 pub use options::{OptionReader, Options};
-pub use registry::{build_sink, build_source, connector_names, validate_sink, validate_source, ConnectorKind};
+pub use registry::{
+    build_sink, build_source, connector_names, validate_sink, validate_source, BuildContext, ConnectorKind,
+};
 pub use runner::{ConnectorState, ConnectorStatus, SinkHandle, SourceHandle, SourceTarget};
 
 /// Connector errors.

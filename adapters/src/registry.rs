@@ -4,6 +4,7 @@
 //! [`ConnectorError`] naming the key on any problem; building never does I/O, so the engine
 //! builds once at CREATE (validation) and again at `start()` (to run it).
 
+use crate::callback::Callbacks;
 use crate::connector::{SinkCapabilities, SinkConnector, SinkSpec, SourceCapabilities, SourceConnector, SourceSpec};
 use crate::dlq::DlqTarget;
 use crate::options::OptionReader;
@@ -18,6 +19,25 @@ pub enum ConnectorKind {
     Sink,
 }
 
+/// What building a connector may look at besides its options.
+#[derive(Clone, Copy)]
+pub struct BuildContext<'a> {
+    /// Sources and sinks registered at run time (`connector = 'python'`).
+    pub callbacks: &'a Callbacks,
+    /// False while the catalog is replayed at open: callbacks are registered later, so a missing
+    /// one is reported at `start()` instead.
+    pub resolve: bool,
+}
+
+impl BuildContext<'static> {
+    /// A context with no registered callbacks (for programs and tests that use only the
+    /// built-in connectors).
+    pub fn without_callbacks() -> Self {
+        static NONE: std::sync::OnceLock<Callbacks> = std::sync::OnceLock::new();
+        BuildContext { callbacks: NONE.get_or_init(Callbacks::default), resolve: true }
+    }
+}
+
 /// Builds a source connector from its options.
 pub struct SourceFactory {
     /// SQL name.
@@ -25,7 +45,7 @@ pub struct SourceFactory {
     /// Every option key the connector reads (for "did you mean").
     pub keys: &'static [&'static str],
     /// Pulls options (the reader is checked for leftovers afterwards) and builds, without I/O.
-    pub build: fn(&SourceSpec, &mut OptionReader<'_>) -> Result<Box<dyn SourceConnector>>,
+    pub build: fn(&SourceSpec, &mut OptionReader<'_>, &BuildContext<'_>) -> Result<Box<dyn SourceConnector>>,
 }
 
 /// Builds a sink connector from its options.
@@ -35,7 +55,7 @@ pub struct SinkFactory {
     /// Every option key the connector reads.
     pub keys: &'static [&'static str],
     /// Pulls options and builds, without I/O.
-    pub build: fn(&SinkSpec, &mut OptionReader<'_>) -> Result<Box<dyn SinkConnector>>,
+    pub build: fn(&SinkSpec, &mut OptionReader<'_>, &BuildContext<'_>) -> Result<Box<dyn SinkConnector>>,
 }
 
 /// Option keys every source accepts (dead-letter routing).
@@ -43,6 +63,7 @@ pub const SOURCE_COMMON_KEYS: &[&str] = &["dlq", "dlq.max_rows"];
 
 fn sources() -> Vec<&'static SourceFactory> {
     vec![
+        &crate::callback::SOURCE,
         #[cfg(feature = "datagen")]
         &crate::datagen::SOURCE,
         #[cfg(feature = "file")]
@@ -52,6 +73,7 @@ fn sources() -> Vec<&'static SourceFactory> {
 
 fn sinks() -> Vec<&'static SinkFactory> {
     vec![
+        &crate::callback::SINK,
         &crate::blackhole::SINK,
         #[cfg(feature = "console")]
         &crate::console::SINK,
@@ -62,10 +84,12 @@ fn sinks() -> Vec<&'static SinkFactory> {
 
 /// Names of the connectors compiled into this build, for the given direction.
 pub fn connector_names(kind: ConnectorKind) -> Vec<&'static str> {
-    match kind {
+    let mut names: Vec<&'static str> = match kind {
         ConnectorKind::Source => sources().iter().map(|f| f.name).collect(),
         ConnectorKind::Sink => sinks().iter().map(|f| f.name).collect(),
-    }
+    };
+    names.sort_unstable();
+    names
 }
 
 fn unknown(kind: ConnectorKind, name: &str) -> ConnectorError {
@@ -104,21 +128,21 @@ pub struct BuiltSource {
 }
 
 /// Builds a source from its spec (no I/O).
-pub fn build_source(spec: &SourceSpec) -> Result<BuiltSource> {
+pub fn build_source(spec: &SourceSpec, ctx: &BuildContext<'_>) -> Result<BuiltSource> {
     let name = connector_name(&spec.options)?;
     let factory =
         sources().into_iter().find(|f| f.name == name).ok_or_else(|| unknown(ConnectorKind::Source, &name))?;
     let mut r = OptionReader::new(factory.name, spec.options.clone());
     let dlq = DlqTarget::pull(&mut r)?;
-    let connector = (factory.build)(spec, &mut r)?;
+    let connector = (factory.build)(spec, &mut r, ctx)?;
     let known: Vec<&str> = factory.keys.iter().chain(SOURCE_COMMON_KEYS).copied().collect();
     r.finish(&known)?;
     Ok(BuiltSource { connector, dlq })
 }
 
 /// Validates a source's options at CREATE time (no network I/O); returns its capabilities.
-pub fn validate_source(spec: &SourceSpec) -> Result<SourceCapabilities> {
-    let built = build_source(spec)?;
+pub fn validate_source(spec: &SourceSpec, ctx: &BuildContext<'_>) -> Result<SourceCapabilities> {
+    let built = build_source(spec, ctx)?;
     let caps = built.connector.capabilities();
     if caps.changelog && spec.primary_key.is_empty() {
         return Err(ConnectorError::Config(format!(
@@ -130,19 +154,19 @@ pub fn validate_source(spec: &SourceSpec) -> Result<SourceCapabilities> {
 }
 
 /// Builds a sink from its spec (no I/O).
-pub fn build_sink(spec: &SinkSpec) -> Result<Box<dyn SinkConnector>> {
+pub fn build_sink(spec: &SinkSpec, ctx: &BuildContext<'_>) -> Result<Box<dyn SinkConnector>> {
     let name = connector_name(&spec.options)?;
     let factory = sinks().into_iter().find(|f| f.name == name).ok_or_else(|| unknown(ConnectorKind::Sink, &name))?;
     let mut r = OptionReader::new(factory.name, spec.options.clone());
-    let connector = (factory.build)(spec, &mut r)?;
+    let connector = (factory.build)(spec, &mut r, ctx)?;
     r.finish(factory.keys)?;
     Ok(connector)
 }
 
 /// Validates a sink's options at CREATE time (no network I/O), including whether it can take
 /// the query's changes; returns its capabilities.
-pub fn validate_sink(spec: &SinkSpec) -> Result<SinkCapabilities> {
-    let sink = build_sink(spec)?;
+pub fn validate_sink(spec: &SinkSpec, ctx: &BuildContext<'_>) -> Result<SinkCapabilities> {
+    let sink = build_sink(spec, ctx)?;
     let caps = sink.capabilities();
     if !spec.append_only && !caps.accepts_updates() {
         return Err(ConnectorError::Config(format!(

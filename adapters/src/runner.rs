@@ -111,7 +111,9 @@ impl ConnectorStatus {
 pub trait SourceTarget: Send + Sync {
     /// True while the source's buffer has room.
     fn has_capacity(&self) -> bool;
-    /// Applies one change (stores it and sends it into the pipeline).
+    /// Applies one change (stores it and sends it into the pipeline). Must not block waiting for
+    /// room: the runner awaits [`SourceTarget::has_capacity`] before each change, so that a
+    /// full buffer never ties up a thread of the connector runtime (sinks run there too).
     fn apply(&self, change: Change) -> Result<(), String>;
     /// Advances the event-time watermark (ms).
     fn watermark(&self, ts_ms: i64);
@@ -147,6 +149,28 @@ async fn sleep_or_stop(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
     }
 }
 
+/// Waits (asynchronously) until the source has room; false when stopped meanwhile.
+async fn wait_for_capacity(
+    target: &dyn SourceTarget,
+    status: &ConnectorStatus,
+    stop: &mut watch::Receiver<bool>,
+) -> bool {
+    if target.has_capacity() {
+        return !*stop.borrow();
+    }
+    let before = status.state();
+    status.set_state(ConnectorState::Backpressured);
+    while !target.has_capacity() {
+        if sleep_or_stop(Duration::from_micros(500), stop).await {
+            return false;
+        }
+    }
+    if status.state() == ConnectorState::Backpressured {
+        status.set_state(if before == ConnectorState::Backpressured { ConnectorState::Running } else { before });
+    }
+    !*stop.borrow()
+}
+
 /// Starts polling an opened source on `rt`.
 pub fn spawn_source(
     rt: &tokio::runtime::Handle,
@@ -164,17 +188,8 @@ pub fn spawn_source(
             if *stop.borrow() {
                 break;
             }
-            if !target.has_capacity() {
-                status.set_state(ConnectorState::Backpressured);
-                while !target.has_capacity() {
-                    if sleep_or_stop(Duration::from_micros(500), &mut stop).await {
-                        break;
-                    }
-                }
-                if *stop.borrow() {
-                    break;
-                }
-                status.set_state(ConnectorState::Running);
+            if !wait_for_capacity(&*target, &status, &mut stop).await {
+                break;
             }
             let polled = tokio::select! {
                 p = connector.poll() => p,
@@ -187,7 +202,13 @@ pub fn spawn_source(
                         status.set_state(ConnectorState::Running);
                     }
                     let mut letters = chunk.dead_letters;
+                    let mut stopped = false;
                     for change in chunk.changes {
+                        // Once stopping, the rest of the chunk goes in without waiting (nothing
+                        // read from the peer is lost at shutdown).
+                        if !stopped && !wait_for_capacity(&*target, &status, &mut stop).await {
+                            stopped = true;
+                        }
                         let n = change.num_rows() as u64;
                         match target.apply(change.clone()) {
                             Ok(()) => {
@@ -202,6 +223,9 @@ pub fn spawn_source(
                     }
                     if let Some(w) = chunk.watermark {
                         target.watermark(w);
+                    }
+                    if stopped {
+                        break;
                     }
                 }
                 Ok(Poll::Idle(d)) => {
@@ -335,7 +359,23 @@ pub fn spawn_sink(
     let (p2, s2) = (pending.clone(), stopping.clone());
     let join = rt.spawn(async move {
         status.set_state(ConnectorState::Running);
-        while let Some((epoch, batches)) = rx.recv().await {
+        let tick = connector.tick_interval();
+        loop {
+            let next = match tick {
+                Some(every) => match tokio::time::timeout(every, rx.recv()).await {
+                    Ok(item) => item,
+                    Err(_) => {
+                        if status.state() != ConnectorState::Failed {
+                            if let Err(e) = connector.tick().await {
+                                status.fail(ConnectorState::Failed, &e);
+                            }
+                        }
+                        continue;
+                    }
+                },
+                None => rx.recv().await,
+            };
+            let Some((epoch, batches)) = next else { break };
             let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
             if status.state() == ConnectorState::Failed {
                 status.dropped.fetch_add(rows, Ordering::Relaxed);

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
 
@@ -62,6 +63,7 @@ __all__ = [
     "CheckpointStatus", "Column", "MaterializedView", "Metrics", "QueryInfo", "Schema", "TableStats", "Watermark",
     "LaminarError", "ConnectionError", "QueryError", "IngestionError", "SchemaError",
     "SubscriptionError", "StreamError", "CheckpointError", "ConnectorError",
+    "source", "sink",
 ]
 
 
@@ -553,6 +555,77 @@ class Writer:
         self.close()
 
 
+# -- custom Python sources and sinks (connector = 'python') ------------------------------------
+
+_SOURCE_ATTR = "__laminardb_source__"
+_SINK_ATTR = "__laminardb_sink__"
+# Sinks declared with @sink(name=...): every connection knows them.
+_DECORATED_SINKS: dict[str, Callable[..., Any]] = {}
+_CONNECTIONS: "weakref.WeakSet[Connection]" = weakref.WeakSet()
+
+
+@dataclass(frozen=True)
+class _SourceDecl:
+    schema: Optional[pa.Schema]
+    watermark: Optional[str]
+    watermark_delay_ms: int
+
+
+def source(
+    schema: Optional[pa.Schema] = None, *, watermark: Optional[str] = None, watermark_delay_ms: int = 0
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declares a generator function (or async generator function) as a source of rows with
+    `schema`; register it with ``db.register_source(name, fn)``.
+
+    The generator may yield a dict (one row), a list of dicts, a pyarrow RecordBatch or Table,
+    or a pandas/polars DataFrame. It runs on a thread of its own (an async generator on an event
+    loop that thread owns); when the pipeline cannot keep up, its ``yield`` blocks. `watermark`
+    names the event-time column (also read from the schema's metadata key ``watermark``)."""
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        setattr(fn, _SOURCE_ATTR, _SourceDecl(schema, watermark, watermark_delay_ms))
+        return fn
+
+    return wrap
+
+
+def sink(name: Optional[str] = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declares a function (or coroutine function) taking a pyarrow RecordBatch as a sink
+    callback. With `name`, every connection can use it in
+    ``CREATE SINK … WITH (connector = 'python', 'name' = '<name>')``; without, register it with
+    ``db.register_sink(name, fn)``. Batches arrive in epoch order, one call at a time; an updating
+    query's batches carry an ``op`` column (``insert``/``delete``)."""
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        setattr(fn, _SINK_ATTR, name)
+        if name is not None:
+            _DECORATED_SINKS[name] = fn
+            for conn in list(_CONNECTIONS):
+                conn._adopt_sink(name, fn)
+        return fn
+
+    return wrap
+
+
+def _to_arrow(item: Any, schema: pa.Schema) -> pa.Table:
+    """What a Python source yielded (other than dicts and lists of dicts) as a pyarrow Table."""
+    if isinstance(item, pa.Table):
+        return item
+    if isinstance(item, pa.RecordBatch):
+        return pa.Table.from_batches([item])
+    module = type(item).__module__.split(".")[0]
+    if module == "pandas":
+        return pa.Table.from_pandas(item, preserve_index=False)
+    if module == "polars":
+        return item.to_arrow()
+    if hasattr(item, "__arrow_c_stream__"):
+        return pa.table(item)
+    raise TypeError(
+        "a Python source yields dicts, lists of dicts, pyarrow RecordBatches or Tables, or pandas/polars "
+        f"DataFrames, not {type(item).__name__}"
+    )
+
+
 def _rows_to_table(rows: Sequence[dict]) -> pa.Table:
     """Columns from every key seen in any row (a key missing from a row is null there)."""
     keys: dict[str, None] = {}
@@ -615,6 +688,65 @@ class Connection:
         self._config = config
         self._queries: dict[int, tuple[str, Any]] = {}
         self._next_query = 1
+        # name -> (function, registered explicitly)
+        self._py_sinks: dict[str, tuple[Callable[..., Any], bool]] = {}
+        self._py_sources: dict[str, Callable[..., Any]] = {}
+        for name, fn in list(_DECORATED_SINKS.items()):
+            self._adopt_sink(name, fn)
+        _CONNECTIONS.add(self)
+
+    # -- custom sources and sinks --------------------------------------------------------------
+    def _adopt_sink(self, name: str, fn: Callable[..., Any]) -> None:
+        """Makes a @sink(name=...) callback known here (explicit registrations take precedence)."""
+        if self._conn.is_closed or (name in self._py_sinks and self._py_sinks[name][1]):
+            return
+        self._conn.register_sink(name, fn, True)
+        self._py_sinks[name] = (fn, False)
+
+    def register_source(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        *,
+        schema: Optional[pa.Schema] = None,
+        watermark: Optional[str] = None,
+        watermark_delay_ms: Optional[int] = None,
+        replace: bool = False,
+    ) -> None:
+        """Makes the generator function `fn` (see `laminardb.source`) the source `name`, usable
+        in SQL, listed in `sources()` and reported by `source_metrics(name)`. The source is
+        created (and kept in the catalog) if it does not exist; one restored from the catalog is
+        bound to `fn`. It starts with the pipeline (or at once when the pipeline runs)."""
+        decl: Optional[_SourceDecl] = getattr(fn, _SOURCE_ATTR, None)
+        schema = schema if schema is not None else (decl.schema if decl else None)
+        if schema is None:
+            raise _error(
+                SchemaError, codes.INVALID_SCHEMA,
+                f"source '{name}' needs a schema: decorate the function with @laminardb.source(schema=...) "
+                "or pass schema=",
+            )
+        if not isinstance(schema, pa.Schema):
+            schema = pa.schema(schema)
+        if watermark is None and decl is not None:
+            watermark = decl.watermark
+        if watermark is None and schema.metadata and b"watermark" in schema.metadata:
+            watermark = schema.metadata[b"watermark"].decode()
+        delay = watermark_delay_ms if watermark_delay_ms is not None else (decl.watermark_delay_ms if decl else 0)
+        self._raw().register_source(name, fn, schema, watermark, int(delay), replace)
+        self._py_sources[name] = fn
+
+    def register_sink(self, name: str, fn: Callable[..., Any], *, replace: bool = False) -> None:
+        """Makes `fn` (a function or coroutine function taking a pyarrow RecordBatch) the sink
+        callback `name`, for ``CREATE SINK … WITH (connector = 'python', 'name' = '<name>')``.
+        Registering a name twice raises ConnectorError unless `replace`."""
+        current = self._py_sinks.get(name)
+        if current is not None and current[1] and not replace:
+            raise _error(
+                ConnectorError, codes.CONNECTOR_CONFIG,
+                f"a Python sink named '{name}' is already registered (pass replace=True to replace it)",
+            )
+        self._raw().register_sink(name, fn, True if current is not None else replace)
+        self._py_sinks[name] = (fn, True)
 
     def _track(self, sql: str, sub: Any) -> Any:
         qid = self._next_query

@@ -6,6 +6,9 @@
 
 #![allow(unsafe_code)] // pyo3's macros expand to unsafe FFI glue
 
+mod custom;
+
+use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
@@ -72,6 +75,8 @@ fn table<'py>(
 #[pyclass(frozen, name = "Connection", module = "laminardb._laminardb")]
 struct PyConnection {
     db: Database,
+    /// The last exception raised by one of this connection's Python sources or sinks.
+    last_error: custom::LastError,
 }
 
 #[pymethods]
@@ -95,7 +100,51 @@ impl PyConnection {
             ..Default::default()
         };
         let db = py.detach(|| Database::open_with_config(&path, config)).or_py(py)?;
-        Ok(Self { db })
+        Ok(Self { db, last_error: Default::default() })
+    }
+
+    /// Registers a Python generator function as the source `name` with `schema` (a pyarrow
+    /// schema), creating the source if it does not exist.
+    #[pyo3(signature = (name, function, schema, watermark=None, watermark_delay_ms=0, replace=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn register_source(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        function: Py<PyAny>,
+        schema: Bound<'_, PyAny>,
+        watermark: Option<String>,
+        watermark_delay_ms: i64,
+        replace: bool,
+    ) -> PyResult<()> {
+        let arrow_schema = schema.extract::<PySchema>()?.into_inner();
+        let def = Arc::new(custom::SourceDef {
+            name: name.to_string(),
+            function,
+            schema: schema.unbind(),
+            last_error: self.last_error.clone(),
+        });
+        let builder: laminardb::connectors::callback::SourceBuilder = Arc::new(move |spec| {
+            Ok(Box::new(custom::PySource::new(def.clone(), spec)) as Box<dyn laminardb::connectors::SourceConnector>)
+        });
+        let watermark = watermark.map(|column| laminardb::WatermarkSpec { column, delay_ms: watermark_delay_ms });
+        py.detach(|| self.db.register_source_callback(name, arrow_schema, watermark, builder, replace)).or_py(py)
+    }
+
+    /// Registers a Python function (or coroutine function) taking a pyarrow RecordBatch as the
+    /// sink callback `name` (`CREATE SINK … WITH (connector = 'python', 'name' = …)`).
+    #[pyo3(signature = (name, function, replace=false))]
+    fn register_sink(&self, py: Python<'_>, name: &str, function: Py<PyAny>, replace: bool) -> PyResult<()> {
+        let def = Arc::new(custom::SinkDef { name: name.to_string(), function, last_error: self.last_error.clone() });
+        let builder: laminardb::connectors::callback::SinkBuilder = Arc::new(move |spec| {
+            Ok(Box::new(custom::PySink::new(def.clone(), spec)) as Box<dyn laminardb::connectors::callback::Deliver>)
+        });
+        py.detach(|| self.db.register_sink_callback(name, builder, replace)).or_py(py)
+    }
+
+    /// Names of the registered Python sources and sinks.
+    fn registered_callbacks(&self) -> (Vec<String>, Vec<String>) {
+        self.db.registered_callbacks()
     }
 
     /// Executes one statement: `(result_type, ddl_type, ddl_object, rows_affected, table)`.
@@ -185,9 +234,23 @@ impl PyConnection {
         py.detach(|| self.db.start()).or_py(py)
     }
 
-    /// Drains and stops the pipeline.
+    /// Drains and stops the pipeline. A connector that failed is raised here as a
+    /// ConnectorError (with the Python exception of a failed Python source or sink as its cause).
     fn shutdown(&self, py: Python<'_>) -> PyResult<()> {
-        py.detach(|| self.db.shutdown()).or_py(py)
+        match py.detach(|| self.db.shutdown()) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let connector = matches!(e, LaminarError::Connector { .. });
+                let err = to_py(py, e);
+                if connector {
+                    let message = err.value(py).to_string();
+                    if let Some(cause) = custom::cause_of(&self.last_error, &message) {
+                        err.set_cause(py, Some(PyErr::from_value(cause.into_bound(py))));
+                    }
+                }
+                Err(err)
+            }
+        }
     }
 
     /// Shuts down and releases the database.

@@ -19,7 +19,11 @@ use crate::Result;
 /// Registration.
 pub const SINK: SinkFactory = SinkFactory { name: "blackhole", keys: &["delay_ms"], build };
 
-fn build(_spec: &SinkSpec, r: &mut OptionReader<'_>) -> Result<Box<dyn SinkConnector>> {
+fn build(
+    _spec: &SinkSpec,
+    r: &mut OptionReader<'_>,
+    _ctx: &crate::registry::BuildContext<'_>,
+) -> Result<Box<dyn SinkConnector>> {
     let delay = Duration::from_millis(r.opt_u64("delay_ms")?.unwrap_or(0));
     Ok(Box::new(Blackhole { delay }))
 }

@@ -27,7 +27,11 @@ pub const SINK: SinkFactory = SinkFactory {
     build: build_sink,
 };
 
-fn build_sink(spec: &SinkSpec, r: &mut OptionReader<'_>) -> Result<Box<dyn SinkConnector>> {
+fn build_sink(
+    spec: &SinkSpec,
+    r: &mut OptionReader<'_>,
+    _ctx: &crate::registry::BuildContext<'_>,
+) -> Result<Box<dyn SinkConnector>> {
     let format = FormatSpec::pull(r, FormatKind::Json, &[FormatKind::Json, FormatKind::Csv])?;
     let stderr = r.opt_enum("target", &["stdout", "stderr"])?.is_some_and(|t| t == "stderr");
     let prefix = r.opt_str("prefix").unwrap_or_else(|| format!("{}> ", spec.name));
@@ -119,7 +123,7 @@ mod tests {
             options: Default::default(),
         };
         let mut r = OptionReader::new("console", Default::default());
-        let sink = build_sink(&spec, &mut r).expect("build");
+        let sink = build_sink(&spec, &mut r, &crate::BuildContext::without_callbacks()).expect("build");
         assert!(sink.capabilities().changelog);
         let mut c = ConsoleSink {
             encoder: Encoder::new(FormatKind::Json, &schema, false, b',').expect("e"),

@@ -40,7 +40,11 @@ pub struct DatagenSource {
     now_ms: i64,
 }
 
-fn build(spec: &SourceSpec, r: &mut OptionReader<'_>) -> Result<Box<dyn crate::SourceConnector>> {
+fn build(
+    spec: &SourceSpec,
+    r: &mut OptionReader<'_>,
+    _ctx: &crate::registry::BuildContext<'_>,
+) -> Result<Box<dyn crate::SourceConnector>> {
     let rows_per_second = r.opt_u64("rows_per_second")?.unwrap_or(1000);
     let max_rows = r.opt_u64("max_rows")?;
     let seed = r.opt_u64("seed")?.unwrap_or(0);
@@ -186,7 +190,7 @@ mod tests {
     }
 
     async fn collect(spec: &SourceSpec) -> Vec<RecordBatch> {
-        let mut s = crate::build_source(spec).expect("build").connector;
+        let mut s = crate::build_source(spec, &crate::BuildContext::without_callbacks()).expect("build").connector;
         s.open().await.expect("open");
         let mut out = Vec::new();
         loop {
@@ -246,7 +250,9 @@ mod tests {
 
     #[test]
     fn bad_options_name_the_key() {
-        let err = |o: &[(&str, &str)]| crate::build_source(&spec(o)).err().expect("error").to_string();
+        let err = |o: &[(&str, &str)]| {
+            crate::build_source(&spec(o), &crate::BuildContext::without_callbacks()).err().expect("error").to_string()
+        };
         assert!(err(&[("rows_per_second", "fast")]).contains("'rows_per_second'"));
         assert!(err(&[("fields.nope.kind", "sequence")]).contains("column 'nope'"));
         assert!(err(&[("fields.v.colour", "red")]).contains("unknown setting of column 'v'"));

@@ -32,7 +32,11 @@ pub const SINK: SinkFactory = SinkFactory {
     build,
 };
 
-fn build(spec: &SinkSpec, r: &mut OptionReader<'_>) -> Result<Box<dyn SinkConnector>> {
+fn build(
+    spec: &SinkSpec,
+    r: &mut OptionReader<'_>,
+    _ctx: &crate::registry::BuildContext<'_>,
+) -> Result<Box<dyn SinkConnector>> {
     let dir = PathBuf::from(r.required_str("path")?);
     let format = FormatSpec::pull(
         r,

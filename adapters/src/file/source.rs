@@ -24,7 +24,11 @@ pub const SOURCE: SourceFactory = SourceFactory {
     build,
 };
 
-fn build(spec: &SourceSpec, r: &mut OptionReader<'_>) -> Result<Box<dyn SourceConnector>> {
+fn build(
+    spec: &SourceSpec,
+    r: &mut OptionReader<'_>,
+    _ctx: &crate::registry::BuildContext<'_>,
+) -> Result<Box<dyn SourceConnector>> {
     let path = PathBuf::from(r.required_str("path")?);
     let format = FormatSpec::pull(
         r,
