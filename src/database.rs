@@ -777,21 +777,7 @@ impl Database {
             connector.restore(&pos)?;
         }
         let peer = connector.describe();
-        let opened = crt.block_on(async {
-            match tokio::time::timeout(OPEN_TIMEOUT, connector.open()).await {
-                Ok(r) => r,
-                Err(_) => Err(laminar_adapters::ConnectorError::Unavailable(format!(
-                    "timed out after {} s",
-                    OPEN_TIMEOUT.as_secs()
-                ))),
-            }
-        });
-        if let Err(e) = opened {
-            return Err(LaminarError::Connector {
-                code: e.code().max(codes::CONNECTOR_UNAVAILABLE),
-                message: format!("source '{}' cannot connect to {peer}: {e}", src.def.name),
-            });
-        }
+        open_connector(crt, &format!("source '{}'", src.def.name), &peer, connector.open())?;
         let status = Arc::new(ConnectorStatus::new(peer));
         let target = Arc::new(EngineTarget { inner: Arc::downgrade(&self.inner), src: src.clone() });
         let handle = spawn_source(crt.handle(), src.def.name.clone(), connector, built.dlq, target, status.clone());
@@ -815,21 +801,7 @@ impl Database {
         let crt = self.connector_runtime()?;
         let mut connector = laminar_adapters::build_sink(&sink.spec, &self.build_context())?;
         let peer = connector.describe();
-        let opened = crt.block_on(async {
-            match tokio::time::timeout(OPEN_TIMEOUT, connector.open()).await {
-                Ok(r) => r,
-                Err(_) => Err(laminar_adapters::ConnectorError::Unavailable(format!(
-                    "timed out after {} s",
-                    OPEN_TIMEOUT.as_secs()
-                ))),
-            }
-        });
-        if let Err(e) = opened {
-            return Err(LaminarError::Connector {
-                code: e.code().max(codes::CONNECTOR_UNAVAILABLE),
-                message: format!("sink '{}' cannot connect to {peer}: {e}", sink.def.name),
-            });
-        }
+        open_connector(crt, &format!("sink '{}'", sink.def.name), &peer, connector.open())?;
         let status = Arc::new(ConnectorStatus::new(peer));
         let handle = Arc::new(spawn_sink(crt.handle(), connector, status.clone()));
         let h = handle.clone();
@@ -1138,6 +1110,13 @@ impl Database {
             }
             q.pop_front();
             src.pending.fetch_sub(n as u64, Ordering::AcqRel);
+        }
+        // Rows recorded against the open epoch (the send raced with a close) are delivered only
+        // after that epoch closes: make sure it does, even if no more data arrives.
+        if let (Some(&(epoch, _)), Some(rt)) = (q.front(), self.inner.runtime.read().as_ref()) {
+            if epoch >= rt.current_epoch() {
+                rt.request_advance();
+            }
         }
         src.pending.load(Ordering::Acquire)
     }
@@ -1750,6 +1729,29 @@ fn dependents(st: &State, name: &str) -> Vec<String> {
         st.streams.iter().filter(|(_, s)| s.planned.references.contains(name)).map(|(n, _)| n.clone()).collect();
     out.extend(st.sinks.iter().filter(|(_, s)| s.planned.references.contains(name)).map(|(n, _)| n.clone()));
     out
+}
+
+/// Runs a connector's `open` on the connector runtime, bounded by [`OPEN_TIMEOUT`]; a failure
+/// names the connector (`what`) and its peer.
+fn open_connector(
+    crt: &tokio::runtime::Runtime,
+    what: &str,
+    peer: &str,
+    open: impl std::future::Future<Output = laminar_adapters::Result<()>>,
+) -> Result<()> {
+    let opened = crt.block_on(async {
+        match tokio::time::timeout(OPEN_TIMEOUT, open).await {
+            Ok(r) => r,
+            Err(_) => Err(laminar_adapters::ConnectorError::Unavailable(format!(
+                "timed out after {} s",
+                OPEN_TIMEOUT.as_secs()
+            ))),
+        }
+    });
+    opened.map_err(|e| LaminarError::Connector {
+        code: e.code().max(codes::CONNECTOR_UNAVAILABLE),
+        message: format!("{what} cannot connect to {peer}: {e}"),
+    })
 }
 
 /// "source 'x' failed: …" for every connector that stopped on a definite error.

@@ -81,7 +81,7 @@ fn registered_source_and_sink_move_rows_and_survive_a_reopen() {
     let got = Arc::new(Mutex::new(Vec::new()));
     {
         let db = Database::open(dir.path()).expect("open");
-        db.register_source_callback("nums", schema(), None, counter(1000, false), false).expect("source");
+        db.register_source_callback("nums", schema(), None, &[], counter(1000, false), false).expect("source");
         db.register_sink_callback("out_cb", collect(got.clone()), false).expect("sink");
         let err = db
             .execute("CREATE SINK bad AS SELECT v FROM nums WITH (connector = 'python', 'name' = 'missing')")
@@ -115,10 +115,10 @@ fn registered_source_and_sink_move_rows_and_survive_a_reopen() {
         err.to_string().contains("register_sink('out_cb'") || err.to_string().contains("register_source('nums'"),
         "{err}"
     );
-    db.register_source_callback("nums", schema(), None, counter(10, false), false).expect("bind");
+    db.register_source_callback("nums", schema(), None, &[], counter(10, false), false).expect("bind");
     db.register_sink_callback("out_cb", collect(got.clone()), false).expect("bind sink");
     let wrong = Arc::new(Schema::new(vec![Field::new("w", DataType::Utf8, true)]));
-    assert!(db.register_source_callback("nums", wrong, None, counter(1, false), true).is_err());
+    assert!(db.register_source_callback("nums", wrong, None, &[], counter(1, false), true).is_err());
     db.start().expect("start after registering");
     db.shutdown().expect("shutdown");
 }
@@ -126,8 +126,8 @@ fn registered_source_and_sink_move_rows_and_survive_a_reopen() {
 #[test]
 fn a_failing_source_is_raised_by_shutdown_and_by_a_waiting_subscription() {
     let db = common::db_with_workers(1);
-    db.register_source_callback("bad", schema(), None, counter(150, true), false).expect("source");
-    db.register_source_callback("good", schema(), None, counter(300, false), false).expect("source");
+    db.register_source_callback("bad", schema(), None, &[], counter(150, true), false).expect("source");
+    db.register_source_callback("good", schema(), None, &[], counter(300, false), false).expect("source");
     db.execute("CREATE STREAM s AS SELECT v FROM bad").expect("stream");
     let sub = db.subscribe("s").expect("sub");
     db.start().expect("start");

@@ -163,6 +163,13 @@ impl Runtime {
         self.shared.epoch.load(Ordering::Acquire)
     }
 
+    /// Asks the coordinator to close the open epoch at its next tick even if no data arrived
+    /// since the last close (a writer waiting for its rows to be delivered needs that epoch to
+    /// close).
+    pub fn request_advance(&self) {
+        self.shared.dirty.store(true, Ordering::Release);
+    }
+
     fn with_senders<R>(&self, f: impl FnOnce(&[Sender<Command>]) -> R) -> Result<R> {
         let guard = self.senders.lock();
         let senders = guard.as_ref().ok_or(DataflowError::NotRunning)?;

@@ -712,10 +712,12 @@ class Connection:
         watermark: Optional[str] = None,
         watermark_delay_ms: Optional[int] = None,
         replace: bool = False,
+        options: Optional[dict[str, str]] = None,
     ) -> None:
         """Makes the generator function `fn` (see `laminardb.source`) the source `name`, usable
         in SQL, listed in `sources()` and reported by `source_metrics(name)`. The source is
-        created (and kept in the catalog) if it does not exist; one restored from the catalog is
+        created (and kept in the catalog) if it does not exist, with `options` as further
+        ``WITH`` options (e.g. ``{"retention": "0 rows"}``); one restored from the catalog is
         bound to `fn`. It starts with the pipeline (or at once when the pipeline runs)."""
         decl: Optional[_SourceDecl] = getattr(fn, _SOURCE_ATTR, None)
         schema = schema if schema is not None else (decl.schema if decl else None)
@@ -732,7 +734,8 @@ class Connection:
         if watermark is None and schema.metadata and b"watermark" in schema.metadata:
             watermark = schema.metadata[b"watermark"].decode()
         delay = watermark_delay_ms if watermark_delay_ms is not None else (decl.watermark_delay_ms if decl else 0)
-        self._raw().register_source(name, fn, schema, watermark, int(delay), replace)
+        extra = [(str(k), str(v)) for k, v in (options or {}).items()]
+        self._raw().register_source(name, fn, schema, watermark, int(delay), replace, extra)
         self._py_sources[name] = fn
 
     def register_sink(self, name: str, fn: Callable[..., Any], *, replace: bool = False) -> None:

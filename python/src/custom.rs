@@ -26,7 +26,7 @@ use laminardb::connectors::{
 use parking_lot::{Condvar, Mutex};
 use pyo3::exceptions::{PyStopAsyncIteration, PyStopIteration};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::{PyCFunction, PyDict, PyList};
 use pyo3_arrow::{PyRecordBatch, PyTable};
 
 /// Rows a source queues before its generator's `yield` blocks.
@@ -53,6 +53,26 @@ fn format_error(py: Python<'_>, err: &PyErr) -> String {
         Ok(parts.concat())
     })();
     formatted.map(|s| s.trim_end().to_string()).unwrap_or_else(|_| err.to_string())
+}
+
+/// Runs `f` on a daemon thread of Python's `threading` module: the interpreter knows the thread,
+/// so exiting while it is blocked in user code is safe.
+fn spawn_python_thread(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), ConnectorError> {
+    Python::attach(|py| -> PyResult<()> {
+        let once = Mutex::new(Some(f));
+        let target = PyCFunction::new_closure(py, None, None, move |_args, _kwargs| {
+            if let Some(f) = once.lock().take() {
+                f();
+            }
+        })?;
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("target", target)?;
+        kwargs.set_item("name", name)?;
+        kwargs.set_item("daemon", true)?;
+        py.import("threading")?.getattr("Thread")?.call((), Some(&kwargs))?.call_method0("start")?;
+        Ok(())
+    })
+    .map_err(|e| ConnectorError::Failed(format!("cannot start the Python thread {name}: {e}")))
 }
 
 enum Item {
@@ -278,10 +298,7 @@ impl SourceConnector for PySource {
         if !self.started {
             self.started = true;
             let (def, shared) = (self.def.clone(), self.shared.clone());
-            std::thread::Builder::new()
-                .name(format!("laminar-py-source-{}", self.def.name))
-                .spawn(move || run_generator(def, shared))
-                .map_err(|e| ConnectorError::Failed(format!("cannot start the source thread: {e}")))?;
+            spawn_python_thread(&format!("laminardb-source-{}", self.def.name), move || run_generator(def, shared))?;
         }
         Ok(())
     }
@@ -357,7 +374,9 @@ impl PySink {
 
 fn run_sink(def: Arc<SinkDef>, rx: std::sync::mpsc::Receiver<Call>) {
     let mut event_loop: Option<Py<PyAny>> = None;
-    while let Ok((batch, reply)) = rx.recv() {
+    let rx = Mutex::new(rx);
+    // Runs on a Python thread: wait for work without the GIL.
+    while let Ok((batch, reply)) = Python::attach(|py| py.detach(|| rx.lock().recv())) {
         let result = Python::attach(|py| -> Result<(), String> {
             let call = || -> PyResult<()> {
                 let arg = PyRecordBatch::new(batch).into_pyarrow(py)?;
@@ -401,10 +420,7 @@ impl Deliver for PySink {
     async fn open(&mut self) -> Result<(), ConnectorError> {
         let (tx, rx) = std::sync::mpsc::channel();
         let def = self.def.clone();
-        std::thread::Builder::new()
-            .name(format!("laminar-py-sink-{}", self.def.name))
-            .spawn(move || run_sink(def, rx))
-            .map_err(|e| ConnectorError::Failed(format!("cannot start the sink thread: {e}")))?;
+        spawn_python_thread(&format!("laminardb-sink-{}", self.def.name), move || run_sink(def, rx))?;
         self.tx = Some(tx);
         Ok(())
     }

@@ -105,7 +105,7 @@ impl PyConnection {
 
     /// Registers a Python generator function as the source `name` with `schema` (a pyarrow
     /// schema), creating the source if it does not exist.
-    #[pyo3(signature = (name, function, schema, watermark=None, watermark_delay_ms=0, replace=false))]
+    #[pyo3(signature = (name, function, schema, watermark=None, watermark_delay_ms=0, replace=false, options=None))]
     #[allow(clippy::too_many_arguments)]
     fn register_source(
         &self,
@@ -116,6 +116,7 @@ impl PyConnection {
         watermark: Option<String>,
         watermark_delay_ms: i64,
         replace: bool,
+        options: Option<Vec<(String, String)>>,
     ) -> PyResult<()> {
         let arrow_schema = schema.extract::<PySchema>()?.into_inner();
         let def = Arc::new(custom::SourceDef {
@@ -128,7 +129,9 @@ impl PyConnection {
             Ok(Box::new(custom::PySource::new(def.clone(), spec)) as Box<dyn laminardb::connectors::SourceConnector>)
         });
         let watermark = watermark.map(|column| laminardb::WatermarkSpec { column, delay_ms: watermark_delay_ms });
-        py.detach(|| self.db.register_source_callback(name, arrow_schema, watermark, builder, replace)).or_py(py)
+        let options = options.unwrap_or_default();
+        py.detach(|| self.db.register_source_callback(name, arrow_schema, watermark, &options, builder, replace))
+            .or_py(py)
     }
 
     /// Registers a Python function (or coroutine function) taking a pyarrow RecordBatch as the

@@ -43,7 +43,12 @@ fn columns(schema: &SchemaRef) -> Result<Vec<String>> {
 
 /// The `CREATE SOURCE` statement of a registered source (stored in the catalog, so that streams
 /// reading it survive a reopen; the code is registered again by the program).
-fn source_ddl(name: &str, schema: &SchemaRef, watermark: Option<&WatermarkSpec>) -> Result<String> {
+fn source_ddl(
+    name: &str,
+    schema: &SchemaRef,
+    watermark: Option<&WatermarkSpec>,
+    options: &[(String, String)],
+) -> Result<String> {
     let mut items = columns(schema)?;
     if let Some(w) = watermark {
         if schema.field_with_name(&w.column).is_err() {
@@ -59,8 +64,9 @@ fn source_ddl(name: &str, schema: &SchemaRef, watermark: Option<&WatermarkSpec>)
             format!("WATERMARK FOR {c}")
         });
     }
+    let extra: String = options.iter().map(|(k, v)| format!(", {} = {}", literal(k), literal(v))).collect();
     Ok(format!(
-        "CREATE SOURCE {} ({}) WITH (connector = '{NAME}', 'name' = {})",
+        "CREATE SOURCE {} ({}) WITH (connector = '{NAME}', 'name' = {}{extra})",
         quote(name),
         items.join(", "),
         literal(name)
@@ -76,19 +82,22 @@ fn bound_to(src: &SourceEntry, name: &str) -> bool {
 
 impl Database {
     /// Registers a source whose rows come from the program (`builder` makes its connector at
-    /// every `start()`), and creates the source `name` with `schema` if it does not exist yet.
-    /// A source of that name restored from the catalog is bound to `builder` (its columns must
-    /// match). Registering a name twice fails unless `replace`; a replaced source restarts.
+    /// every `start()`), and creates the source `name` with `schema` if it does not exist yet
+    /// (`options`: more `WITH` options of the created source, such as `'retention'` or
+    /// `'dlq'`). A source of that name restored from the catalog is bound to `builder` (its
+    /// columns must match). Registering a name twice fails unless `replace`; a replaced source
+    /// restarts.
     pub fn register_source_callback(
         &self,
         name: &str,
         schema: SchemaRef,
         watermark: Option<WatermarkSpec>,
+        options: &[(String, String)],
         builder: SourceBuilder,
         replace: bool,
     ) -> Result<()> {
         self.check_open()?;
-        let ddl = source_ddl(name, &schema, watermark.as_ref())?;
+        let ddl = source_ddl(name, &schema, watermark.as_ref(), options)?;
         let existing = self.inner.state.lock().sources.get(name).cloned();
         let Some(src) = existing else {
             self.inner.callbacks.register_source(name, builder, replace)?;
@@ -153,11 +162,11 @@ mod tests {
         ]));
         let w = WatermarkSpec { column: "ts".into(), delay_ms: 500 };
         assert_eq!(
-            source_ddl("it's", &schema, Some(&w)).expect("ddl"),
+            source_ddl("it's", &schema, Some(&w), &[("retention".into(), "10 rows".into())]).expect("ddl"),
             "CREATE SOURCE \"it's\" (\"sym bol\" VARCHAR NOT NULL, \"ts\" TIMESTAMP, WATERMARK FOR \"ts\" AS \"ts\" - 500) \
-             WITH (connector = 'python', 'name' = 'it''s')"
+             WITH (connector = 'python', 'name' = 'it''s', 'retention' = '10 rows')"
         );
         let bad = Arc::new(Schema::new(vec![Field::new("x", DataType::Null, true)]));
-        assert!(source_ddl("s", &bad, None).is_err());
+        assert!(source_ddl("s", &bad, None, &[]).is_err());
     }
 }

@@ -43,15 +43,7 @@ fn build(
         FormatKind::Json,
         &[FormatKind::Json, FormatKind::Csv, FormatKind::Parquet, FormatKind::Avro],
     )?;
-    for (key, set) in
-        [("avro.schema", format.avro_schema.is_some()), ("schema.registry.url", format.registry.is_some())]
-    {
-        if set {
-            return Err(ConnectorError::Config(format!(
-                "option '{key}' does not apply to connector 'file': Avro container files carry their own schema"
-            )));
-        }
-    }
+    format.reject_record_options("file")?;
     let rollover_rows = r.opt_u64("rollover.rows")?.unwrap_or(1_000_000).max(1);
     let rollover_interval = Duration::from_millis(r.opt_u64("rollover.interval_ms")?.unwrap_or(1000));
     let prefix = r.opt_str("prefix").unwrap_or_else(|| spec.name.clone());

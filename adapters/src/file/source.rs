@@ -42,15 +42,7 @@ fn build(
             FormatKind::Debezium,
         ],
     )?;
-    for (key, set) in
-        [("avro.schema", format.avro_schema.is_some()), ("schema.registry.url", format.registry.is_some())]
-    {
-        if set {
-            return Err(ConnectorError::Config(format!(
-                "option '{key}' does not apply to connector 'file': Avro container files carry their own schema"
-            )));
-        }
-    }
+    format.reject_record_options("file")?;
     let watch = r.opt_bool("watch")?.unwrap_or(false);
     let poll_interval = Duration::from_millis(r.opt_u64("poll_interval_ms")?.unwrap_or(500).max(1));
     let pattern = r.opt_str("pattern");

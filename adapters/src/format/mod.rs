@@ -106,6 +106,21 @@ impl FormatSpec {
         Self { kind, csv_header: true, csv_delimiter: b',', avro_schema: None, registry: None }
     }
 
+    /// Fails when Avro record options are set for a connector that reads or writes Avro
+    /// container files (which carry their own schema).
+    pub fn reject_record_options(&self, connector: &str) -> Result<()> {
+        for (key, set) in
+            [("avro.schema", self.avro_schema.is_some()), ("schema.registry.url", self.registry.is_some())]
+        {
+            if set {
+                return Err(ConnectorError::Config(format!(
+                    "option '{key}' does not apply to connector '{connector}': Avro container files carry their own schema"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Reads `'format'` (one of `allowed`, default `default`) and its options.
     pub fn pull(r: &mut OptionReader<'_>, default: FormatKind, allowed: &[FormatKind]) -> Result<Self> {
         let kind = match r.opt_str("format") {
