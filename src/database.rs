@@ -194,7 +194,11 @@ struct State {
 
 impl CatalogView for State {
     fn source(&self, name: &str) -> Option<SourceBinding> {
-        self.sources.get(name).map(|s| SourceBinding { schema: s.schema.clone(), append_only: s.append_only })
+        self.sources.get(name).map(|s| SourceBinding {
+            schema: s.schema.clone(),
+            append_only: s.append_only,
+            watermark: s.def.watermark.as_ref().map(|w| w.column.clone()),
+        })
     }
 
     fn stream(&self, name: &str) -> Option<StreamBinding> {
@@ -706,6 +710,14 @@ impl Database {
                 return Err(e.into());
             }
         };
+        // The sources' stored contents are replayed into the new dataflows: their watermarks
+        // carry over.
+        for src in st.sources.values().filter(|s| s.def.watermark.is_some()) {
+            let w = src.watermark.load(Ordering::Acquire);
+            if w != i64::MIN {
+                rt.advance_watermark(&src.def.name, w);
+            }
+        }
         *self.inner.runtime.write() = Some(rt.clone());
         let streams: Vec<Arc<StreamEntry>> = catalog_order(&st)
             .into_iter()
@@ -1064,10 +1076,15 @@ impl Database {
     }
 
     /// Advances a source's event-time watermark to `ts_ms` (milliseconds; it never moves back).
+    /// Rows inserted before the call are sent first, so they are not late for it.
     pub fn advance_watermark(&self, source: &str, ts_ms: i64) -> Result<()> {
         self.check_open()?;
         let src = self.source(source)?;
+        self.flush_staged(&src)?;
         src.watermark.fetch_max(ts_ms, Ordering::AcqRel);
+        if let Some(rt) = self.inner.runtime.read().as_ref() {
+            rt.advance_watermark(&src.def.name, ts_ms);
+        }
         Ok(())
     }
 
@@ -1084,11 +1101,16 @@ impl Database {
         Ok(n)
     }
 
-    /// Sends a source change into the running pipeline (caller holds the ingest lock).
+    /// Sends a source change into the running pipeline (caller holds the ingest lock). The
+    /// source's watermark moves with it, never ahead of the rows that justify it.
     fn send_change(&self, src: &SourceEntry, change: DiffBatch) -> Result<()> {
         let Some(rt) = self.inner.runtime.read().clone() else { return Ok(()) };
         let n = change.num_rows();
-        rt.send(&src.name, change)?;
+        let watermark = src.def.watermark.as_ref().and_then(|w| {
+            let col = change.data.column_by_name(&w.column)?;
+            laminar_dataflow::watermark::max_event_time_ms(col).map(|m| m.saturating_sub(w.delay_ms))
+        });
+        rt.send_with_watermark(&src.name, change, watermark)?;
         // The change lands in this epoch or an earlier one.
         let bound = rt.current_epoch();
         src.inflight.lock().push_back((bound, n));
@@ -1534,7 +1556,7 @@ impl Database {
                 .map(|s| s.output.rows_delivered.load(Ordering::Relaxed))
                 .sum::<u64>()
                 + sink_statuses(&st).map(|s| s.rows.load(Ordering::Relaxed)).sum::<u64>(),
-            total_events_dropped: st.dataflows().map(|s| s.stats.dropped()).sum::<u64>()
+            total_events_dropped: st.dataflows().map(|s| s.stats.dropped() + s.stats.late_rows()).sum::<u64>()
                 + sink_statuses(&st).map(|s| s.dropped.load(Ordering::Relaxed)).sum::<u64>()
                 + st.sources
                     .values()
@@ -1593,6 +1615,8 @@ impl Database {
             epochs: s.output.epochs.load(Ordering::Relaxed),
             current_rows: s.output.num_rows() as u64,
             dropped: s.stats.dropped(),
+            late_rows: s.stats.late_rows(),
+            state_rows: s.stats.state_rows(),
             last_error: s.stats.last_error(),
             sql: s.def.query.clone(),
         })
@@ -1858,6 +1882,11 @@ impl SourceTarget for EngineTarget {
 
     fn watermark(&self, ts_ms: i64) {
         self.src.watermark.fetch_max(ts_ms, Ordering::AcqRel);
+        if let Some(inner) = self.inner.upgrade() {
+            if let Some(rt) = inner.runtime.read().as_ref() {
+                rt.advance_watermark(&self.src.def.name, ts_ms);
+            }
+        }
     }
 
     fn dead_letters(&self, letters: Vec<DeadLetter>) {

@@ -132,6 +132,10 @@ pub struct StreamMetrics {
     pub current_rows: u64,
     /// Rows dropped by evaluation errors.
     pub dropped: u64,
+    /// Rows dropped because they arrived behind the watermark (windows, time-bounded joins).
+    pub late_rows: u64,
+    /// Rows held in join and window state.
+    pub state_rows: u64,
     /// The last evaluation error.
     pub last_error: Option<String>,
     /// The defining query.

@@ -7,30 +7,46 @@ use timely::dataflow::operators::Concatenate;
 
 use crate::operators::aggregate::AggregateExt;
 use crate::operators::filter::FilterExt;
+use crate::operators::join::JoinExt;
 use crate::operators::project::ProjectExt;
 use crate::operators::BatchStream;
 use crate::plan::PlanNode;
 use crate::stats::DataflowStats;
+use crate::watermark::WatermarkFeed;
+
+/// What the operators of one dataflow on one worker share.
+pub struct BuildContext {
+    /// Error counters of the dataflow.
+    pub stats: Arc<DataflowStats>,
+    /// Epoch watermarks for operators that close state by event time.
+    pub watermarks: WatermarkFeed,
+}
 
 /// Builds the operators of `node` over the given source streams (one stream per source name).
 pub fn build_plan<'scope>(
     node: &PlanNode,
     sources: &HashMap<String, BatchStream<'scope>>,
-    stats: &Arc<DataflowStats>,
+    ctx: &BuildContext,
 ) -> Option<BatchStream<'scope>> {
+    let stats = &ctx.stats;
     Some(match node {
         PlanNode::Source { name, .. } => sources.get(name)?.clone(),
         PlanNode::Filter { input, predicate } => {
-            build_plan(input, sources, stats)?.filter_batches(predicate.clone(), stats.clone())
+            build_plan(input, sources, ctx)?.filter_batches(predicate.clone(), stats.clone())
         }
         PlanNode::Project { input, map } => {
-            build_plan(input, sources, stats)?.project_batches(map.clone(), stats.clone())
+            build_plan(input, sources, ctx)?.project_batches(map.clone(), stats.clone())
         }
         PlanNode::Aggregate { input, plan } => {
-            build_plan(input, sources, stats)?.aggregate_batches(plan.clone(), stats.clone())
+            build_plan(input, sources, ctx)?.aggregate_batches(plan.clone(), stats.clone())
+        }
+        PlanNode::Join { left, right, plan } => {
+            let l = build_plan(left, sources, ctx)?;
+            let r = build_plan(right, sources, ctx)?;
+            l.join_batches(r, plan.clone(), (left.schema(), right.schema()), stats.clone(), &ctx.watermarks)
         }
         PlanNode::Union { inputs, .. } => {
-            let streams: Vec<_> = inputs.iter().map(|i| build_plan(i, sources, stats)).collect::<Option<_>>()?;
+            let streams: Vec<_> = inputs.iter().map(|i| build_plan(i, sources, ctx)).collect::<Option<_>>()?;
             let scope = streams.first()?.scope();
             scope.concatenate(streams)
         }

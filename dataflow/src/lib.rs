@@ -36,11 +36,13 @@ pub mod aggregate_state;
 pub mod batch;
 pub mod build;
 pub mod error;
+pub mod join_state;
 pub mod merge;
 pub mod operators;
 pub mod plan;
 pub mod rowstore;
 pub mod runtime;
 pub mod stats;
+pub mod watermark;
 
 pub use error::{DataflowError, Result};

@@ -88,6 +88,77 @@ pub struct AggregatePlan {
     pub input_append_only: bool,
 }
 
+/// Which rows of an equi-join appear in its output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JoinKind {
+    /// Matching pairs only.
+    Inner,
+    /// Matching pairs, and left rows without a match padded with nulls.
+    Left,
+    /// Matching pairs, and right rows without a match padded with nulls.
+    Right,
+    /// Matching pairs, and unmatched rows of both sides padded with nulls.
+    Full,
+}
+
+impl JoinKind {
+    /// True when unmatched left rows are kept.
+    pub fn keeps_left(self) -> bool {
+        matches!(self, JoinKind::Left | JoinKind::Full)
+    }
+
+    /// True when unmatched right rows are kept.
+    pub fn keeps_right(self) -> bool {
+        matches!(self, JoinKind::Right | JoinKind::Full)
+    }
+
+    /// SQL spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            JoinKind::Inner => "Inner",
+            JoinKind::Left => "Left",
+            JoinKind::Right => "Right",
+            JoinKind::Full => "Full",
+        }
+    }
+}
+
+/// An event-time bound between the two sides of a join: `right.ts - left.ts` lies in
+/// `[lower_ms, upper_ms]` for every matching pair. With watermarks on both sides, rows that can
+/// no longer match (or be retracted in time) are dropped from the join state.
+#[derive(Clone, Debug)]
+pub struct TimeBound {
+    /// Index of the event-time column in the left input.
+    pub left_column: usize,
+    /// Index of the event-time column in the right input.
+    pub right_column: usize,
+    /// Smallest `right.ts - left.ts` of a match (milliseconds).
+    pub lower_ms: i64,
+    /// Largest `right.ts - left.ts` of a match (milliseconds).
+    pub upper_ms: i64,
+    /// Sources whose watermarks bound the left input (minimum over them).
+    pub left_sources: Vec<String>,
+    /// Sources whose watermarks bound the right input.
+    pub right_sources: Vec<String>,
+}
+
+/// An incremental equi-join of two collections.
+#[derive(Clone, Debug)]
+pub struct JoinPlan {
+    /// Which rows appear.
+    pub kind: JoinKind,
+    /// Evaluates the left join keys.
+    pub left_keys: Arc<dyn BatchFn>,
+    /// Evaluates the right join keys (same types as the left keys).
+    pub right_keys: Arc<dyn BatchFn>,
+    /// Extra conditions of the ON clause, evaluated on a joined row (left columns, then right).
+    pub filter: Option<Arc<dyn PredicateFn>>,
+    /// Left columns followed by right columns, all nullable.
+    pub output_schema: SchemaRef,
+    /// Event-time bound that lets the state be cleaned as watermarks pass.
+    pub time_bound: Option<TimeBound>,
+}
+
 /// A node of the dataflow plan.
 #[derive(Clone, Debug)]
 pub enum PlanNode {
@@ -121,6 +192,15 @@ pub enum PlanNode {
         /// Aggregate.
         plan: Arc<AggregatePlan>,
     },
+    /// Incremental equi-join.
+    Join {
+        /// Left input.
+        left: Box<PlanNode>,
+        /// Right input.
+        right: Box<PlanNode>,
+        /// The join.
+        plan: Arc<JoinPlan>,
+    },
     /// Bag union of inputs with the same schema.
     Union {
         /// Inputs.
@@ -138,6 +218,7 @@ impl PlanNode {
             PlanNode::Filter { input, .. } => input.schema(),
             PlanNode::Project { map, .. } => map.output_schema(),
             PlanNode::Aggregate { plan, .. } => plan.output_schema.clone(),
+            PlanNode::Join { plan, .. } => plan.output_schema.clone(),
             PlanNode::Union { schema, .. } => schema.clone(),
         }
     }
@@ -148,6 +229,10 @@ impl PlanNode {
             PlanNode::Source { append_only, .. } => *append_only,
             PlanNode::Filter { input, .. } | PlanNode::Project { input, .. } => input.is_append_only(),
             PlanNode::Aggregate { .. } => false,
+            PlanNode::Join { left, right, plan } => {
+                // An outer join retracts a null-padded row when its first match arrives.
+                plan.kind == JoinKind::Inner && left.is_append_only() && right.is_append_only()
+            }
             PlanNode::Union { inputs, .. } => inputs.iter().all(PlanNode::is_append_only),
         }
     }
@@ -166,6 +251,10 @@ impl PlanNode {
             }
             PlanNode::Filter { input, .. } | PlanNode::Project { input, .. } | PlanNode::Aggregate { input, .. } => {
                 input.collect_sources(out)
+            }
+            PlanNode::Join { left, right, .. } => {
+                left.collect_sources(out);
+                right.collect_sources(out);
             }
             PlanNode::Union { inputs, .. } => inputs.iter().for_each(|i| i.collect_sources(out)),
         }
@@ -202,12 +291,33 @@ impl PlanNode {
                     aggs.join(", ")
                 )
             }
+            PlanNode::Join { plan, .. } => {
+                let filter = plan.filter.as_ref().map(|f| format!(" filter=[{}]", f.describe())).unwrap_or_default();
+                let state = match &plan.time_bound {
+                    Some(b) => format!(
+                        " state=bounded(right.ts - left.ts in [{} ms, {} ms], by watermarks)",
+                        b.lower_ms, b.upper_ms
+                    ),
+                    None => String::new(),
+                };
+                writeln!(
+                    s,
+                    "{pad}IncrementalJoin: {} on=[{}] = [{}]{filter}{state} exchange=hash(keys)",
+                    plan.kind.name(),
+                    plan.left_keys.describe(),
+                    plan.right_keys.describe()
+                )
+            }
             PlanNode::Union { .. } => writeln!(s, "{pad}UnionAll"),
         };
         match self {
             PlanNode::Source { .. } => {}
             PlanNode::Filter { input, .. } | PlanNode::Project { input, .. } | PlanNode::Aggregate { input, .. } => {
                 input.explain_into(s, depth + 1)
+            }
+            PlanNode::Join { left, right, .. } => {
+                left.explain_into(s, depth + 1);
+                right.explain_into(s, depth + 1);
             }
             PlanNode::Union { inputs, .. } => inputs.iter().for_each(|i| i.explain_into(s, depth + 1)),
         }

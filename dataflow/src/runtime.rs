@@ -20,11 +20,12 @@ use timely::dataflow::InputHandle;
 use timely::WorkerConfig;
 
 use crate::batch::DiffBatch;
-use crate::build::build_plan;
+use crate::build::{build_plan, BuildContext};
 use crate::error::{DataflowError, Result};
 use crate::operators::capture::{CaptureExt, EpochSink};
 use crate::plan::PlanNode;
 use crate::stats::DataflowStats;
+use crate::watermark::{WatermarkFeed, WatermarkSnapshot, WatermarkTable};
 
 /// Runtime settings.
 #[derive(Clone, Debug)]
@@ -62,7 +63,8 @@ enum Command {
     Install(Arc<InstallRequest>),
     Remove(u64),
     Data(Arc<str>, DiffBatch),
-    Advance(u64),
+    /// Opens epoch `.0`; `.1` holds the watermarks at the close of the epoch before it.
+    Advance(u64, Arc<WatermarkSnapshot>),
 }
 
 type Handle = InputHandle<u64, CapacityContainerBuilder<Vec<DiffBatch>>>;
@@ -79,6 +81,8 @@ struct Shared {
     /// every worker's channel at one point in the sequence of sends: data sent before an advance
     /// lands in an earlier epoch than data sent after it, on every worker.
     advance_lock: RwLock<()>,
+    /// Event-time watermarks of the sources, moved under the advance lock together with the data.
+    watermarks: WatermarkTable,
 }
 
 /// A running set of timely workers.
@@ -104,6 +108,7 @@ impl Runtime {
             stop: AtomicBool::new(false),
             threads: Mutex::new(vec![None; workers]),
             advance_lock: RwLock::new(()),
+            watermarks: WatermarkTable::default(),
         });
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<()>(workers);
         let comm = if workers == 1 {
@@ -209,15 +214,43 @@ impl Runtime {
 
     /// Sends a batch of source data to one worker; it joins the currently open epoch.
     pub fn send(&self, source: &Arc<str>, batch: DiffBatch) -> Result<()> {
+        self.send_with_watermark(source, batch, None)
+    }
+
+    /// Sends a batch and then moves the source's watermark to `watermark` (if given), atomically
+    /// with respect to epoch closes: the epoch that holds the rows is the first whose recorded
+    /// watermark may include them.
+    pub fn send_with_watermark(&self, source: &Arc<str>, batch: DiffBatch, watermark: Option<i64>) -> Result<()> {
         let w = self.next.fetch_add(1, Ordering::Relaxed) % self.workers;
         // Lock order everywhere: senders, then advance_lock.
         self.with_senders(|s| {
             let _order = self.shared.advance_lock.read();
-            s[w].send(Command::Data(source.clone(), batch)).map_err(|_| DataflowError::NotRunning)
+            s[w].send(Command::Data(source.clone(), batch)).map_err(|_| DataflowError::NotRunning)?;
+            if let Some(ts) = watermark {
+                self.shared.watermarks.advance(source, ts);
+            }
+            Ok::<_, DataflowError>(())
         })??;
         self.shared.dirty.store(true, Ordering::Release);
         self.unpark(Some(w));
         Ok(())
+    }
+
+    /// Moves a source's watermark forward without data (`Writer.watermark`, idle connectors);
+    /// the open epoch is closed soon so that operators waiting on the watermark see it.
+    pub fn advance_watermark(&self, source: &str, ts: i64) {
+        let moved = {
+            let _order = self.shared.advance_lock.read();
+            self.shared.watermarks.advance(source, ts)
+        };
+        if moved {
+            self.request_advance();
+        }
+    }
+
+    /// The current watermark of `source` in the runtime (milliseconds of event time).
+    pub fn watermark(&self, source: &str) -> i64 {
+        self.shared.watermarks.get(source)
     }
 
     /// Closes the open epoch now; every batch sent before this call belongs to an epoch below the
@@ -255,8 +288,9 @@ impl Drop for Runtime {
 fn advance(shared: &Shared, senders: &[Sender<Command>]) -> u64 {
     let _g = shared.advance_lock.write();
     let next = shared.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+    let snapshot = shared.watermarks.snapshot();
     for tx in senders {
-        let _ = tx.send(Command::Advance(next));
+        let _ = tx.send(Command::Advance(next, snapshot.clone()));
     }
     for t in shared.threads.lock().iter().flatten() {
         t.unpark();
@@ -266,6 +300,7 @@ fn advance(shared: &Shared, senders: &[Sender<Command>]) -> u64 {
 
 struct Installed {
     inputs: Vec<(String, Handle)>,
+    watermarks: WatermarkFeed,
 }
 
 fn worker_loop(worker: &mut timely::worker::Worker, rx: Receiver<Command>) {
@@ -292,12 +327,17 @@ fn worker_loop(worker: &mut timely::worker::Worker, rx: Receiver<Command>) {
                                 }
                             }
                         }
-                        Command::Advance(e) => {
+                        Command::Advance(e, snapshot) => {
                             if e > epoch {
-                                epoch = e;
                                 for df in installed.values_mut() {
+                                    // Before the frontier moves: an operator that sees epoch
+                                    // `e - 1` complete finds its watermark queued.
+                                    if !df.watermarks.is_empty() {
+                                        df.watermarks.push(e - 1, &snapshot);
+                                    }
                                     df.inputs.iter_mut().for_each(|(_, h)| h.advance_to(e));
                                 }
+                                epoch = e;
                             }
                         }
                         Command::Install(req) => {
@@ -336,6 +376,8 @@ fn worker_loop(worker: &mut timely::worker::Worker, rx: Receiver<Command>) {
 
 fn install(worker: &mut timely::worker::Worker, req: &InstallRequest, epoch: u64, index: usize) -> Installed {
     let mut inputs: Vec<(String, Handle)> = Vec::new();
+    let watermarks = WatermarkFeed::default();
+    let ctx = BuildContext { stats: req.stats.clone(), watermarks: watermarks.clone() };
     worker.dataflow::<u64, _, _>(|scope| {
         let mut streams = HashMap::new();
         for name in req.plan.sources() {
@@ -344,7 +386,7 @@ fn install(worker: &mut timely::worker::Worker, req: &InstallRequest, epoch: u64
             streams.insert(name.clone(), s);
             inputs.push((name, h));
         }
-        if let Some(out) = build_plan(&req.plan, &streams, &req.stats) {
+        if let Some(out) = build_plan(&req.plan, &streams, &ctx) {
             out.capture_epochs(index, req.output.clone());
         }
     });
@@ -358,7 +400,7 @@ fn install(worker: &mut timely::worker::Worker, req: &InstallRequest, epoch: u64
             }
         }
     }
-    Installed { inputs }
+    Installed { inputs, watermarks }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ pub mod ddl;
 pub mod error;
 pub mod exprs;
 pub mod interval;
+mod join;
 pub mod planner;
 pub mod types;
 

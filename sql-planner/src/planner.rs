@@ -20,6 +20,8 @@ pub struct SourceBinding {
     pub schema: SchemaRef,
     /// True when the source never retracts rows.
     pub append_only: bool,
+    /// The `WATERMARK FOR` column, if the source declares one.
+    pub watermark: Option<String>,
 }
 
 /// A stream (or materialized view) as the planner sees it.
@@ -74,6 +76,16 @@ pub fn plan_query(sql: &str, catalog: &dyn CatalogView) -> Result<PlannedQuery> 
     let mut references = std::collections::BTreeSet::new();
     let plan = compile(&logical, catalog, &mut references)?;
     let schema = relax(logical.schema().as_arrow());
+    let mut seen = std::collections::HashSet::new();
+    for f in schema.fields() {
+        if !seen.insert(f.name().to_lowercase()) {
+            return Err(PlanError::Plan(format!(
+                "the result has two columns named '{}': give them distinct names with AS \
+                 (e.g. SELECT a.{0} AS a_{0}, b.{0} AS b_{0} …)",
+                f.name()
+            )));
+        }
+    }
     // Give the output the query's column names.
     let plan = if plan.schema().fields().iter().map(|f| f.name()).eq(schema.fields().iter().map(|f| f.name())) {
         plan
@@ -91,7 +103,7 @@ fn unalias(e: &Expr) -> &Expr {
     }
 }
 
-fn compile(
+pub(crate) fn compile(
     plan: &LogicalPlan,
     catalog: &dyn CatalogView,
     refs: &mut std::collections::BTreeSet<String>,
@@ -231,7 +243,7 @@ fn compile(
                 "LIMIT/OFFSET in a continuous query (use query() for top-N reads)".into(),
             ))
         }
-        LogicalPlan::Join(_) => return Err(PlanError::Unsupported("JOIN in a continuous query".into())),
+        LogicalPlan::Join(j) => crate::join::compile_join(j, catalog, refs)?,
         LogicalPlan::Window(_) => {
             return Err(PlanError::Unsupported("window functions (OVER …) in a continuous query".into()))
         }

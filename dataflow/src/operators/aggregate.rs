@@ -4,17 +4,15 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::UInt32Array;
 use arrow_row::{RowConverter, SortField};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 
-use super::BatchStream;
-use crate::aggregate_state::{key_hashes, GroupedAggregate};
+use super::{partition, BatchStream};
+use crate::aggregate_state::GroupedAggregate;
 use crate::batch::{DiffBatch, Routed};
-use crate::error::Result;
 use crate::plan::AggregatePlan;
 use crate::stats::DataflowStats;
 
@@ -22,27 +20,6 @@ use crate::stats::DataflowStats;
 pub trait AggregateExt<'scope> {
     /// Maintains `plan` incrementally; outputs retractions and insertions of changed groups.
     fn aggregate_batches(self, plan: Arc<AggregatePlan>, stats: Arc<DataflowStats>) -> BatchStream<'scope>;
-}
-
-fn partition(batch: &DiffBatch, plan: &AggregatePlan, converter: &RowConverter, peers: usize) -> Result<Vec<Routed>> {
-    if peers == 1 {
-        return Ok(vec![Routed { target: 0, batch: batch.clone() }]);
-    }
-    let keys = plan.keys.eval(&batch.data)?;
-    let hashes = key_hashes(converter, keys.columns(), batch.num_rows())?;
-    let mut parts: Vec<Vec<u32>> = vec![Vec::new(); peers];
-    for (i, h) in hashes.iter().enumerate() {
-        parts[(*h % peers as u64) as usize].push(i as u32);
-    }
-    let mut out = Vec::new();
-    for (target, idx) in parts.into_iter().enumerate() {
-        if idx.is_empty() {
-            continue;
-        }
-        let b = if idx.len() == batch.num_rows() { batch.clone() } else { batch.take(&UInt32Array::from(idx))? };
-        out.push(Routed { target: target as u32, batch: b });
-    }
-    Ok(out)
 }
 
 impl<'scope> AggregateExt<'scope> for BatchStream<'scope> {
@@ -60,7 +37,7 @@ impl<'scope> AggregateExt<'scope> for BatchStream<'scope> {
                         let mut session = output.session(&cap);
                         for batch in data.drain(..) {
                             let routed = match &converter {
-                                Some(c) => partition(&batch, &p_plan, c, peers),
+                                Some(c) => partition(&batch, p_plan.keys.as_ref(), c, peers),
                                 None => Err(crate::error::DataflowError::Internal("key types not orderable".into())),
                             };
                             match routed {

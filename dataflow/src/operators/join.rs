@@ -1,0 +1,184 @@
+//! `Join`: incremental equi-join — both inputs are routed to the worker owning their key, and
+//! each completed epoch's changes on either side are joined against the other side's state
+//! ([`JoinState`]). Time-bounded joins free their state as the inputs' watermarks pass.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use arrow_row::{RowConverter, SortField};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::{Capability, InputCapability};
+use timely::dataflow::Stream;
+
+use super::{partition, BatchStream};
+use crate::batch::{DiffBatch, Routed};
+use crate::error::DataflowError;
+use crate::join_state::{JoinEpochStats, JoinState, JoinWatermarks};
+use crate::plan::{BatchFn, JoinPlan};
+use crate::stats::{DataflowStats, StateGauge};
+use crate::watermark::WatermarkFeed;
+
+/// Extension trait adding [`JoinExt::join_batches`].
+pub trait JoinExt<'scope> {
+    /// Joins `self` (left) with `right` incrementally.
+    fn join_batches(
+        self,
+        right: BatchStream<'scope>,
+        plan: Arc<JoinPlan>,
+        schemas: (SchemaRef, SchemaRef),
+        stats: Arc<DataflowStats>,
+        watermarks: &WatermarkFeed,
+    ) -> BatchStream<'scope>;
+}
+
+fn route<'scope>(
+    stream: BatchStream<'scope>,
+    keys: Arc<dyn BatchFn>,
+    stats: Arc<DataflowStats>,
+) -> Stream<'scope, u64, Vec<Routed>> {
+    let peers = stream.scope().peers();
+    let fields: Vec<SortField> =
+        keys.output_schema().fields().iter().map(|f| SortField::new(f.data_type().clone())).collect();
+    stream.unary::<CapacityContainerBuilder<Vec<Routed>>, _, _, _>(Pipeline, "JoinPartition", move |_, _| {
+        let converter = RowConverter::new(fields).ok();
+        move |input, output| {
+            input.for_each(|cap, data| {
+                let mut session = output.session(&cap);
+                for batch in data.drain(..) {
+                    let routed = match &converter {
+                        Some(c) => partition(&batch, keys.as_ref(), c, peers),
+                        None => Err(DataflowError::Internal("join key types are not orderable".into())),
+                    };
+                    match routed {
+                        Ok(parts) => parts.into_iter().for_each(|r| session.give(r)),
+                        Err(e) => stats.record_error("join", batch.num_rows(), &e),
+                    }
+                }
+            });
+        }
+    })
+}
+
+type Pending = BTreeMap<u64, (Capability<u64>, Vec<DiffBatch>, Vec<DiffBatch>)>;
+
+/// The pending entry of epoch `t`, created with a capability retained from `cap`.
+fn slot<'a>(
+    pending: &'a mut Pending,
+    t: u64,
+    cap: &InputCapability<u64>,
+) -> Option<&'a mut (Capability<u64>, Vec<DiffBatch>, Vec<DiffBatch>)> {
+    match pending.entry(t) {
+        std::collections::btree_map::Entry::Occupied(o) => Some(o.into_mut()),
+        std::collections::btree_map::Entry::Vacant(v) => {
+            cap.retain_least(0).map(|c| v.insert((c, Vec::new(), Vec::new())))
+        }
+    }
+}
+
+impl<'scope> JoinExt<'scope> for BatchStream<'scope> {
+    fn join_batches(
+        self,
+        right: BatchStream<'scope>,
+        plan: Arc<JoinPlan>,
+        schemas: (SchemaRef, SchemaRef),
+        stats: Arc<DataflowStats>,
+        watermarks: &WatermarkFeed,
+    ) -> BatchStream<'scope> {
+        let left = route(self, plan.left_keys.clone(), stats.clone());
+        let right = route(right, plan.right_keys.clone(), stats.clone());
+        let mut reader = plan.time_bound.as_ref().map(|_| watermarks.reader());
+        left.binary_frontier::<_, CapacityContainerBuilder<Vec<DiffBatch>>, _, _, _, _>(
+            right,
+            Exchange::new(|r: &Routed| r.target as u64),
+            Exchange::new(|r: &Routed| r.target as u64),
+            "Join",
+            move |_, _| {
+                let mut state = JoinState::new(plan.clone(), schemas.0, schemas.1);
+                if let Err(e) = &state {
+                    stats.record_error("join", 0, e);
+                }
+                let mut pending: Pending = BTreeMap::new();
+                let mut gauge = StateGauge::new(stats.clone());
+                move |(in1, f1), (in2, f2), output| {
+                    in1.for_each(|cap, data| {
+                        let Some(&t) = cap.least() else { return };
+                        if let Some(e) = slot(&mut pending, t, &cap) {
+                            e.1.extend(data.drain(..).map(|r| r.batch));
+                        }
+                    });
+                    in2.for_each(|cap, data| {
+                        let Some(&t) = cap.least() else { return };
+                        if let Some(e) = slot(&mut pending, t, &cap) {
+                            e.2.extend(data.drain(..).map(|r| r.batch));
+                        }
+                    });
+                    let Ok(state) = state.as_mut() else {
+                        pending.clear();
+                        return;
+                    };
+                    let bound = plan.time_bound.as_ref();
+                    while let Some((&t, _)) = pending.first_key_value() {
+                        if f1.less_equal(&t) || f2.less_equal(&t) {
+                            break;
+                        }
+                        let Some((_, (cap, l, r))) = pending.pop_first() else { break };
+                        let wm = match (reader.as_mut(), bound) {
+                            (Some(reader), Some(b)) => {
+                                reader.advance_to(t.saturating_sub(1));
+                                JoinWatermarks {
+                                    left_late: reader.watermark(&b.left_sources),
+                                    right_late: reader.watermark(&b.right_sources),
+                                }
+                            }
+                            _ => JoinWatermarks::default(),
+                        };
+                        let mut epoch_stats = JoinEpochStats::default();
+                        let out = match state.apply(&l, &r, wm, &mut epoch_stats) {
+                            Ok(out) => out,
+                            Err(_) => {
+                                // Find the batches that fail; the others still count.
+                                epoch_stats = JoinEpochStats::default();
+                                let mut out = Vec::new();
+                                for b in &l {
+                                    match state.apply(std::slice::from_ref(b), &[], wm, &mut epoch_stats) {
+                                        Ok(o) => out.extend(o),
+                                        Err(e) => stats.record_error("join", b.num_rows(), &e),
+                                    }
+                                }
+                                for b in &r {
+                                    match state.apply(&[], std::slice::from_ref(b), wm, &mut epoch_stats) {
+                                        Ok(o) => out.extend(o),
+                                        Err(e) => stats.record_error("join", b.num_rows(), &e),
+                                    }
+                                }
+                                out
+                            }
+                        };
+                        if epoch_stats.late_rows > 0 {
+                            stats.record_late(epoch_stats.late_rows);
+                        }
+                        if !out.is_empty() {
+                            let mut session = output.session(&cap);
+                            out.into_iter().for_each(|b| session.give(b));
+                        }
+                    }
+                    // Free what the watermarks have made unreachable.
+                    if let (Some(reader), Some(b)) = (reader.as_mut(), bound) {
+                        let f = match (f1.frontier().iter().next(), f2.frontier().iter().next()) {
+                            (Some(a), Some(b)) => *a.min(b),
+                            (Some(a), None) | (None, Some(a)) => *a,
+                            (None, None) => u64::MAX,
+                        };
+                        reader.advance_to(f.saturating_sub(1));
+                        state.expire(reader.watermark(&b.left_sources), reader.watermark(&b.right_sources));
+                    }
+                    let (l, r) = state.rows();
+                    gauge.set(l + r);
+                }
+            },
+        )
+    }
+}

@@ -1,0 +1,196 @@
+//! Event-time watermarks, carried by epochs.
+//!
+//! Every source that declares `WATERMARK FOR col` has a watermark in the runtime
+//! ([`WatermarkTable`]): the largest event time it has sent, minus its delay. A source moves its
+//! watermark only together with the data that justifies it (under the same lock as the send), so
+//! the value recorded when an epoch closes never covers rows of a later epoch.
+//!
+//! When the coordinator closes epoch `e`, it takes a [`WatermarkSnapshot`] and hands it to every
+//! worker in the same FIFO channel as the advance. Each worker appends it to the queue of every
+//! operator that asked for watermarks ([`WatermarkFeed`]) before its inputs move past `e`, so an
+//! operator that sees its input frontier pass `e` finds the watermark "as of the end of `e`" in
+//! its queue ([`WatermarkReader`]). This is the epoch→watermark map: the frontier carries the
+//! watermark, and no separate channel is needed.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array};
+use arrow::datatypes::{DataType, Int64Type, TimeUnit};
+use parking_lot::RwLock;
+
+use crate::error::{DataflowError, Result};
+
+/// "No watermark yet": nothing is late and no window closes.
+pub const NO_WATERMARK: i64 = i64::MIN;
+
+/// Watermarks of the sources at the close of one epoch (milliseconds of event time).
+#[derive(Debug, Default)]
+pub struct WatermarkSnapshot {
+    values: Vec<(Arc<str>, i64)>,
+}
+
+impl WatermarkSnapshot {
+    /// The watermark of `source` in this snapshot, or [`NO_WATERMARK`].
+    pub fn get(&self, source: &str) -> i64 {
+        self.values.iter().find(|(n, _)| &**n == source).map_or(NO_WATERMARK, |(_, v)| *v)
+    }
+}
+
+/// The runtime's per-source watermarks.
+#[derive(Debug, Default)]
+pub struct WatermarkTable {
+    sources: RwLock<Vec<(Arc<str>, Arc<AtomicI64>)>>,
+}
+
+impl WatermarkTable {
+    /// The watermark cell of `source`, created at [`NO_WATERMARK`] on first use.
+    pub fn cell(&self, source: &str) -> Arc<AtomicI64> {
+        if let Some((_, c)) = self.sources.read().iter().find(|(n, _)| &**n == source) {
+            return c.clone();
+        }
+        let mut w = self.sources.write();
+        if let Some((_, c)) = w.iter().find(|(n, _)| &**n == source) {
+            return c.clone();
+        }
+        let c = Arc::new(AtomicI64::new(NO_WATERMARK));
+        w.push((Arc::from(source), c.clone()));
+        c
+    }
+
+    /// Moves the watermark of `source` forward to `ts` (never back); true when it moved.
+    pub fn advance(&self, source: &str, ts: i64) -> bool {
+        self.cell(source).fetch_max(ts, Ordering::AcqRel) < ts
+    }
+
+    /// The current watermark of `source`.
+    pub fn get(&self, source: &str) -> i64 {
+        self.sources
+            .read()
+            .iter()
+            .find(|(n, _)| &**n == source)
+            .map_or(NO_WATERMARK, |(_, c)| c.load(Ordering::Acquire))
+    }
+
+    /// The current values of every source.
+    pub fn snapshot(&self) -> Arc<WatermarkSnapshot> {
+        let values = self.sources.read().iter().map(|(n, c)| (n.clone(), c.load(Ordering::Acquire))).collect();
+        Arc::new(WatermarkSnapshot { values })
+    }
+}
+
+type Queue = Rc<RefCell<VecDeque<(u64, Arc<WatermarkSnapshot>)>>>;
+
+/// A worker-local fan-out of epoch watermarks to the operators of one dataflow.
+#[derive(Clone, Default)]
+pub struct WatermarkFeed {
+    queues: Rc<RefCell<Vec<Queue>>>,
+}
+
+impl WatermarkFeed {
+    /// A new reader for an operator; it receives every epoch closed from now on.
+    pub fn reader(&self) -> WatermarkReader {
+        let q: Queue = Rc::default();
+        self.queues.borrow_mut().push(q.clone());
+        WatermarkReader { queue: q, current: Arc::default() }
+    }
+
+    /// Records the watermarks at the close of `epoch` for every reader.
+    pub fn push(&self, epoch: u64, snapshot: &Arc<WatermarkSnapshot>) {
+        for q in self.queues.borrow().iter() {
+            q.borrow_mut().push_back((epoch, snapshot.clone()));
+        }
+    }
+
+    /// True when no operator reads watermarks (the worker can skip pushing).
+    pub fn is_empty(&self) -> bool {
+        self.queues.borrow().is_empty()
+    }
+}
+
+/// One operator's view of the epoch→watermark map, read in epoch order.
+pub struct WatermarkReader {
+    queue: Queue,
+    current: Arc<WatermarkSnapshot>,
+}
+
+impl WatermarkReader {
+    /// Moves to the watermarks as of the close of epoch `epoch` (or the latest closed before it).
+    pub fn advance_to(&mut self, epoch: u64) {
+        let mut q = self.queue.borrow_mut();
+        while q.front().is_some_and(|(e, _)| *e <= epoch) {
+            if let Some((_, s)) = q.pop_front() {
+                self.current = s;
+            }
+        }
+    }
+
+    /// The watermark of a set of sources: the minimum over them ([`NO_WATERMARK`] for an empty
+    /// set, which never closes anything).
+    pub fn watermark(&self, sources: &[String]) -> i64 {
+        if sources.is_empty() {
+            return NO_WATERMARK;
+        }
+        sources.iter().map(|s| self.current.get(s)).min().unwrap_or(NO_WATERMARK)
+    }
+}
+
+/// An event-time column (TIMESTAMP of any unit, DATE or an integer of milliseconds) as
+/// milliseconds.
+pub fn event_time_ms(column: &ArrayRef) -> Result<Int64Array> {
+    let scale = |a: &ArrayRef, f: fn(i64) -> i64| -> Result<Int64Array> {
+        let c = arrow::compute::cast(a, &DataType::Int64)?;
+        Ok(c.as_primitive::<Int64Type>().unary(f))
+    };
+    match column.data_type() {
+        DataType::Timestamp(unit, _) => match unit {
+            TimeUnit::Second => scale(column, |v| v.saturating_mul(1000)),
+            TimeUnit::Millisecond => scale(column, |v| v),
+            TimeUnit::Microsecond => scale(column, |v| v.div_euclid(1000)),
+            TimeUnit::Nanosecond => scale(column, |v| v.div_euclid(1_000_000)),
+        },
+        DataType::Date32 => scale(column, |d| d * 86_400_000),
+        DataType::Date64 => scale(column, |v| v),
+        t if t.is_integer() => scale(column, |v| v),
+        t => Err(DataflowError::Eval(format!("an event-time column must be a TIMESTAMP or BIGINT, not {t}"))),
+    }
+}
+
+/// The largest value of an event-time column, in milliseconds (`None` when all null or empty).
+pub fn max_event_time_ms(column: &ArrayRef) -> Option<i64> {
+    let ms = event_time_ms(column).ok()?;
+    if ms.null_count() == ms.len() {
+        return None;
+    }
+    arrow::compute::max(&ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readers_see_epochs_in_order_and_take_the_minimum() {
+        let table = WatermarkTable::default();
+        let feed = WatermarkFeed::default();
+        let mut r = feed.reader();
+        assert!(table.advance("a", 10));
+        assert!(!table.advance("a", 5), "watermarks never move back");
+        table.advance("b", 20);
+        feed.push(1, &table.snapshot());
+        table.advance("a", 30);
+        feed.push(2, &table.snapshot());
+        let both = ["a".to_string(), "b".to_string()];
+        assert_eq!(r.watermark(&both), NO_WATERMARK);
+        r.advance_to(1);
+        assert_eq!(r.watermark(&both), 10);
+        r.advance_to(5);
+        assert_eq!(r.watermark(&both), 20);
+        assert_eq!(r.watermark(&["a".to_string()]), 30);
+        assert_eq!(r.watermark(&["c".to_string()]), NO_WATERMARK, "a source that never sent holds it back");
+        assert_eq!(r.watermark(&[]), NO_WATERMARK);
+    }
+}
