@@ -23,7 +23,9 @@ use laminar_dataflow::merge::EpochMerger;
 use laminar_dataflow::runtime::{InstallRequest, Runtime, RuntimeConfig};
 use laminar_dataflow::stats::DataflowStats;
 use laminar_sql::ddl::{CreateSink, CreateSource, CreateStream, EmitMode, ObjectKind};
-use laminar_sql::{parse_statement, plan_query, CatalogView, PlannedQuery, SourceBinding, Statement, StreamBinding};
+use laminar_sql::{
+    parse_statement, plan_query, plan_query_with, CatalogView, PlannedQuery, SourceBinding, Statement, StreamBinding,
+};
 use parking_lot::{Mutex, RwLock};
 
 mod callbacks;
@@ -481,13 +483,7 @@ impl Database {
             }
             return Err(LaminarError::AlreadyExists(format!("a {kind} named '{}' already exists", def.name)));
         }
-        if def.emit == EmitMode::OnWindowClose {
-            return Err(LaminarError::Query(
-                "not supported: EMIT ON WINDOW CLOSE needs an event-time window (TUMBLE/HOP/SESSION) in GROUP BY"
-                    .into(),
-            ));
-        }
-        let planned = plan_query(&def.query, &*st)?;
+        let planned = plan_query_with(&def.query, &*st, def.emit == EmitMode::OnWindowClose)?;
         let retention = stream_retention(&def, planned.plan.is_append_only())?;
         let output = Arc::new(StreamOutput::new(planned.schema.clone(), planned.plan.is_append_only(), retention)?);
         let entry = Arc::new(StreamEntry {

@@ -191,6 +191,11 @@ impl GroupedAggregate {
         self.row_counts.iter().filter(|&&c| c > 0).count()
     }
 
+    /// Number of groups ever created (state size; cheaper than [`Self::live_groups`]).
+    pub fn groups(&self) -> usize {
+        self.groups.len()
+    }
+
     /// Folds a batch of signed rows into the state.
     pub fn apply(&mut self, batch: &DiffBatch) -> Result<()> {
         let n = batch.num_rows();

@@ -9,6 +9,7 @@ use crate::operators::aggregate::AggregateExt;
 use crate::operators::filter::FilterExt;
 use crate::operators::join::JoinExt;
 use crate::operators::project::ProjectExt;
+use crate::operators::window::WindowExt;
 use crate::operators::BatchStream;
 use crate::plan::PlanNode;
 use crate::stats::DataflowStats;
@@ -40,6 +41,15 @@ pub fn build_plan<'scope>(
         PlanNode::Aggregate { input, plan } => {
             build_plan(input, sources, ctx)?.aggregate_batches(plan.clone(), stats.clone())
         }
+        PlanNode::WindowAssign { input, spec } => {
+            build_plan(input, sources, ctx)?.assign_windows(spec.clone(), stats.clone())
+        }
+        PlanNode::WindowAggregate { input, plan, close } => build_plan(input, sources, ctx)?.window_aggregate(
+            plan.clone(),
+            close.clone(),
+            stats.clone(),
+            &ctx.watermarks,
+        ),
         PlanNode::Join { left, right, plan } => {
             let l = build_plan(left, sources, ctx)?;
             let r = build_plan(right, sources, ctx)?;

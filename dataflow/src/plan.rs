@@ -159,6 +159,47 @@ pub struct JoinPlan {
     pub time_bound: Option<TimeBound>,
 }
 
+/// Which event-time windows a row belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WindowKind {
+    /// `TUMBLE(ts, size)`: consecutive windows of `size_ms`, aligned to the epoch of time.
+    Tumble {
+        /// Window length.
+        size_ms: i64,
+    },
+    /// `HOP(ts, slide, size)`: windows of `size_ms` starting every `slide_ms`.
+    Hop {
+        /// Window length.
+        size_ms: i64,
+        /// Distance between window starts.
+        slide_ms: i64,
+    },
+}
+
+/// Assigns rows to windows: the output is the input's columns followed by `window_start` and
+/// `window_end` (the time column's type), one row per window the input row belongs to.
+#[derive(Clone, Debug)]
+pub struct WindowSpec {
+    /// Window shape.
+    pub kind: WindowKind,
+    /// Index of the event-time column in the input.
+    pub time_column: usize,
+    /// Input columns, then `window_start`, `window_end`.
+    pub output_schema: SchemaRef,
+}
+
+/// How a windowed aggregate closes its windows.
+#[derive(Clone, Debug)]
+pub struct WindowClose {
+    /// Index of the `window_end` group key.
+    pub end_key: usize,
+    /// Sources whose watermarks (minimum) close windows; empty: windows never close.
+    pub sources: Vec<String>,
+    /// `EMIT ON WINDOW CLOSE`: one final row per group and window once the watermark passes the
+    /// window's end, instead of updating rows as data arrives.
+    pub emit_on_close: bool,
+}
+
 /// A node of the dataflow plan.
 #[derive(Clone, Debug)]
 pub enum PlanNode {
@@ -192,6 +233,23 @@ pub enum PlanNode {
         /// Aggregate.
         plan: Arc<AggregatePlan>,
     },
+    /// Assigns rows to event-time windows.
+    WindowAssign {
+        /// Input.
+        input: Box<PlanNode>,
+        /// Windows.
+        spec: Arc<WindowSpec>,
+    },
+    /// A grouped aggregate whose groups include a window: state per window, freed when the
+    /// watermark passes the window's end; rows for closed windows are late and dropped.
+    WindowAggregate {
+        /// Input (rows carrying `window_end`).
+        input: Box<PlanNode>,
+        /// Aggregate.
+        plan: Arc<AggregatePlan>,
+        /// Closing.
+        close: Arc<WindowClose>,
+    },
     /// Incremental equi-join.
     Join {
         /// Left input.
@@ -219,6 +277,8 @@ impl PlanNode {
             PlanNode::Project { map, .. } => map.output_schema(),
             PlanNode::Aggregate { plan, .. } => plan.output_schema.clone(),
             PlanNode::Join { plan, .. } => plan.output_schema.clone(),
+            PlanNode::WindowAssign { spec, .. } => spec.output_schema.clone(),
+            PlanNode::WindowAggregate { plan, .. } => plan.output_schema.clone(),
             PlanNode::Union { schema, .. } => schema.clone(),
         }
     }
@@ -229,6 +289,9 @@ impl PlanNode {
             PlanNode::Source { append_only, .. } => *append_only,
             PlanNode::Filter { input, .. } | PlanNode::Project { input, .. } => input.is_append_only(),
             PlanNode::Aggregate { .. } => false,
+            PlanNode::WindowAssign { input, .. } => input.is_append_only(),
+            // Final rows only: each (group, window) is emitted once.
+            PlanNode::WindowAggregate { close, .. } => close.emit_on_close,
             PlanNode::Join { left, right, plan } => {
                 // An outer join retracts a null-padded row when its first match arrives.
                 plan.kind == JoinKind::Inner && left.is_append_only() && right.is_append_only()
@@ -249,9 +312,11 @@ impl PlanNode {
             PlanNode::Source { name, .. } => {
                 out.insert(name.clone());
             }
-            PlanNode::Filter { input, .. } | PlanNode::Project { input, .. } | PlanNode::Aggregate { input, .. } => {
-                input.collect_sources(out)
-            }
+            PlanNode::Filter { input, .. }
+            | PlanNode::Project { input, .. }
+            | PlanNode::Aggregate { input, .. }
+            | PlanNode::WindowAssign { input, .. }
+            | PlanNode::WindowAggregate { input, .. } => input.collect_sources(out),
             PlanNode::Join { left, right, .. } => {
                 left.collect_sources(out);
                 right.collect_sources(out);
@@ -291,6 +356,26 @@ impl PlanNode {
                     aggs.join(", ")
                 )
             }
+            PlanNode::WindowAssign { spec, .. } => {
+                let time = spec.output_schema.field(spec.time_column).name().clone();
+                match spec.kind {
+                    WindowKind::Tumble { size_ms } => writeln!(s, "{pad}WindowAssign: TUMBLE({time}, {size_ms} ms)"),
+                    WindowKind::Hop { size_ms, slide_ms } => {
+                        writeln!(s, "{pad}WindowAssign: HOP({time}, slide {slide_ms} ms, size {size_ms} ms)")
+                    }
+                }
+            }
+            PlanNode::WindowAggregate { plan, close, .. } => writeln!(
+                s,
+                "{pad}WindowAggregate: keys=[{}] emit={} closed-by=watermark({}) exchange=hash(keys)",
+                plan.keys.describe(),
+                if close.emit_on_close { "on-window-close" } else { "on-update" },
+                if close.sources.is_empty() {
+                    "none: state is unbounded".to_string()
+                } else {
+                    close.sources.join(", ")
+                }
+            ),
             PlanNode::Join { plan, .. } => {
                 let filter = plan.filter.as_ref().map(|f| format!(" filter=[{}]", f.describe())).unwrap_or_default();
                 let state = match &plan.time_bound {
@@ -312,9 +397,11 @@ impl PlanNode {
         };
         match self {
             PlanNode::Source { .. } => {}
-            PlanNode::Filter { input, .. } | PlanNode::Project { input, .. } | PlanNode::Aggregate { input, .. } => {
-                input.explain_into(s, depth + 1)
-            }
+            PlanNode::Filter { input, .. }
+            | PlanNode::Project { input, .. }
+            | PlanNode::Aggregate { input, .. }
+            | PlanNode::WindowAssign { input, .. }
+            | PlanNode::WindowAggregate { input, .. } => input.explain_into(s, depth + 1),
             PlanNode::Join { left, right, .. } => {
                 left.explain_into(s, depth + 1);
                 right.explain_into(s, depth + 1);

@@ -338,6 +338,10 @@ class StreamMetrics:
     dropped: int
     last_error: Optional[str]
     sql: str
+    late_rows: int = 0
+    """Rows dropped because they arrived behind the watermark (windows, time-bounded joins)."""
+    state_rows: int = 0
+    """Rows held in join and window state."""
 
 
 @dataclass(frozen=True)

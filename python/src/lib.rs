@@ -404,6 +404,8 @@ impl PyConnection {
         d.set_item("epochs", m.epochs)?;
         d.set_item("current_rows", m.current_rows)?;
         d.set_item("dropped", m.dropped)?;
+        d.set_item("late_rows", m.late_rows)?;
+        d.set_item("state_rows", m.state_rows)?;
         d.set_item("last_error", m.last_error)?;
         d.set_item("sql", m.sql)?;
         Ok(Some(d))

@@ -10,7 +10,8 @@ pub mod interval;
 mod join;
 pub mod planner;
 pub mod types;
+mod window;
 
 pub use ddl::{parse_statement, Statement};
 pub use error::{PlanError, Result};
-pub use planner::{bind, plan_query, CatalogView, PlannedQuery, SourceBinding, StreamBinding};
+pub use planner::{bind, plan_query, plan_query_with, CatalogView, PlannedQuery, SourceBinding, StreamBinding};

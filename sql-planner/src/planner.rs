@@ -8,7 +8,7 @@ use datafusion::catalog::MemTable;
 use datafusion::common::TableReference;
 use datafusion::logical_expr::{Distinct, Expr, ExprSchemable, LogicalPlan};
 use datafusion::prelude::SessionContext;
-use laminar_dataflow::plan::{AggKind, AggSpec, AggregatePlan, BatchFn, PlanNode};
+use laminar_dataflow::plan::{AggKind, AggSpec, AggregatePlan, BatchFn, PlanNode, WindowClose};
 
 use crate::error::{PlanError, Result};
 use crate::exprs::{relax, CastTo, ExprPredicate, ExprProjection};
@@ -72,9 +72,49 @@ pub fn bind(sql: &str, relations: &[(String, SchemaRef)]) -> Result<LogicalPlan>
 
 /// Plans a continuous query.
 pub fn plan_query(sql: &str, catalog: &dyn CatalogView) -> Result<PlannedQuery> {
-    let logical = bind(sql, &catalog.relations())?;
+    plan_query_with(sql, catalog, false)
+}
+
+/// Plans a continuous query; `emit_on_close` asks for `EMIT ON WINDOW CLOSE`.
+pub fn plan_query_with(sql: &str, catalog: &dyn CatalogView, emit_on_close: bool) -> Result<PlannedQuery> {
     let mut references = std::collections::BTreeSet::new();
-    let plan = compile(&logical, catalog, &mut references)?;
+    let (logical, plan) = match crate::window::rewrite(sql)? {
+        Some((rewritten, window)) => {
+            let wc = crate::window::WindowedCatalog::new(catalog, window)?;
+            let logical = bind(&rewritten, &wc.relations())?;
+            let plan = compile(&logical, &wc, &mut references)?;
+            if references.iter().any(|r| crate::window::is_view(r)) {
+                references.retain(|r| !crate::window::is_view(r));
+                references.insert(wc.window.base.to_lowercase());
+            }
+            let sources = wc.watermark_sources();
+            if emit_on_close && sources.is_empty() {
+                return Err(PlanError::Plan(format!(
+                    "EMIT ON WINDOW CLOSE needs a watermark on the window's time column: declare \
+                     `WATERMARK FOR {} AS {0} - INTERVAL '…'` on the source",
+                    wc.window.time_column
+                )));
+            }
+            let mut found = false;
+            let plan = finish_windows(plan, &sources, emit_on_close, &mut found);
+            if !found {
+                return Err(PlanError::Plan(
+                    "a window in GROUP BY needs window_end among the groups (do not drop it in a subquery)".into(),
+                ));
+            }
+            (logical, plan)
+        }
+        None => {
+            if emit_on_close {
+                return Err(PlanError::Plan(
+                    "EMIT ON WINDOW CLOSE needs an event-time window (TUMBLE/HOP) in GROUP BY".into(),
+                ));
+            }
+            let logical = bind(sql, &catalog.relations())?;
+            let plan = compile(&logical, catalog, &mut references)?;
+            (logical, plan)
+        }
+    };
     let schema = relax(logical.schema().as_arrow());
     let mut seen = std::collections::HashSet::new();
     for f in schema.fields() {
@@ -94,6 +134,42 @@ pub fn plan_query(sql: &str, catalog: &dyn CatalogView) -> Result<PlannedQuery> 
     };
     let logical = logical.display_indent().to_string();
     Ok(PlannedQuery { plan, schema, logical, references })
+}
+
+/// Fills in how the window aggregates of `node` close their windows.
+fn finish_windows(node: PlanNode, sources: &[String], emit_on_close: bool, found: &mut bool) -> PlanNode {
+    let mut rec = |n: Box<PlanNode>| Box::new(finish_windows(*n, sources, emit_on_close, found));
+    match node {
+        PlanNode::WindowAggregate { input, plan, close } => {
+            let close = WindowClose { sources: sources.to_vec(), emit_on_close, ..(*close).clone() };
+            let input = rec(input);
+            *found = true;
+            PlanNode::WindowAggregate { input, plan, close: Arc::new(close) }
+        }
+        PlanNode::Filter { input, predicate } => PlanNode::Filter { input: rec(input), predicate },
+        PlanNode::Project { input, map } => PlanNode::Project { input: rec(input), map },
+        PlanNode::Aggregate { input, plan } => PlanNode::Aggregate { input: rec(input), plan },
+        PlanNode::WindowAssign { input, spec } => PlanNode::WindowAssign { input: rec(input), spec },
+        PlanNode::Join { left, right, plan } => {
+            let left = rec(left);
+            let right = rec(right);
+            PlanNode::Join { left, right, plan }
+        }
+        PlanNode::Union { inputs, schema } => PlanNode::Union {
+            inputs: inputs.into_iter().map(|i| finish_windows(i, sources, emit_on_close, found)).collect(),
+            schema,
+        },
+        s @ PlanNode::Source { .. } => s,
+    }
+}
+
+/// True when `node` yields windowed rows (a window assignment under filters and projections).
+fn yields_windows(node: &PlanNode) -> bool {
+    match node {
+        PlanNode::WindowAssign { .. } => true,
+        PlanNode::Filter { input, .. } | PlanNode::Project { input, .. } => yields_windows(input),
+        _ => false,
+    }
 }
 
 fn unalias(e: &Expr) -> &Expr {
@@ -205,7 +281,19 @@ pub(crate) fn compile(
                 output_schema: relax(out),
                 input_append_only: input.is_append_only(),
             };
-            PlanNode::Aggregate { input: Box::new(input), plan: Arc::new(plan) }
+            let end_key = a
+                .group_expr
+                .iter()
+                .position(|e| matches!(unalias(e), Expr::Column(c) if c.name == "window_end"))
+                .filter(|_| yields_windows(&input));
+            match end_key {
+                Some(end_key) => PlanNode::WindowAggregate {
+                    input: Box::new(input),
+                    plan: Arc::new(plan),
+                    close: Arc::new(WindowClose { end_key, sources: Vec::new(), emit_on_close: false }),
+                },
+                None => PlanNode::Aggregate { input: Box::new(input), plan: Arc::new(plan) },
+            }
         }
         LogicalPlan::Distinct(Distinct::All(inner)) => {
             let input = compile(inner, catalog, refs)?;

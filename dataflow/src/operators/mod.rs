@@ -5,6 +5,7 @@ pub mod capture;
 pub mod filter;
 pub mod join;
 pub mod project;
+pub mod window;
 
 use arrow::array::UInt32Array;
 use arrow_row::RowConverter;

@@ -1,0 +1,360 @@
+//! Event-time windows.
+//!
+//! `WindowAssign` appends `window_start`/`window_end` to every row (one copy per window for
+//! hopping windows). `WindowAggregate` keeps one incremental aggregate per window on the worker
+//! owning the group; when the watermark passes a window's end the window is closed: with
+//! `EMIT ON WINDOW CLOSE` its final rows are emitted then, and in every mode its state is freed
+//! and later rows for it are late (dropped and counted, never merged into a closed window).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt32Array};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, TimeUnit};
+use arrow_row::{RowConverter, SortField};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+
+use super::{partition, BatchStream};
+use crate::aggregate_state::GroupedAggregate;
+use crate::batch::{DiffBatch, Routed};
+use crate::error::{DataflowError, Result};
+use crate::plan::{AggregatePlan, WindowClose, WindowKind, WindowSpec};
+use crate::stats::{DataflowStats, StateGauge};
+use crate::watermark::{event_time_ms, WatermarkFeed, NO_WATERMARK};
+
+/// Milliseconds as values of an event-time column type.
+fn ms_to_type(ms: Int64Array, t: &DataType) -> Result<ArrayRef> {
+    let scaled = match t {
+        DataType::Timestamp(TimeUnit::Second, _) => ms.unary::<_, arrow::datatypes::Int64Type>(|v| v.div_euclid(1000)),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => ms.unary(|v| v.saturating_mul(1000)),
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => ms.unary(|v| v.saturating_mul(1_000_000)),
+        _ => ms,
+    };
+    Ok(cast(&scaled, t)?)
+}
+
+/// Rows of `batch` with their windows appended.
+pub fn assign_windows(spec: &WindowSpec, batch: &DiffBatch) -> Result<DiffBatch> {
+    let ts = event_time_ms(batch.data.column(spec.time_column))?;
+    let (size, slide) = match spec.kind {
+        WindowKind::Tumble { size_ms } => (size_ms, size_ms),
+        WindowKind::Hop { size_ms, slide_ms } => (size_ms, slide_ms),
+    };
+    if size <= 0 || slide <= 0 {
+        return Err(DataflowError::Eval("window size and slide must be positive".into()));
+    }
+    let mut idx: Vec<u32> = Vec::with_capacity(ts.len());
+    let mut starts: Vec<Option<i64>> = Vec::with_capacity(ts.len());
+    for i in 0..ts.len() {
+        if ts.is_null(i) {
+            idx.push(i as u32);
+            starts.push(None);
+            continue;
+        }
+        let t = ts.value(i);
+        // The last window containing t starts at floor(t / slide) * slide; earlier ones every
+        // `slide` before it while they still contain t.
+        let mut start = t.div_euclid(slide) * slide;
+        while start > t - size {
+            idx.push(i as u32);
+            starts.push(Some(start));
+            start -= slide;
+        }
+    }
+    let expanded = if idx.len() == batch.num_rows() && idx.iter().enumerate().all(|(i, &j)| i as u32 == j) {
+        batch.clone()
+    } else {
+        batch.take(&UInt32Array::from(idx))?
+    };
+    let start_ms = Int64Array::from(starts);
+    let end_ms: Int64Array = start_ms.unary(|s| s + size);
+    let t = spec.output_schema.field(spec.time_column).data_type();
+    let mut cols = expanded.data.columns().to_vec();
+    cols.push(ms_to_type(start_ms, t)?);
+    cols.push(ms_to_type(end_ms, t)?);
+    let data = RecordBatch::try_new(spec.output_schema.clone(), cols)?;
+    Ok(DiffBatch { data, diffs: expanded.diffs })
+}
+
+/// Extension trait adding the window operators.
+pub trait WindowExt<'scope> {
+    /// Appends `window_start`/`window_end` to each row ([`assign_windows`]).
+    fn assign_windows(self, spec: Arc<WindowSpec>, stats: Arc<DataflowStats>) -> BatchStream<'scope>;
+    /// Aggregates per group and window, closing windows as the watermark passes their end.
+    fn window_aggregate(
+        self,
+        plan: Arc<AggregatePlan>,
+        close: Arc<WindowClose>,
+        stats: Arc<DataflowStats>,
+        watermarks: &WatermarkFeed,
+    ) -> BatchStream<'scope>;
+}
+
+struct Windows {
+    plan: Arc<AggregatePlan>,
+    close: Arc<WindowClose>,
+    arg_types: Vec<Option<DataType>>,
+    /// Window end (ms) → the aggregate of that window.
+    open: BTreeMap<i64, GroupedAggregate>,
+    /// Windows ending at or before this are closed.
+    closed_upto: i64,
+}
+
+impl Windows {
+    /// Splits a batch by window end and folds each part into its window; returns rows late.
+    /// Fails only before touching the state (the keys do not evaluate); a part whose aggregate
+    /// arguments fail is narrowed down to its failing rows, which are counted in `stats`.
+    fn apply(
+        &mut self,
+        batch: &DiffBatch,
+        late_bound: i64,
+        touched: &mut Vec<i64>,
+        stats: &DataflowStats,
+    ) -> Result<usize> {
+        let keys = self.plan.keys.eval(&batch.data)?;
+        let ends = event_time_ms(keys.column(self.close.end_key))?;
+        let mut parts: BTreeMap<Option<i64>, Vec<u32>> = BTreeMap::new();
+        let mut late = 0;
+        for i in 0..ends.len() {
+            let e = ends.is_valid(i).then(|| ends.value(i));
+            if let Some(e) = e {
+                if e <= late_bound || e <= self.closed_upto {
+                    late += 1;
+                    continue;
+                }
+            }
+            parts.entry(e).or_default().push(i as u32);
+        }
+        for (end, idx) in parts {
+            // Rows without a window (null time) form a window that never closes.
+            let end = end.unwrap_or(i64::MAX);
+            let part =
+                if idx.len() == batch.num_rows() { batch.clone() } else { batch.take(&UInt32Array::from(idx))? };
+            let agg = match self.open.get_mut(&end) {
+                Some(a) => a,
+                None => self.open.entry(end).or_insert(GroupedAggregate::new(self.plan.clone(), &self.arg_types)?),
+            };
+            part.isolate(|p| agg.apply(p), |rows, e| stats.record_error("window", rows, e));
+            touched.push(end);
+        }
+        Ok(late)
+    }
+
+    fn groups(&self) -> usize {
+        self.open.values().map(GroupedAggregate::groups).sum()
+    }
+}
+
+impl<'scope> WindowExt<'scope> for BatchStream<'scope> {
+    fn assign_windows(self, spec: Arc<WindowSpec>, stats: Arc<DataflowStats>) -> BatchStream<'scope> {
+        self.unary::<CapacityContainerBuilder<Vec<DiffBatch>>, _, _, _>(Pipeline, "WindowAssign", move |_, _| {
+            move |input, output| {
+                input.for_each(|cap, data| {
+                    let mut session = output.session(&cap);
+                    for batch in data.drain(..) {
+                        let out = batch
+                            .isolate(|b| assign_windows(&spec, b), |rows, e| stats.record_error("window", rows, e));
+                        out.into_iter().for_each(|b| session.give(b));
+                    }
+                });
+            }
+        })
+    }
+
+    fn window_aggregate(
+        self,
+        plan: Arc<AggregatePlan>,
+        close: Arc<WindowClose>,
+        stats: Arc<DataflowStats>,
+        watermarks: &WatermarkFeed,
+    ) -> BatchStream<'scope> {
+        let peers = self.scope().peers();
+        let key_fields: Vec<SortField> =
+            plan.keys.output_schema().fields().iter().map(|f| SortField::new(f.data_type().clone())).collect();
+        let p_plan = plan.clone();
+        let p_stats = stats.clone();
+        let routed =
+            self.unary::<CapacityContainerBuilder<Vec<Routed>>, _, _, _>(Pipeline, "WindowPartition", move |_, _| {
+                let converter = RowConverter::new(key_fields).ok();
+                move |input, output| {
+                    input.for_each(|cap, data| {
+                        let mut session = output.session(&cap);
+                        for batch in data.drain(..) {
+                            let routed = match &converter {
+                                Some(c) => partition(&batch, p_plan.keys.as_ref(), c, peers),
+                                None => Err(DataflowError::Internal("key types not orderable".into())),
+                            };
+                            match routed {
+                                Ok(parts) => parts.into_iter().for_each(|r| session.give(r)),
+                                Err(e) => p_stats.record_error("window", batch.num_rows(), &e),
+                            }
+                        }
+                    });
+                }
+            });
+        let arg_types: Vec<_> =
+            plan.aggs.iter().map(|a| a.arg.as_ref().map(|f| f.output_schema().field(0).data_type().clone())).collect();
+        let mut reader = watermarks.reader();
+        routed.unary_frontier::<CapacityContainerBuilder<Vec<DiffBatch>>, _, _, _>(
+            Exchange::new(|r: &Routed| r.target as u64),
+            "WindowAggregate",
+            move |initial, _| {
+                let mut held: Option<Capability<u64>> = Some(initial);
+                let mut w = Windows {
+                    plan: plan.clone(),
+                    close: close.clone(),
+                    arg_types,
+                    open: BTreeMap::new(),
+                    closed_upto: NO_WATERMARK,
+                };
+                let mut gauge = StateGauge::new(stats.clone());
+                let mut pending: BTreeMap<u64, (Capability<u64>, Vec<DiffBatch>)> = BTreeMap::new();
+                move |(input, frontier), output| {
+                    input.for_each(|cap, data| {
+                        let Some(&t) = cap.least() else { return };
+                        let entry = match pending.entry(t) {
+                            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                            std::collections::btree_map::Entry::Vacant(v) => match cap.retain_least(0) {
+                                Some(c) => v.insert((c, Vec::new())),
+                                None => return,
+                            },
+                        };
+                        entry.1.extend(data.drain(..).map(|r| r.batch));
+                    });
+                    while let Some((&t, _)) = pending.first_key_value() {
+                        if frontier.less_equal(&t) {
+                            break;
+                        }
+                        let Some((_, (cap, batches))) = pending.pop_first() else { break };
+                        reader.advance_to(t.saturating_sub(1));
+                        let late_bound = reader.watermark(&close.sources);
+                        let mut touched = Vec::new();
+                        let mut late = 0;
+                        for b in &batches {
+                            let done = b.isolate(
+                                |part| w.apply(part, late_bound, &mut touched, &stats),
+                                |rows, e| stats.record_error("window", rows, e),
+                            );
+                            late += done.iter().sum::<usize>();
+                        }
+                        if late > 0 {
+                            stats.record_late(late);
+                        }
+                        if !close.emit_on_close {
+                            touched.sort_unstable();
+                            touched.dedup();
+                            let mut session = output.session(&cap);
+                            for end in touched {
+                                if let Some(agg) = w.open.get_mut(&end) {
+                                    match agg.emit() {
+                                        Ok(Some(out)) => session.give(out),
+                                        Ok(None) => {}
+                                        Err(e) => stats.record_error("window", 0, &e),
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    // Close the windows the watermark has passed, as of the last complete epoch.
+                    let f = frontier.frontier().iter().next().copied();
+                    let last = f.map_or(u64::MAX, |f| f.saturating_sub(1));
+                    reader.advance_to(last);
+                    let wm = reader.watermark(&close.sources);
+                    if wm > w.closed_upto && wm != NO_WATERMARK {
+                        w.closed_upto = wm;
+                        let keep = w.open.split_off(&wm.saturating_add(1));
+                        let closing = std::mem::replace(&mut w.open, keep);
+                        if close.emit_on_close && !closing.is_empty() {
+                            // At the last complete epoch (or, once the input has ended, at the
+                            // held time).
+                            if let Some(h) = held.as_ref() {
+                                let at = if f.is_some() { last.max(*h.time()) } else { *h.time() };
+                                let cap = h.delayed(&at);
+                                let mut session = output.session(&cap);
+                                for (_, mut agg) in closing {
+                                    match agg.emit() {
+                                        Ok(Some(out)) => session.give(out),
+                                        Ok(None) => {}
+                                        Err(e) => stats.record_error("window", 0, &e),
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    match f {
+                        Some(f) => {
+                            if let Some(h) = held.as_mut() {
+                                if *h.time() < f {
+                                    h.downgrade(&f);
+                                }
+                            }
+                        }
+                        None => held = None,
+                    }
+                    gauge.set(w.groups());
+                }
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::{Field, Schema};
+
+    fn spec(kind: WindowKind) -> WindowSpec {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("ts", DataType::Int64, true),
+            Field::new("window_start", DataType::Int64, true),
+            Field::new("window_end", DataType::Int64, true),
+        ]));
+        WindowSpec { kind, time_column: 0, output_schema: schema }
+    }
+
+    fn rows(kind: WindowKind, ts: Vec<Option<i64>>) -> Vec<(Option<i64>, Option<i64>, Option<i64>)> {
+        let input = Arc::new(Schema::new(vec![Field::new("ts", DataType::Int64, true)]));
+        let b = RecordBatch::try_new(input, vec![Arc::new(Int64Array::from(ts))]).expect("batch");
+        let out = assign_windows(&spec(kind), &DiffBatch::inserts(b)).expect("assign");
+        let col = |i: usize| out.data.column(i).as_any().downcast_ref::<Int64Array>().expect("i64").clone();
+        let (t, s, e) = (col(0), col(1), col(2));
+        (0..out.num_rows())
+            .map(|i| {
+                (
+                    t.is_valid(i).then(|| t.value(i)),
+                    s.is_valid(i).then(|| s.value(i)),
+                    e.is_valid(i).then(|| e.value(i)),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tumbling_and_hopping_windows() {
+        let t = rows(WindowKind::Tumble { size_ms: 10 }, vec![Some(0), Some(9), Some(10), Some(-1), None]);
+        assert_eq!(
+            t,
+            vec![
+                (Some(0), Some(0), Some(10)),
+                (Some(9), Some(0), Some(10)),
+                (Some(10), Some(10), Some(20)),
+                (Some(-1), Some(-10), Some(0)),
+                (None, None, None)
+            ]
+        );
+        let h = rows(WindowKind::Hop { size_ms: 10, slide_ms: 5 }, vec![Some(7), Some(10)]);
+        assert_eq!(
+            h,
+            vec![
+                (Some(7), Some(5), Some(15)),
+                (Some(7), Some(0), Some(10)),
+                (Some(10), Some(10), Some(20)),
+                (Some(10), Some(5), Some(15))
+            ]
+        );
+    }
+}
