@@ -177,7 +177,34 @@ struct TouchedRow {
     ts: i64,
 }
 
+/// The changes of the null-padded copies of `touched` rows (a row is padded while it has a
+/// positive multiplicity and no match), plus the rows with a null key, which never match.
+fn padding_changes<'a>(touched: &'a Touched, null_keys: &'a [(Vec<u8>, i64)]) -> Vec<(&'a [u8], i64)> {
+    let mut rows: Vec<(&[u8], i64)> = Vec::new();
+    for e in &touched.entries {
+        let (old_mult, old_matches) = e.old.map_or((0, 0), |o| (o.mult, o.matches));
+        let new_mult = old_mult + e.dmult;
+        let new_matches = e.old.map_or(e.dmatches, |o| o.matches + e.dmatches);
+        let pad_old = if old_mult > 0 && old_matches == 0 { old_mult } else { 0 };
+        let pad_new = if new_mult > 0 && new_matches == 0 { new_mult } else { 0 };
+        if pad_new != pad_old {
+            rows.push((&e.row, pad_new - pad_old));
+        }
+    }
+    rows.extend(null_keys.iter().map(|(r, d)| (r.as_slice(), *d)));
+    rows
+}
+
 impl Touched {
+    /// Writes the new multiplicities and match counts into `side`.
+    fn apply_to(&self, side: &mut Side, bounded: bool) {
+        for e in &self.entries {
+            let old = e.old.unwrap_or(RowInfo { mult: 0, matches: 0, ts: e.ts });
+            let matches = if e.old.is_some() { old.matches + e.dmatches } else { e.dmatches };
+            side.set(&e.key, &e.row, RowInfo { mult: old.mult + e.dmult, matches, ts: old.ts }, bounded);
+        }
+    }
+
     fn touch(&mut self, key: &[u8], row: &[u8], old: Option<RowInfo>, ts: i64) -> u32 {
         if let Some(&i) = self.index.get(row) {
             return i;
@@ -392,35 +419,13 @@ impl JoinState {
 
         // Null-padded rows whose presence changes.
         if self.plan.kind.keeps_left() {
-            let mut rows: Vec<(&[u8], i64)> = Vec::new();
-            for e in &tl.entries {
-                let (old_mult, old_matches) = e.old.map_or((0, 0), |o| (o.mult, o.matches));
-                let new_mult = old_mult + e.dmult;
-                let new_matches = e.old.map_or(e.dmatches, |o| o.matches + e.dmatches);
-                let pad_old = if old_mult > 0 && old_matches == 0 { old_mult } else { 0 };
-                let pad_new = if new_mult > 0 && new_matches == 0 { new_mult } else { 0 };
-                if pad_new != pad_old {
-                    rows.push((&e.row, pad_new - pad_old));
-                }
-            }
-            rows.extend(dl.null_keys.iter().map(|(r, d)| (r.as_slice(), *d)));
+            let rows = padding_changes(&tl, &dl.null_keys);
             if !rows.is_empty() {
                 out.push(self.padded(&rows, true)?);
             }
         }
         if self.plan.kind.keeps_right() {
-            let mut rows: Vec<(&[u8], i64)> = Vec::new();
-            for e in &tr.entries {
-                let (old_mult, old_matches) = e.old.map_or((0, 0), |o| (o.mult, o.matches));
-                let new_mult = old_mult + e.dmult;
-                let new_matches = e.old.map_or(e.dmatches, |o| o.matches + e.dmatches);
-                let pad_old = if old_mult > 0 && old_matches == 0 { old_mult } else { 0 };
-                let pad_new = if new_mult > 0 && new_matches == 0 { new_mult } else { 0 };
-                if pad_new != pad_old {
-                    rows.push((&e.row, pad_new - pad_old));
-                }
-            }
-            rows.extend(dr.null_keys.iter().map(|(r, d)| (r.as_slice(), *d)));
+            let rows = padding_changes(&tr, &dr.null_keys);
             if !rows.is_empty() {
                 out.push(self.padded(&rows, false)?);
             }
@@ -429,18 +434,8 @@ impl JoinState {
         // Update the state.
         let bounded = self.plan.time_bound.is_some();
         if track {
-            for e in &tl.entries {
-                let old = e.old.unwrap_or(RowInfo { mult: 0, matches: 0, ts: e.ts });
-                let matches = if e.old.is_some() { old.matches + e.dmatches } else { e.dmatches };
-                let info = RowInfo { mult: old.mult + e.dmult, matches, ts: old.ts };
-                self.left.set(&e.key, &e.row, info, bounded);
-            }
-            for e in &tr.entries {
-                let old = e.old.unwrap_or(RowInfo { mult: 0, matches: 0, ts: e.ts });
-                let matches = if e.old.is_some() { old.matches + e.dmatches } else { e.dmatches };
-                let info = RowInfo { mult: old.mult + e.dmult, matches, ts: old.ts };
-                self.right.set(&e.key, &e.row, info, bounded);
-            }
+            tl.apply_to(&mut self.left, bounded);
+            tr.apply_to(&mut self.right, bounded);
         } else {
             for (k, l, d, ts) in &dl.rows {
                 let old = self.left.get(k, l).unwrap_or(RowInfo { mult: 0, matches: 0, ts: *ts });

@@ -6,18 +6,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
-use arrow_row::{RowConverter, SortField};
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::{Capability, InputCapability};
-use timely::dataflow::Stream;
 
-use super::{partition, BatchStream};
+use super::{route_by_keys, BatchStream};
 use crate::batch::{DiffBatch, Routed};
-use crate::error::DataflowError;
 use crate::join_state::{JoinEpochStats, JoinState, JoinWatermarks};
-use crate::plan::{BatchFn, JoinPlan};
+use crate::plan::JoinPlan;
 use crate::stats::{DataflowStats, StateGauge};
 use crate::watermark::WatermarkFeed;
 
@@ -32,34 +29,6 @@ pub trait JoinExt<'scope> {
         stats: Arc<DataflowStats>,
         watermarks: &WatermarkFeed,
     ) -> BatchStream<'scope>;
-}
-
-fn route<'scope>(
-    stream: BatchStream<'scope>,
-    keys: Arc<dyn BatchFn>,
-    stats: Arc<DataflowStats>,
-) -> Stream<'scope, u64, Vec<Routed>> {
-    let peers = stream.scope().peers();
-    let fields: Vec<SortField> =
-        keys.output_schema().fields().iter().map(|f| SortField::new(f.data_type().clone())).collect();
-    stream.unary::<CapacityContainerBuilder<Vec<Routed>>, _, _, _>(Pipeline, "JoinPartition", move |_, _| {
-        let converter = RowConverter::new(fields).ok();
-        move |input, output| {
-            input.for_each(|cap, data| {
-                let mut session = output.session(&cap);
-                for batch in data.drain(..) {
-                    let routed = match &converter {
-                        Some(c) => partition(&batch, keys.as_ref(), c, peers),
-                        None => Err(DataflowError::Internal("join key types are not orderable".into())),
-                    };
-                    match routed {
-                        Ok(parts) => parts.into_iter().for_each(|r| session.give(r)),
-                        Err(e) => stats.record_error("join", batch.num_rows(), &e),
-                    }
-                }
-            });
-        }
-    })
 }
 
 type Pending = BTreeMap<u64, (Capability<u64>, Vec<DiffBatch>, Vec<DiffBatch>)>;
@@ -87,8 +56,8 @@ impl<'scope> JoinExt<'scope> for BatchStream<'scope> {
         stats: Arc<DataflowStats>,
         watermarks: &WatermarkFeed,
     ) -> BatchStream<'scope> {
-        let left = route(self, plan.left_keys.clone(), stats.clone());
-        let right = route(right, plan.right_keys.clone(), stats.clone());
+        let left = route_by_keys(self, plan.left_keys.clone(), stats.clone(), "join");
+        let right = route_by_keys(right, plan.right_keys.clone(), stats.clone(), "join");
         let mut reader = plan.time_bound.as_ref().map(|_| watermarks.reader());
         left.binary_frontier::<_, CapacityContainerBuilder<Vec<DiffBatch>>, _, _, _, _>(
             right,

@@ -7,25 +7,26 @@ pub mod join;
 pub mod project;
 pub mod window;
 
+use std::sync::Arc;
+
 use arrow::array::UInt32Array;
-use arrow_row::RowConverter;
+use arrow_row::{RowConverter, SortField};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::Stream;
 
 use crate::aggregate_state::key_hashes;
 use crate::batch::{DiffBatch, Routed};
-use crate::error::Result;
+use crate::error::{DataflowError, Result};
 use crate::plan::BatchFn;
+use crate::stats::DataflowStats;
 
 /// The stream type every operator consumes and produces: epochs of signed Arrow batches.
 pub type BatchStream<'scope> = Stream<'scope, u64, Vec<DiffBatch>>;
 
 /// Splits a batch by the hash of its keys into one batch per worker that owns them.
-pub(crate) fn partition(
-    batch: &DiffBatch,
-    keys: &dyn BatchFn,
-    converter: &RowConverter,
-    peers: usize,
-) -> Result<Vec<Routed>> {
+fn partition(batch: &DiffBatch, keys: &dyn BatchFn, converter: &RowConverter, peers: usize) -> Result<Vec<Routed>> {
     if peers == 1 {
         return Ok(vec![Routed { target: 0, batch: batch.clone() }]);
     }
@@ -44,4 +45,35 @@ pub(crate) fn partition(
         out.push(Routed { target: target as u32, batch: b });
     }
     Ok(out)
+}
+
+/// Splits every batch of `stream` by the hash of `keys` into batches addressed to the worker owning
+/// each key (the input of an exchange by `Routed::target`). Failures count against `operator`.
+pub(crate) fn route_by_keys<'scope>(
+    stream: BatchStream<'scope>,
+    keys: Arc<dyn BatchFn>,
+    stats: Arc<DataflowStats>,
+    operator: &'static str,
+) -> Stream<'scope, u64, Vec<Routed>> {
+    let peers = stream.scope().peers();
+    let fields: Vec<SortField> =
+        keys.output_schema().fields().iter().map(|f| SortField::new(f.data_type().clone())).collect();
+    stream.unary::<CapacityContainerBuilder<Vec<Routed>>, _, _, _>(Pipeline, "Partition", move |_, _| {
+        let converter = RowConverter::new(fields).ok();
+        move |input, output| {
+            input.for_each(|cap, data| {
+                let mut session = output.session(&cap);
+                for batch in data.drain(..) {
+                    let routed = match &converter {
+                        Some(c) => partition(&batch, keys.as_ref(), c, peers),
+                        None => Err(DataflowError::Internal(format!("{operator} key types are not orderable"))),
+                    };
+                    match routed {
+                        Ok(parts) => parts.into_iter().for_each(|r| session.give(r)),
+                        Err(e) => stats.record_error(operator, batch.num_rows(), &e),
+                    }
+                }
+            });
+        }
+    })
 }

@@ -12,13 +12,12 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt32Array};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, TimeUnit};
-use arrow_row::{RowConverter, SortField};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 
-use super::{partition, BatchStream};
+use super::{route_by_keys, BatchStream};
 use crate::aggregate_state::GroupedAggregate;
 use crate::batch::{DiffBatch, Routed};
 use crate::error::{DataflowError, Result};
@@ -172,30 +171,7 @@ impl<'scope> WindowExt<'scope> for BatchStream<'scope> {
         stats: Arc<DataflowStats>,
         watermarks: &WatermarkFeed,
     ) -> BatchStream<'scope> {
-        let peers = self.scope().peers();
-        let key_fields: Vec<SortField> =
-            plan.keys.output_schema().fields().iter().map(|f| SortField::new(f.data_type().clone())).collect();
-        let p_plan = plan.clone();
-        let p_stats = stats.clone();
-        let routed =
-            self.unary::<CapacityContainerBuilder<Vec<Routed>>, _, _, _>(Pipeline, "WindowPartition", move |_, _| {
-                let converter = RowConverter::new(key_fields).ok();
-                move |input, output| {
-                    input.for_each(|cap, data| {
-                        let mut session = output.session(&cap);
-                        for batch in data.drain(..) {
-                            let routed = match &converter {
-                                Some(c) => partition(&batch, p_plan.keys.as_ref(), c, peers),
-                                None => Err(DataflowError::Internal("key types not orderable".into())),
-                            };
-                            match routed {
-                                Ok(parts) => parts.into_iter().for_each(|r| session.give(r)),
-                                Err(e) => p_stats.record_error("window", batch.num_rows(), &e),
-                            }
-                        }
-                    });
-                }
-            });
+        let routed = route_by_keys(self, plan.keys.clone(), stats.clone(), "window");
         let arg_types: Vec<_> =
             plan.aggs.iter().map(|a| a.arg.as_ref().map(|f| f.output_schema().field(0).data_type().clone())).collect();
         let mut reader = watermarks.reader();
