@@ -7,9 +7,8 @@ use std::sync::Arc;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::Capability;
 
-use super::{route_by_keys, BatchStream};
+use super::{epoch_slot, route_by_keys, BatchStream, PendingEpochs};
 use crate::aggregate_state::GroupedAggregate;
 use crate::batch::{DiffBatch, Routed};
 use crate::plan::AggregatePlan;
@@ -35,18 +34,12 @@ impl<'scope> AggregateExt<'scope> for BatchStream<'scope> {
                 if let Err(e) = &state {
                     stats.record_error("aggregate", 0, e);
                 }
-                let mut pending: BTreeMap<u64, (Capability<u64>, Vec<DiffBatch>)> = BTreeMap::new();
+                let mut pending: PendingEpochs<Vec<DiffBatch>> = BTreeMap::new();
                 move |(input, frontier), output| {
                     input.for_each(|cap, data| {
-                        let Some(&t) = cap.least() else { return };
-                        let entry = match pending.entry(t) {
-                            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-                            std::collections::btree_map::Entry::Vacant(v) => match cap.retain_least(0) {
-                                Some(c) => v.insert((c, Vec::new())),
-                                None => return,
-                            },
-                        };
-                        entry.1.extend(data.drain(..).map(|r| r.batch));
+                        if let Some(batches) = epoch_slot(&mut pending, &cap) {
+                            batches.extend(data.drain(..).map(|r| r.batch));
+                        }
                     });
                     let Ok(state) = state.as_mut() else {
                         pending.clear();

@@ -9,9 +9,8 @@ use arrow::datatypes::SchemaRef;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
-use timely::dataflow::operators::{Capability, InputCapability};
 
-use super::{route_by_keys, BatchStream};
+use super::{epoch_slot, route_by_keys, BatchStream, PendingEpochs};
 use crate::batch::{DiffBatch, Routed};
 use crate::join_state::{JoinEpochStats, JoinState, JoinWatermarks};
 use crate::plan::JoinPlan;
@@ -31,21 +30,7 @@ pub trait JoinExt<'scope> {
     ) -> BatchStream<'scope>;
 }
 
-type Pending = BTreeMap<u64, (Capability<u64>, Vec<DiffBatch>, Vec<DiffBatch>)>;
-
-/// The pending entry of epoch `t`, created with a capability retained from `cap`.
-fn slot<'a>(
-    pending: &'a mut Pending,
-    t: u64,
-    cap: &InputCapability<u64>,
-) -> Option<&'a mut (Capability<u64>, Vec<DiffBatch>, Vec<DiffBatch>)> {
-    match pending.entry(t) {
-        std::collections::btree_map::Entry::Occupied(o) => Some(o.into_mut()),
-        std::collections::btree_map::Entry::Vacant(v) => {
-            cap.retain_least(0).map(|c| v.insert((c, Vec::new(), Vec::new())))
-        }
-    }
-}
+type Pending = PendingEpochs<(Vec<DiffBatch>, Vec<DiffBatch>)>;
 
 impl<'scope> JoinExt<'scope> for BatchStream<'scope> {
     fn join_batches(
@@ -73,15 +58,13 @@ impl<'scope> JoinExt<'scope> for BatchStream<'scope> {
                 let mut gauge = StateGauge::new(stats.clone());
                 move |(in1, f1), (in2, f2), output| {
                     in1.for_each(|cap, data| {
-                        let Some(&t) = cap.least() else { return };
-                        if let Some(e) = slot(&mut pending, t, &cap) {
-                            e.1.extend(data.drain(..).map(|r| r.batch));
+                        if let Some(e) = epoch_slot(&mut pending, &cap) {
+                            e.0.extend(data.drain(..).map(|r| r.batch));
                         }
                     });
                     in2.for_each(|cap, data| {
-                        let Some(&t) = cap.least() else { return };
-                        if let Some(e) = slot(&mut pending, t, &cap) {
-                            e.2.extend(data.drain(..).map(|r| r.batch));
+                        if let Some(e) = epoch_slot(&mut pending, &cap) {
+                            e.1.extend(data.drain(..).map(|r| r.batch));
                         }
                     });
                     let Ok(state) = state.as_mut() else {
@@ -93,7 +76,7 @@ impl<'scope> JoinExt<'scope> for BatchStream<'scope> {
                         if f1.less_equal(&t) || f2.less_equal(&t) {
                             break;
                         }
-                        let Some((_, (cap, l, r))) = pending.pop_first() else { break };
+                        let Some((_, (cap, (l, r)))) = pending.pop_first() else { break };
                         let wm = match (reader.as_mut(), bound) {
                             (Some(reader), Some(b)) => {
                                 reader.advance_to(t.saturating_sub(1));

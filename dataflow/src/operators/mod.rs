@@ -7,6 +7,7 @@ pub mod join;
 pub mod project;
 pub mod window;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::UInt32Array;
@@ -14,6 +15,7 @@ use arrow_row::{RowConverter, SortField};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::{Capability, InputCapability};
 use timely::dataflow::Stream;
 
 use crate::aggregate_state::key_hashes;
@@ -76,4 +78,21 @@ pub(crate) fn route_by_keys<'scope>(
             });
         }
     })
+}
+
+/// Input held back until its epoch is complete: per epoch, a retained capability and the data.
+pub(crate) type PendingEpochs<V> = BTreeMap<u64, (Capability<u64>, V)>;
+
+/// The pending data of the epoch of `cap`, created (retaining a capability) on first use.
+pub(crate) fn epoch_slot<'a, V: Default>(
+    pending: &'a mut PendingEpochs<V>,
+    cap: &InputCapability<u64>,
+) -> Option<&'a mut V> {
+    let &t = cap.least()?;
+    match pending.entry(t) {
+        std::collections::btree_map::Entry::Occupied(o) => Some(&mut o.into_mut().1),
+        std::collections::btree_map::Entry::Vacant(v) => {
+            cap.retain_least(0).map(|c| &mut v.insert((c, V::default())).1)
+        }
+    }
 }

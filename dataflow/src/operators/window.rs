@@ -17,7 +17,7 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 
-use super::{route_by_keys, BatchStream};
+use super::{epoch_slot, route_by_keys, BatchStream, PendingEpochs};
 use crate::aggregate_state::GroupedAggregate;
 use crate::batch::{DiffBatch, Routed};
 use crate::error::{DataflowError, Result};
@@ -188,18 +188,12 @@ impl<'scope> WindowExt<'scope> for BatchStream<'scope> {
                     closed_upto: NO_WATERMARK,
                 };
                 let mut gauge = StateGauge::new(stats.clone());
-                let mut pending: BTreeMap<u64, (Capability<u64>, Vec<DiffBatch>)> = BTreeMap::new();
+                let mut pending: PendingEpochs<Vec<DiffBatch>> = BTreeMap::new();
                 move |(input, frontier), output| {
                     input.for_each(|cap, data| {
-                        let Some(&t) = cap.least() else { return };
-                        let entry = match pending.entry(t) {
-                            std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
-                            std::collections::btree_map::Entry::Vacant(v) => match cap.retain_least(0) {
-                                Some(c) => v.insert((c, Vec::new())),
-                                None => return,
-                            },
-                        };
-                        entry.1.extend(data.drain(..).map(|r| r.batch));
+                        if let Some(batches) = epoch_slot(&mut pending, &cap) {
+                            batches.extend(data.drain(..).map(|r| r.batch));
+                        }
                     });
                     while let Some((&t, _)) = pending.first_key_value() {
                         if frontier.less_equal(&t) {
