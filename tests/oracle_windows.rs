@@ -135,3 +135,198 @@ fn window_oracle_two_workers() {
         run(seed, 2);
     }
 }
+
+/// A source row of the session oracle.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
+struct Row {
+    id: i64,
+    k: i64,
+    ts: i64,
+    v: i64,
+}
+
+impl Row {
+    fn json(&self) -> String {
+        format!(r#"{{"id": {}, "k": {}, "v": {}, "ts": "{}"}}"#, self.id, self.k, self.v, ts_text(self.ts - BASE_MS))
+    }
+}
+
+/// Sessions of rows with gap `gap`: (start, end, count, sum) of each maximal run of rows less
+/// than `gap` apart.
+fn sessions(mut rows: Vec<Row>, gap: i64) -> Vec<(i64, i64, i64, i64)> {
+    rows.sort_by_key(|r| r.ts);
+    let mut out: Vec<(i64, i64, i64, i64)> = Vec::new();
+    for r in rows {
+        match out.last_mut() {
+            Some(s) if r.ts < s.1 => {
+                s.1 = s.1.max(r.ts + gap);
+                s.2 += 1;
+                s.3 += r.v;
+            }
+            _ => out.push((r.ts, r.ts + gap, 1, r.v)),
+        }
+    }
+    out
+}
+
+/// Session windows under insertions, updates and deletions with out-of-order and late rows.
+/// The model: retractions of rows in open sessions apply, others are late; an insertion is late
+/// when its own window `[ts, ts + gap)` ends at or before the watermark of the previous epoch, or
+/// it starts before the end of a closed session of its key; after each epoch, sessions that end
+/// at or before the watermark close for good. The updating stream must hold the closed sessions
+/// and the sessions of the open rows; the `EMIT ON WINDOW CLOSE` stream the closed ones only.
+fn run_sessions(seed: u64, workers: usize) {
+    const GAP: i64 = 3000;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let db = common::db_with_workers(workers);
+    db.execute(
+        "CREATE SOURCE sv (id BIGINT, k INT, v BIGINT, ts TIMESTAMP, PRIMARY KEY (id), \
+         WATERMARK FOR ts AS ts - INTERVAL '2' SECOND)",
+    )
+    .expect("source");
+    let q = "SELECT k, window_start, window_end, COUNT(*) AS n, SUM(v) AS s FROM sv \
+             GROUP BY k, SESSION(ts, INTERVAL '3' SECOND)";
+    db.execute(&format!("CREATE STREAM sw AS {q}")).expect("session");
+    db.execute(&format!("CREATE STREAM sw_close AS {q} EMIT ON WINDOW CLOSE")).expect("session close");
+    let plan = common::sorted_query(&db, &format!("EXPLAIN {q}")).join("\n");
+    assert!(plan.contains("SessionWindowAggregate"), "{plan}");
+    db.start().expect("start");
+    let schema = db.schema("sv").expect("schema");
+
+    let mut live: BTreeMap<i64, Row> = BTreeMap::new();
+    let mut open: std::collections::BTreeSet<Row> = Default::default();
+    let mut frozen: Vec<(i64, (i64, i64, i64, i64))> = Vec::new();
+    let mut closed_end: BTreeMap<i64, i64> = BTreeMap::new();
+    let (mut watermark, mut late, mut splits_possible) = (i64::MIN, 0u64, 0u64);
+    let mut next_id = 0;
+    let mut now = BASE_MS + 20_000;
+    for round in 0..60 {
+        now += rng.random_range(0..1500);
+        let mut upserts = Vec::new();
+        let mut deletes = Vec::new();
+        let mut changes: Vec<(Row, i64, bool)> = Vec::new();
+        let mut touched = std::collections::BTreeSet::new();
+        for _ in 0..rng.random_range(1..10) {
+            let pick = (!live.is_empty()).then(|| *live.keys().nth(rng.random_range(0..live.len())).unwrap_or(&0));
+            match (rng.random_range(0..10), pick) {
+                (0..=5, _) | (_, None) => {
+                    let r = Row {
+                        id: next_id,
+                        k: rng.random_range(0..3),
+                        ts: now + rng.random_range(-6000..1000),
+                        v: rng.random_range(0..100),
+                    };
+                    next_id += 1;
+                    touched.insert(r.id);
+                    live.insert(r.id, r);
+                    upserts.push(r);
+                    changes.push((r, 1, false));
+                }
+                (6..=7, Some(id)) if touched.insert(id) => {
+                    let old = live[&id];
+                    let new = Row { ts: old.ts + rng.random_range(-2000..2000), v: rng.random_range(0..100), ..old };
+                    live.insert(id, new);
+                    upserts.push(new);
+                    changes.push((old, -1, false));
+                    changes.push((new, 1, false));
+                    splits_possible += 1;
+                }
+                (_, Some(id)) if touched.insert(id) => {
+                    let old = live.remove(&id).unwrap_or_else(|| panic!("row {id}"));
+                    deletes.push(format!(r#"{{"id": {id}}}"#));
+                    changes.push((old, -1, true));
+                    splits_possible += 1;
+                }
+                _ => {}
+            }
+        }
+        // Upserts and deletes go in separate epochs (flush between them), each modelled alone.
+        let (up, del): (Vec<_>, Vec<_>) = changes.into_iter().partition(|(_, _, is_delete)| !is_delete);
+        for part in [up, del] {
+            if part.is_empty() {
+                continue;
+            }
+            if part[0].2 {
+                let keys = laminardb::ingest::batch_from_json_rows(&schema, &deletes.join("\n")).expect("keys");
+                db.delete("sv", &keys).expect("delete");
+            } else {
+                db.insert_json("sv", &upserts.iter().map(Row::json).collect::<Vec<_>>().join("\n")).expect("insert");
+            }
+            db.flush().expect("flush");
+            // The model of one epoch: net changes, retractions first.
+            let bound = watermark;
+            let mut net: BTreeMap<Row, i64> = BTreeMap::new();
+            for (r, d, _) in &part {
+                *net.entry(*r).or_default() += d;
+            }
+            for (r, d) in net.iter().filter(|(_, d)| **d < 0) {
+                if !open.remove(r) {
+                    late += d.unsigned_abs();
+                }
+            }
+            for (r, _) in net.iter().filter(|(_, d)| **d > 0) {
+                if r.ts + GAP <= bound || closed_end.get(&r.k).is_some_and(|&e| r.ts < e) {
+                    late += 1;
+                } else {
+                    open.insert(*r);
+                }
+            }
+            if let Some(max) = part.iter().filter(|(_, d, _)| *d > 0).map(|(r, _, _)| r.ts).max() {
+                watermark = watermark.max(max - 2000);
+            }
+            for k in 0..3 {
+                let rows: Vec<Row> = open.iter().filter(|r| r.k == k).copied().collect();
+                for s in sessions(rows.clone(), GAP) {
+                    if s.1 <= watermark {
+                        frozen.push((k, s));
+                        closed_end.insert(k, closed_end.get(&k).copied().unwrap_or(i64::MIN).max(s.1));
+                        for r in rows.iter().filter(|r| r.ts >= s.0 && r.ts < s.1 - GAP + 1) {
+                            open.remove(r);
+                        }
+                    }
+                }
+            }
+        }
+
+        let fmt = |k: i64, s: &(i64, i64, i64, i64)| format!("{k}|{}|{}|{}|{}", s.0, s.1, s.2, s.3);
+        let mut want_closed: Vec<String> = frozen.iter().map(|(k, s)| fmt(*k, s)).collect();
+        want_closed.sort();
+        let mut want: Vec<String> = want_closed.clone();
+        for k in 0..3 {
+            let rows: Vec<Row> = open.iter().filter(|r| r.k == k).copied().collect();
+            want.extend(sessions(rows, GAP).iter().map(|s| fmt(k, s)));
+        }
+        want.sort();
+        let read = |stream: &str| {
+            common::sorted_query(
+                &db,
+                &format!(
+                    "SELECT k, CAST(window_start AS BIGINT) / 1000, CAST(window_end AS BIGINT) / 1000, n, s FROM {stream}"
+                ),
+            )
+        };
+        assert_eq!(read("sw"), want, "seed {seed}, workers {workers}, round {round}: sw");
+        assert_eq!(read("sw_close"), want_closed, "seed {seed}, workers {workers}, round {round}: sw_close");
+        let m = db.stream_metrics("sw").expect("sw");
+        assert_eq!(m.late_rows, late, "seed {seed}, round {round}: late rows of sw");
+        assert_eq!(m.state_rows, open.len() as u64, "seed {seed}, round {round}: sw holds the open rows");
+        assert_eq!(m.dropped, 0, "{:?}", m.last_error);
+    }
+    assert!(late > 0 && splits_possible > 0 && !frozen.is_empty(), "seed {seed}: the data did not exercise lateness");
+    assert_eq!(db.stream_metrics("sw_close").expect("m").late_rows, late);
+    db.shutdown().expect("shutdown");
+}
+
+#[test]
+fn session_oracle_single_worker() {
+    for seed in 0..4 {
+        run_sessions(seed, 1);
+    }
+}
+
+#[test]
+fn session_oracle_two_workers() {
+    for seed in 40..43 {
+        run_sessions(seed, 2);
+    }
+}

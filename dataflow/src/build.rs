@@ -9,6 +9,7 @@ use crate::operators::aggregate::AggregateExt;
 use crate::operators::filter::FilterExt;
 use crate::operators::join::JoinExt;
 use crate::operators::project::ProjectExt;
+use crate::operators::session::SessionExt;
 use crate::operators::window::WindowExt;
 use crate::operators::BatchStream;
 use crate::plan::PlanNode;
@@ -44,12 +45,20 @@ pub fn build_plan<'scope>(
         PlanNode::WindowAssign { input, spec } => {
             build_plan(input, sources, ctx)?.assign_windows(spec.clone(), stats.clone())
         }
-        PlanNode::WindowAggregate { input, plan, close } => build_plan(input, sources, ctx)?.window_aggregate(
-            plan.clone(),
-            close.clone(),
-            stats.clone(),
-            &ctx.watermarks,
-        ),
+        PlanNode::WindowAggregate { input, plan, close } => {
+            let rows = build_plan(input, sources, ctx)?;
+            match close.session {
+                Some(session) => rows.session_aggregate(
+                    plan.clone(),
+                    close.clone(),
+                    session,
+                    input.schema(),
+                    stats.clone(),
+                    &ctx.watermarks,
+                ),
+                None => rows.window_aggregate(plan.clone(), close.clone(), stats.clone(), &ctx.watermarks),
+            }
+        }
         PlanNode::Join { left, right, plan } => {
             let l = build_plan(left, sources, ctx)?;
             let r = build_plan(right, sources, ctx)?;

@@ -42,6 +42,7 @@ pub mod operators;
 pub mod plan;
 pub mod rowstore;
 pub mod runtime;
+pub mod session_state;
 pub mod stats;
 pub mod watermark;
 

@@ -174,6 +174,12 @@ pub enum WindowKind {
         /// Distance between window starts.
         slide_ms: i64,
     },
+    /// `SESSION(ts, gap)`: per group, maximal runs of rows less than `gap_ms` apart. The
+    /// assignment gives each row its own window `[ts, ts + gap)`; the aggregate merges them.
+    Session {
+        /// Inactivity that ends a session.
+        gap_ms: i64,
+    },
 }
 
 /// Assigns rows to windows: the output is the input's columns followed by `window_start` and
@@ -188,11 +194,22 @@ pub struct WindowSpec {
     pub output_schema: SchemaRef,
 }
 
+/// Session windows of a windowed aggregate: windows merge per group instead of being fixed.
+#[derive(Clone, Copy, Debug)]
+pub struct SessionWindow {
+    /// Index of the `window_start` group key.
+    pub start_key: usize,
+    /// Inactivity that ends a session (milliseconds).
+    pub gap_ms: i64,
+}
+
 /// How a windowed aggregate closes its windows.
 #[derive(Clone, Debug)]
 pub struct WindowClose {
     /// Index of the `window_end` group key.
     pub end_key: usize,
+    /// Set for session windows.
+    pub session: Option<SessionWindow>,
     /// Sources whose watermarks (minimum) close windows; empty: windows never close.
     pub sources: Vec<String>,
     /// `EMIT ON WINDOW CLOSE`: one final row per group and window once the watermark passes the
@@ -363,18 +380,23 @@ impl PlanNode {
                     WindowKind::Hop { size_ms, slide_ms } => {
                         writeln!(s, "{pad}WindowAssign: HOP({time}, slide {slide_ms} ms, size {size_ms} ms)")
                     }
+                    WindowKind::Session { gap_ms } => {
+                        writeln!(s, "{pad}WindowAssign: SESSION({time}, gap {gap_ms} ms)")
+                    }
                 }
             }
             PlanNode::WindowAggregate { plan, close, .. } => writeln!(
                 s,
-                "{pad}WindowAggregate: keys=[{}] emit={} closed-by=watermark({}) exchange=hash(keys)",
+                "{pad}{}: keys=[{}] emit={} closed-by=watermark({}) exchange=hash({})",
+                if close.session.is_some() { "SessionWindowAggregate" } else { "WindowAggregate" },
                 plan.keys.describe(),
                 if close.emit_on_close { "on-window-close" } else { "on-update" },
                 if close.sources.is_empty() {
                     "none: state is unbounded".to_string()
                 } else {
                     close.sources.join(", ")
-                }
+                },
+                if close.session.is_some() { "keys without the window" } else { "keys" }
             ),
             PlanNode::Join { plan, .. } => {
                 let filter = plan.filter.as_ref().map(|f| format!(" filter=[{}]", f.describe())).unwrap_or_default();

@@ -8,7 +8,9 @@ use datafusion::catalog::MemTable;
 use datafusion::common::TableReference;
 use datafusion::logical_expr::{Distinct, Expr, ExprSchemable, LogicalPlan};
 use datafusion::prelude::SessionContext;
-use laminar_dataflow::plan::{AggKind, AggSpec, AggregatePlan, BatchFn, PlanNode, WindowClose};
+use laminar_dataflow::plan::{
+    AggKind, AggSpec, AggregatePlan, BatchFn, PlanNode, SessionWindow, WindowClose, WindowKind,
+};
 
 use crate::error::{PlanError, Result};
 use crate::exprs::{relax, CastTo, ExprPredicate, ExprProjection};
@@ -107,7 +109,7 @@ pub fn plan_query_with(sql: &str, catalog: &dyn CatalogView, emit_on_close: bool
         None => {
             if emit_on_close {
                 return Err(PlanError::Plan(
-                    "EMIT ON WINDOW CLOSE needs an event-time window (TUMBLE/HOP) in GROUP BY".into(),
+                    "EMIT ON WINDOW CLOSE needs an event-time window (TUMBLE/HOP/SESSION) in GROUP BY".into(),
                 ));
             }
             let logical = bind(sql, &catalog.relations())?;
@@ -163,12 +165,12 @@ fn finish_windows(node: PlanNode, sources: &[String], emit_on_close: bool, found
     }
 }
 
-/// True when `node` yields windowed rows (a window assignment under filters and projections).
-fn yields_windows(node: &PlanNode) -> bool {
+/// The windows `node` yields rows of (a window assignment under filters and projections).
+fn yields_windows(node: &PlanNode) -> Option<WindowKind> {
     match node {
-        PlanNode::WindowAssign { .. } => true,
+        PlanNode::WindowAssign { spec, .. } => Some(spec.kind),
         PlanNode::Filter { input, .. } | PlanNode::Project { input, .. } => yields_windows(input),
-        _ => false,
+        _ => None,
     }
 }
 
@@ -281,18 +283,30 @@ pub(crate) fn compile(
                 output_schema: relax(out),
                 input_append_only: input.is_append_only(),
             };
-            let end_key = a
-                .group_expr
-                .iter()
-                .position(|e| matches!(unalias(e), Expr::Column(c) if c.name == "window_end"))
-                .filter(|_| yields_windows(&input));
-            match end_key {
-                Some(end_key) => PlanNode::WindowAggregate {
-                    input: Box::new(input),
-                    plan: Arc::new(plan),
-                    close: Arc::new(WindowClose { end_key, sources: Vec::new(), emit_on_close: false }),
-                },
-                None => PlanNode::Aggregate { input: Box::new(input), plan: Arc::new(plan) },
+            let key_of =
+                |name: &str| a.group_expr.iter().position(|e| matches!(unalias(e), Expr::Column(c) if c.name == name));
+            let kind = yields_windows(&input);
+            match (key_of("window_end"), kind) {
+                (Some(end_key), Some(kind)) => {
+                    let session = match kind {
+                        WindowKind::Session { gap_ms } => {
+                            let start_key = key_of("window_start").ok_or_else(|| {
+                                PlanError::Plan(
+                                    "a SESSION window needs window_start among the groups (do not drop it in a subquery)"
+                                        .into(),
+                                )
+                            })?;
+                            Some(SessionWindow { start_key, gap_ms })
+                        }
+                        _ => None,
+                    };
+                    PlanNode::WindowAggregate {
+                        input: Box::new(input),
+                        plan: Arc::new(plan),
+                        close: Arc::new(WindowClose { end_key, session, sources: Vec::new(), emit_on_close: false }),
+                    }
+                }
+                _ => PlanNode::Aggregate { input: Box::new(input), plan: Arc::new(plan) },
             }
         }
         LogicalPlan::Distinct(Distinct::All(inner)) => {

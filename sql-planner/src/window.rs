@@ -1,11 +1,13 @@
 //! Event-time windows in GROUP BY: `TUMBLE(ts, size)`, `HOP(ts, slide, size)` (and upstream's
-//! `HOPPING(ts, size, hop)`).
+//! `HOPPING(ts, size, hop)`), `SESSION(ts, gap)`.
 //!
 //! Before binding, a query with a window in its GROUP BY is rewritten: the relation it reads is
 //! replaced by a windowed view of it (its columns plus `window_start` and `window_end`, one row
 //! per window a row belongs to), and the window call in GROUP BY (and in the SELECT list) by
 //! those two columns. The view compiles to a `WindowAssign` node, and the aggregate grouping by
-//! `window_end` becomes a `WindowAggregate` that closes windows as the watermark passes.
+//! `window_end` becomes a `WindowAggregate` that closes windows as the watermark passes. For
+//! sessions the view gives each row its own window `[ts, ts + gap)` and the aggregate merges the
+//! windows of each group into sessions.
 
 use std::sync::Arc;
 
@@ -100,7 +102,10 @@ fn window_call(e: &SqlExpr) -> Result<Option<(WindowKind, String)>> {
             WindowKind::Hop { size_ms: size_ms(size, "HOPPING size")?, slide_ms: size_ms(hop, "HOPPING hop")? }
         }
         "session" => {
-            return Err(PlanError::Unsupported("SESSION windows in a continuous query yet; use TUMBLE or HOP".into()))
+            let [_, gap] = a.as_slice() else {
+                return Err(PlanError::Plan("SESSION(time_column, gap) takes two arguments".into()));
+            };
+            WindowKind::Session { gap_ms: size_ms(gap, "SESSION gap")? }
         }
         _ => return Ok(None),
     };

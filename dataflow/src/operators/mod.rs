@@ -5,6 +5,7 @@ pub mod capture;
 pub mod filter;
 pub mod join;
 pub mod project;
+pub mod session;
 pub mod window;
 
 use std::collections::BTreeMap;

@@ -42,6 +42,8 @@ pub fn assign_windows(spec: &WindowSpec, batch: &DiffBatch) -> Result<DiffBatch>
     let (size, slide) = match spec.kind {
         WindowKind::Tumble { size_ms } => (size_ms, size_ms),
         WindowKind::Hop { size_ms, slide_ms } => (size_ms, slide_ms),
+        // Each row's own window [ts, ts + gap); the session aggregate merges them.
+        WindowKind::Session { gap_ms } => (gap_ms, i64::MAX),
     };
     if size <= 0 || slide <= 0 {
         return Err(DataflowError::Eval("window size and slide must be positive".into()));
@@ -55,6 +57,11 @@ pub fn assign_windows(spec: &WindowSpec, batch: &DiffBatch) -> Result<DiffBatch>
             continue;
         }
         let t = ts.value(i);
+        if slide == i64::MAX {
+            idx.push(i as u32);
+            starts.push(Some(t));
+            continue;
+        }
         // The last window containing t starts at floor(t / slide) * slide; earlier ones every
         // `slide` before it while they still contain t.
         let mut start = t.div_euclid(slide) * slide;

@@ -1,0 +1,155 @@
+//! Session windows: `GROUP BY k, SESSION(ts, gap)` as a timely operator over
+//! [`SessionAggregate`] state, exchanged by the group keys without the window (a key's rows must
+//! meet on one worker to be merged into sessions), closing sessions as the watermark passes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+
+use super::{epoch_slot, route_by_keys, BatchStream, PendingEpochs};
+use crate::batch::{DiffBatch, Routed};
+use crate::error::DataflowError;
+use crate::plan::{AggregatePlan, BatchFn, SessionWindow, WindowClose};
+use crate::session_state::{KeySubset, SessionAggregate};
+use crate::stats::{DataflowStats, StateGauge};
+use crate::watermark::WatermarkFeed;
+
+/// Extension trait adding the session-window aggregate.
+pub trait SessionExt<'scope> {
+    /// Aggregates per group and session; `input_schema` is the schema of the windowed rows.
+    fn session_aggregate(
+        self,
+        plan: Arc<AggregatePlan>,
+        close: Arc<WindowClose>,
+        session: SessionWindow,
+        input_schema: SchemaRef,
+        stats: Arc<DataflowStats>,
+        watermarks: &WatermarkFeed,
+    ) -> BatchStream<'scope>;
+}
+
+impl<'scope> SessionExt<'scope> for BatchStream<'scope> {
+    fn session_aggregate(
+        self,
+        plan: Arc<AggregatePlan>,
+        close: Arc<WindowClose>,
+        session: SessionWindow,
+        input_schema: SchemaRef,
+        stats: Arc<DataflowStats>,
+        watermarks: &WatermarkFeed,
+    ) -> BatchStream<'scope> {
+        let nkeys = plan.keys.output_schema().fields().len();
+        let group_keys: Vec<usize> = (0..nkeys).filter(|&i| i != session.start_key && i != close.end_key).collect();
+        let route: Arc<dyn BatchFn> = Arc::new(KeySubset::new(plan.keys.clone(), group_keys));
+        let routed = route_by_keys(self, route, stats.clone(), "window");
+        let arg_types: Vec<_> =
+            plan.aggs.iter().map(|a| a.arg.as_ref().map(|f| f.output_schema().field(0).data_type().clone())).collect();
+        let mut reader = watermarks.reader();
+        routed.unary_frontier::<CapacityContainerBuilder<Vec<DiffBatch>>, _, _, _>(
+            Exchange::new(|r: &Routed| r.target as u64),
+            "SessionWindowAggregate",
+            move |initial, _| {
+                let mut held: Option<Capability<u64>> = Some(initial);
+                let mut state = SessionAggregate::new(
+                    plan.clone(),
+                    &arg_types,
+                    session.start_key,
+                    close.end_key,
+                    session.gap_ms,
+                    close.emit_on_close,
+                    &input_schema,
+                );
+                if let Err(e) = &state {
+                    stats.record_error("window", 0, e);
+                }
+                let mut gauge = StateGauge::new(stats.clone());
+                let mut pending: PendingEpochs<Vec<DiffBatch>> = BTreeMap::new();
+                move |(input, frontier), output| {
+                    input.for_each(|cap, data| {
+                        if let Some(batches) = epoch_slot(&mut pending, &cap) {
+                            batches.extend(data.drain(..).map(|r| r.batch));
+                        }
+                    });
+                    let Ok(st) = state.as_mut() else {
+                        // Nothing can be computed; drop the input (counted once above).
+                        pending.clear();
+                        held = None;
+                        return;
+                    };
+                    while let Some((&t, _)) = pending.first_key_value() {
+                        if frontier.less_equal(&t) {
+                            break;
+                        }
+                        let Some((_, (cap, batches))) = pending.pop_first() else { break };
+                        reader.advance_to(t.saturating_sub(1));
+                        let bound = reader.watermark(&close.sources);
+                        let mut session = output.session(&cap);
+                        // Sessions the watermark passed before this epoch close first.
+                        match st.close(bound) {
+                            Ok(out) => out.into_iter().for_each(|b| session.give(b)),
+                            Err(e) => stats.record_error("window", 0, &e),
+                        }
+                        let mut results = Vec::new();
+                        match st.apply(&batches, bound) {
+                            Ok(r) => results.push(r),
+                            // A row whose keys or aggregate arguments fail costs only itself.
+                            Err(_) => {
+                                for b in &batches {
+                                    results.extend(b.isolate(
+                                        |p| st.apply(std::slice::from_ref(p), bound),
+                                        |rows, e| stats.record_error("window", rows, e),
+                                    ));
+                                }
+                            }
+                        }
+                        for (out, late, untimed) in results {
+                            out.into_iter().for_each(|b| session.give(b));
+                            if late > 0 {
+                                stats.record_late(late);
+                            }
+                            if untimed > 0 {
+                                let e = DataflowError::Eval(
+                                    "a session window needs an event time; the row's is NULL".into(),
+                                );
+                                stats.record_error("window", untimed, &e);
+                            }
+                        }
+                    }
+                    // Close the sessions the watermark has passed, as of the last complete epoch.
+                    let f = frontier.frontier().iter().next().copied();
+                    let last = f.map_or(u64::MAX, |f| f.saturating_sub(1));
+                    reader.advance_to(last);
+                    let wm = reader.watermark(&close.sources);
+                    if let Some(h) = held.as_ref() {
+                        let at = if f.is_some() { last.max(*h.time()) } else { *h.time() };
+                        match st.close(wm) {
+                            Ok(out) if !out.is_empty() => {
+                                let cap = h.delayed(&at);
+                                let mut session = output.session(&cap);
+                                out.into_iter().for_each(|b| session.give(b));
+                            }
+                            Ok(_) => {}
+                            Err(e) => stats.record_error("window", 0, &e),
+                        }
+                    }
+                    match f {
+                        Some(f) => {
+                            if let Some(h) = held.as_mut() {
+                                if *h.time() < f {
+                                    h.downgrade(&f);
+                                }
+                            }
+                        }
+                        None => held = None,
+                    }
+                    gauge.set(st.state_rows());
+                }
+            },
+        )
+    }
+}
