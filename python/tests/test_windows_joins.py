@@ -64,3 +64,41 @@ def test_left_join_of_updating_sources():
     got = {r["name"]: r["total"] for r in db.query("SELECT * FROM spend").to_dicts()}
     assert got == {"ann": 30, "bob": 5}
     db.close()
+
+
+def test_session_windows_merge_and_close():
+    db = laminardb.open(":memory:")
+    db.execute(
+        "CREATE SOURCE clicks (usr VARCHAR, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' MINUTE)"
+    )
+    q = "SELECT usr, window_start, window_end, COUNT(*) AS n FROM clicks GROUP BY usr, SESSION(ts, INTERVAL '10' SECOND)"
+    db.execute(f"CREATE STREAM visits AS {q}")
+    db.execute(f"CREATE STREAM visits_final AS {q} EMIT ON WINDOW CLOSE")
+    db.start()
+    db.insert(
+        "clicks",
+        [
+            {"usr": "a", "ts": "2024-01-01T00:00:00"},
+            {"usr": "a", "ts": "2024-01-01T00:00:30"},
+            {"usr": "b", "ts": "2024-01-01T00:00:05"},
+        ],
+    )
+    db.flush()
+    assert sorted((r["usr"], r["n"]) for r in db.query("SELECT usr, n FROM visits").to_dicts()) == [
+        ("a", 1),
+        ("a", 1),
+        ("b", 1),
+    ]
+    # Rows at :08, :16 and :24 bridge a's two sessions into one of five rows.
+    db.insert("clicks", [{"usr": "a", "ts": f"2024-01-01T00:00:{s:02}"} for s in (8, 16, 24)])
+    db.flush()
+    rows = db.query("SELECT usr, window_start, window_end, n FROM visits WHERE usr = 'a'").to_dicts()
+    assert [(r["n"], r["window_start"].second, r["window_end"].second) for r in rows] == [(5, 0, 40)]
+    assert db.query("SELECT * FROM visits_final").num_rows == 0
+    w = db.writer("clicks")
+    w.watermark(ms("2024-01-01T00:01:00"))
+    w.flush()
+    db.flush()
+    final = sorted((r["usr"], r["n"]) for r in db.query("SELECT usr, n FROM visits_final").to_dicts())
+    assert final == [("a", 5), ("b", 1)]
+    db.close()
