@@ -552,7 +552,7 @@ impl Database {
             sink: Mutex::new(None),
             sources: planned.plan.sources(),
             sql: sql.trim().to_string(),
-            output: Arc::new(StreamOutput::forwarding(planned.schema.clone())?),
+            output: Arc::new(StreamOutput::forwarding(planned.schema.clone(), planned.plan.is_append_only())?),
             planned: planned.clone(),
             stats: Arc::new(DataflowStats::default()),
             running: Mutex::new(None),

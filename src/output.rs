@@ -68,6 +68,9 @@ pub struct StreamOutput {
     pub rows_delivered: AtomicU64,
     /// Receives every completed epoch (a sink's connector).
     forward: Mutex<Option<ForwardFn>>,
+    /// The stream only inserts: rows arrive as single insertions (a join's row with
+    /// multiplicity 2 becomes two rows).
+    append_only: bool,
 }
 
 /// Receives a completed epoch's changes.
@@ -88,12 +91,15 @@ impl StreamOutput {
             epochs: AtomicU64::new(0),
             rows_delivered: AtomicU64::new(0),
             forward: Mutex::new(None),
+            append_only,
         })
     }
 
-    /// Output state that keeps no snapshot and hands every epoch to `forward` (a sink).
-    pub fn forwarding(schema: SchemaRef) -> Result<Self> {
-        let out = Self::new(schema, true, Retention::Rows(0))?;
+    /// Output state that keeps no snapshot and hands every epoch to `forward` (a sink);
+    /// `append_only` as in [`StreamOutput::new`].
+    pub fn forwarding(schema: SchemaRef, append_only: bool) -> Result<Self> {
+        let mut out = Self::new(schema, true, Retention::Rows(0))?;
+        out.append_only = append_only;
         *out.snapshot.lock() = Snapshot::None;
         Ok(out)
     }
@@ -178,6 +184,7 @@ impl StreamOutput {
 
     /// Applies one completed epoch: updates the snapshot and notifies subscribers.
     pub fn deliver(&self, epoch: u64, batches: Vec<DiffBatch>) {
+        let batches = if self.append_only { batches.into_iter().map(unit_insertions).collect() } else { batches };
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
         self.rows_out.fetch_add(rows as u64, Ordering::Relaxed);
         self.epochs.fetch_add(1, Ordering::Relaxed);
@@ -380,5 +387,23 @@ impl Iterator for Subscription {
     type Item = ChangeBatch;
     fn next(&mut self) -> Option<ChangeBatch> {
         Subscription::next(self)
+    }
+}
+
+/// The rows of an append-only batch as single insertions: a row with multiplicity `n` becomes `n`
+/// rows (joins multiply multiplicities).
+fn unit_insertions(b: DiffBatch) -> DiffBatch {
+    if b.diffs.is_none() {
+        return b;
+    }
+    let Some(d) = &b.diffs else { return b };
+    if d.values().iter().all(|&x| x == 1) {
+        return DiffBatch::inserts(b.data);
+    }
+    let idx: Vec<u32> =
+        d.values().iter().enumerate().flat_map(|(i, &n)| std::iter::repeat_n(i as u32, n.max(0) as usize)).collect();
+    match arrow::compute::take_record_batch(&b.data, &arrow::array::UInt32Array::from(idx)) {
+        Ok(data) => DiffBatch::inserts(data),
+        Err(_) => b,
     }
 }

@@ -213,7 +213,7 @@ fn run_bounded(seed: u64, workers: usize) {
 
 #[test]
 fn time_bounded_join_oracle() {
-    for seed in 0..3 {
+    for seed in 0..4 {
         run_bounded(seed, 1);
     }
     for seed in 7..9 {

@@ -3,24 +3,13 @@
 # each in its own virtualenv, on the same rows (benches/python/custom_source.py).
 # Usage: benches/python/run_custom_source.sh [N_BATCHES] [N_DICTS] [RUNS]
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/../.." && pwd)
+source "$(dirname "$0")/venvs.sh"
 NB=${1:-20000000}
 ND=${2:-2000000}
 RUNS=${3:-5}
-venvs=${LAMINAR_BENCH_VENVS:-$HOME/.cache/laminardb/bench-venvs}
-mkdir -p "$venvs"
-
-mk() { # name, pip args...
-  local v="$venvs/$1"; shift
-  [ -x "$v/bin/python" ] || python3 -m venv "$v"
-  "$v/bin/pip" install -q --disable-pip-version-check "$@"
-}
-mk ours maturin pyarrow
 mk pathway pathway
 mk bytewax bytewax pyarrow
-( source "$venvs/ours/bin/activate" && cd "$root/python" &&
-  CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/laminardb/target}" maturin develop --release -q )
+build_ours
 
 run() { # venv engine mode n
   local out=()

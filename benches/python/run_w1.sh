@@ -3,24 +3,13 @@
 # DuckDB, each in its own virtualenv, on the same data (../../../shared/bench/groupby_w1.py).
 # Usage: benches/python/run_w1.sh [N] [RUNS]
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/../.." && pwd)
+source "$(dirname "$0")/venvs.sh"
 script="$root/../shared/bench/groupby_w1.py"
 N=${1:-5000000}
 RUNS=${2:-5}
-venvs=${LAMINAR_BENCH_VENVS:-$HOME/.cache/laminardb/bench-venvs}
-mkdir -p "$venvs"
-
-mk() { # name, pip args...
-  local v="$venvs/$1"; shift
-  [ -x "$v/bin/python" ] || python3 -m venv "$v"
-  "$v/bin/pip" install -q --disable-pip-version-check "$@"
-}
-mk ours maturin pyarrow
 mk upstream "laminardb==0.17.0" pyarrow
 mk duckdb duckdb pyarrow
-( source "$venvs/ours/bin/activate" && cd "$root/python" &&
-  CARGO_TARGET_DIR="${CARGO_TARGET_DIR_RELEASE:-$HOME/.cache/laminardb/target-release}" maturin develop --release -q )
+build_ours
 
 run() { # venv engine label
   local best=()

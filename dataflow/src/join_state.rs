@@ -14,14 +14,19 @@ use std::sync::Arc;
 use arrow::array::{new_null_array, Array, ArrayRef, Int64Array, RecordBatch, RecordBatchOptions};
 use arrow::datatypes::SchemaRef;
 use arrow_row::{RowConverter, Rows, SortField};
-use hashbrown::HashMap;
+use hashbrown::HashTable;
 
 use crate::batch::DiffBatch;
 use crate::error::{DataflowError, Result};
 use crate::plan::JoinPlan;
 use crate::watermark::{event_time_ms, NO_WATERMARK};
 
-/// One distinct row in the state of a side.
+const NONE: u32 = u32::MAX;
+
+/// Compacts a side's arena when at least this many bytes are garbage and they are half of it.
+const COMPACT_MIN: usize = 1 << 20;
+
+/// The state of one distinct row of a side.
 #[derive(Clone, Copy, Debug)]
 struct RowInfo {
     /// Multiplicity.
@@ -32,78 +37,290 @@ struct RowInfo {
     ts: i64,
 }
 
-type Group = HashMap<Box<[u8]>, RowInfo>;
+/// A distinct row: its bytes in the arena, its key group and its neighbours in that group.
+#[derive(Clone, Copy)]
+struct RowSlot {
+    off: u64,
+    len: u32,
+    hash: u64,
+    group: u32,
+    prev: u32,
+    next: u32,
+    info: RowInfo,
+}
 
-#[derive(Default)]
+/// A join key: its bytes in the arena and the first of its rows.
+#[derive(Clone, Copy)]
+struct GroupSlot {
+    off: u64,
+    len: u32,
+    hash: u64,
+    head: u32,
+    /// Incremented when the slot is freed, so stale references to it can be told apart.
+    generation: u32,
+}
+
+/// One input of the join: its distinct rows grouped by key, bytes in one arena (no allocation
+/// per row or key).
 struct Side {
-    groups: HashMap<Box<[u8]>, Group>,
-    /// Event time → keys holding a row with that time (time-bounded joins only).
-    expiry: BTreeMap<i64, Vec<Box<[u8]>>>,
-    rows: usize,
+    arena: Vec<u8>,
+    garbage: usize,
+    rows: Vec<RowSlot>,
+    free_rows: Vec<u32>,
+    groups: Vec<GroupSlot>,
+    free_groups: Vec<u32>,
+    /// Row ids by the hash of their bytes.
+    row_index: HashTable<u32>,
+    /// Group ids by the hash of their key bytes.
+    group_index: HashTable<u32>,
+    /// Event time → (group, generation) holding a row with that time (time-bounded joins).
+    expiry: BTreeMap<i64, Vec<(u32, u32)>>,
+    live: usize,
+}
+
+impl Default for Side {
+    fn default() -> Self {
+        Self {
+            arena: Vec::new(),
+            garbage: 0,
+            rows: Vec::new(),
+            free_rows: Vec::new(),
+            groups: Vec::new(),
+            free_groups: Vec::new(),
+            row_index: HashTable::new(),
+            group_index: HashTable::new(),
+            expiry: BTreeMap::new(),
+            live: 0,
+        }
+    }
 }
 
 impl Side {
-    fn get(&self, key: &[u8], row: &[u8]) -> Option<RowInfo> {
-        self.groups.get(key).and_then(|g| g.get(row)).copied()
+    fn row_bytes(&self, id: u32) -> &[u8] {
+        let r = &self.rows[id as usize];
+        &self.arena[r.off as usize..r.off as usize + r.len as usize]
     }
 
-    fn set(&mut self, key: &[u8], row: &[u8], info: RowInfo, track_expiry: bool) {
-        if info.mult == 0 {
-            if let Some(g) = self.groups.get_mut(key) {
-                if g.remove(row).is_some() {
-                    self.rows -= 1;
-                }
-                if g.is_empty() {
-                    self.groups.remove(key);
-                }
-            }
-            return;
-        }
-        let g = match self.groups.get_mut(key) {
+    fn group_bytes(&self, id: u32) -> &[u8] {
+        let g = &self.groups[id as usize];
+        &self.arena[g.off as usize..g.off as usize + g.len as usize]
+    }
+
+    /// The id of a row with these bytes (`hash` of them).
+    fn find_row(&self, hash: u64, row: &[u8]) -> Option<u32> {
+        self.row_index.find(hash, |&id| self.row_bytes(id) == row).copied()
+    }
+
+    fn find_group(&self, hash: u64, key: &[u8]) -> Option<u32> {
+        self.group_index.find(hash, |&id| self.group_bytes(id) == key).copied()
+    }
+
+    /// The rows of the group with this key.
+    fn group_rows(&self, hash: u64, key: &[u8]) -> GroupRows<'_> {
+        let head = self.find_group(hash, key).map_or(NONE, |g| self.groups[g as usize].head);
+        GroupRows { side: self, next: head }
+    }
+
+    fn push_bytes(&mut self, bytes: &[u8]) -> (u64, u32) {
+        let off = self.arena.len() as u64;
+        self.arena.extend_from_slice(bytes);
+        (off, bytes.len() as u32)
+    }
+
+    /// Adds a new distinct row (not present) under `key`.
+    fn insert(&mut self, key_hash: u64, key: &[u8], row_hash: u64, row: &[u8], info: RowInfo, track_expiry: bool) {
+        let group = match self.find_group(key_hash, key) {
             Some(g) => g,
-            None => self.groups.entry(key.into()).or_default(),
-        };
-        match g.get_mut(row) {
-            Some(i) => *i = info,
             None => {
-                g.insert(row.into(), info);
-                self.rows += 1;
-                if track_expiry && info.ts != i64::MAX {
-                    self.expiry.entry(info.ts).or_default().push(key.into());
-                }
+                let (off, len) = self.push_bytes(key);
+                let slot = GroupSlot { off, len, hash: key_hash, head: NONE, generation: 0 };
+                let g = match self.free_groups.pop() {
+                    Some(g) => {
+                        let generation = self.groups[g as usize].generation;
+                        self.groups[g as usize] = GroupSlot { generation, ..slot };
+                        g
+                    }
+                    None => {
+                        self.groups.push(slot);
+                        (self.groups.len() - 1) as u32
+                    }
+                };
+                let groups = &self.groups;
+                self.group_index.insert_unique(key_hash, g, |&id| groups[id as usize].hash);
+                g
             }
+        };
+        let (off, len) = self.push_bytes(row);
+        let head = self.groups[group as usize].head;
+        let slot = RowSlot { off, len, hash: row_hash, group, prev: NONE, next: head, info };
+        let id = match self.free_rows.pop() {
+            Some(id) => {
+                self.rows[id as usize] = slot;
+                id
+            }
+            None => {
+                self.rows.push(slot);
+                (self.rows.len() - 1) as u32
+            }
+        };
+        if head != NONE {
+            self.rows[head as usize].prev = id;
+        }
+        self.groups[group as usize].head = id;
+        let rows = &self.rows;
+        self.row_index.insert_unique(row_hash, id, |&r| rows[r as usize].hash);
+        self.live += 1;
+        if track_expiry && info.ts != i64::MAX {
+            let generation = self.groups[group as usize].generation;
+            self.expiry.entry(info.ts).or_default().push((group, generation));
         }
     }
 
-    /// Drops every row with an event time below `bound`.
+    /// Removes row `id`.
+    fn remove(&mut self, id: u32) {
+        let r = self.rows[id as usize];
+        if let Ok(e) = self.row_index.find_entry(r.hash, |&x| x == id) {
+            e.remove();
+        }
+        if r.prev != NONE {
+            self.rows[r.prev as usize].next = r.next;
+        } else {
+            self.groups[r.group as usize].head = r.next;
+        }
+        if r.next != NONE {
+            self.rows[r.next as usize].prev = r.prev;
+        }
+        self.garbage += r.len as usize;
+        self.rows[id as usize].len = 0;
+        self.free_rows.push(id);
+        self.live -= 1;
+        if self.groups[r.group as usize].head == NONE {
+            let g = r.group;
+            let hash = self.groups[g as usize].hash;
+            if let Ok(e) = self.group_index.find_entry(hash, |&x| x == g) {
+                e.remove();
+            }
+            let slot = &mut self.groups[g as usize];
+            self.garbage += slot.len as usize;
+            slot.len = 0;
+            slot.generation = slot.generation.wrapping_add(1);
+            self.free_groups.push(g);
+        }
+        if self.garbage >= COMPACT_MIN && self.garbage * 2 >= self.arena.len() {
+            self.compact();
+        }
+    }
+
+    /// Sets the state of a present row; a multiplicity of zero removes it.
+    fn update(&mut self, id: u32, info: RowInfo) {
+        if info.mult == 0 {
+            self.remove(id);
+        } else {
+            self.rows[id as usize].info = info;
+        }
+    }
+
+    /// Rewrites the arena without the bytes of removed rows and keys (freed slots have length 0).
+    fn compact(&mut self) {
+        let mut arena = Vec::with_capacity(self.arena.len() - self.garbage);
+        for r in self.rows.iter_mut() {
+            let off = arena.len() as u64;
+            arena.extend_from_slice(&self.arena[r.off as usize..r.off as usize + r.len as usize]);
+            r.off = off;
+        }
+        for g in self.groups.iter_mut() {
+            let off = arena.len() as u64;
+            arena.extend_from_slice(&self.arena[g.off as usize..g.off as usize + g.len as usize]);
+            g.off = off;
+        }
+        self.arena = arena;
+        self.garbage = 0;
+    }
+
+    /// Drops every row with an event time below `bound`; returns how many.
     fn expire(&mut self, bound: i64) -> usize {
         let mut freed = 0;
         while let Some(entry) = self.expiry.first_entry() {
             if *entry.key() >= bound {
                 break;
             }
-            for key in entry.remove() {
-                if let Some(g) = self.groups.get_mut(&key) {
-                    let before = g.len();
-                    g.retain(|_, i| i.ts >= bound);
-                    freed += before - g.len();
-                    if g.is_empty() {
-                        self.groups.remove(&key);
+            for (g, generation) in entry.remove() {
+                if self.groups.get(g as usize).is_none_or(|s| s.generation != generation || s.head == NONE) {
+                    continue;
+                }
+                let mut id = self.groups[g as usize].head;
+                while id != NONE {
+                    let next = self.rows[id as usize].next;
+                    if self.rows[id as usize].info.ts < bound {
+                        self.remove(id);
+                        freed += 1;
+                        // The group is gone with its last row (and its slot may be reused).
+                        if self.groups[g as usize].generation != generation {
+                            break;
+                        }
                     }
+                    id = next;
                 }
             }
         }
-        self.rows -= freed;
         freed
     }
 }
 
-/// A change to one side, consolidated per distinct row.
+/// Iterates the rows of one group: (row id, bytes, state).
+struct GroupRows<'a> {
+    side: &'a Side,
+    next: u32,
+}
+
+impl<'a> Iterator for GroupRows<'a> {
+    type Item = (u32, &'a [u8], RowInfo);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next == NONE {
+            return None;
+        }
+        let id = self.next;
+        let r = &self.side.rows[id as usize];
+        self.next = r.next;
+        Some((id, self.side.row_bytes(id), r.info))
+    }
+}
+
+/// One row of a side's change in an epoch, consolidated: where its bytes are, its summed
+/// multiplicity and event time, and the hashes of its row and key bytes.
+#[derive(Clone, Copy)]
+struct DeltaRow {
+    batch: u32,
+    row: u32,
+    diff: i64,
+    ts: i64,
+    row_hash: u64,
+    key_hash: u64,
+}
+
+/// A change to one side, consolidated per distinct row; the bytes stay in the encoded batches.
 struct Delta {
-    /// (key bytes, row bytes, diff, event time); keys never null.
-    rows: Vec<(Vec<u8>, Vec<u8>, i64, i64)>,
-    /// Rows with a null key (they never match): (row bytes, diff).
-    null_keys: Vec<(Vec<u8>, i64)>,
+    rows: Vec<Rows>,
+    keys: Vec<Rows>,
+    /// Rows with a non-null key.
+    entries: Vec<DeltaRow>,
+    /// Rows with a null key (they never match).
+    null_keys: Vec<DeltaRow>,
+}
+
+impl Delta {
+    fn row(&self, e: &DeltaRow) -> &[u8] {
+        self.rows[e.batch as usize].row(e.row as usize).data()
+    }
+
+    fn key(&self, e: &DeltaRow) -> &[u8] {
+        self.keys[e.batch as usize].row(e.row as usize).data()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.null_keys.is_empty()
+    }
 }
 
 /// Watermarks an epoch is processed under.
@@ -138,8 +355,8 @@ struct Pairs {
     weights: Vec<i64>,
     /// For each pair: the touched left / right row whose match count it changes, and by how
     /// much (the other row's multiplicity) if the pair passes the conditions.
-    left_touch: Vec<Option<(u32, i64)>>,
-    right_touch: Vec<Option<(u32, i64)>>,
+    left_touch: Vec<Touch>,
+    right_touch: Vec<Touch>,
 }
 
 type Touch = Option<(u32, i64)>;
@@ -160,59 +377,117 @@ impl Pairs {
     }
 }
 
-/// Rows whose multiplicity or match count changes in an epoch.
-#[derive(Default)]
-struct Touched {
-    index: HashMap<Vec<u8>, u32>,
-    entries: Vec<TouchedRow>,
+/// Where a touched row's bytes are: a row of the side's state, or an entry of its delta.
+#[derive(Clone, Copy)]
+enum Loc {
+    Side(u32),
+    Delta(u32),
 }
 
+/// A row whose multiplicity or match count changes in an epoch (outer joins).
 struct TouchedRow {
-    key: Vec<u8>,
-    row: Vec<u8>,
+    loc: Loc,
+    /// Its id in the side's state, if it was there before the epoch.
+    id: Option<u32>,
     old: Option<RowInfo>,
     dmult: i64,
     /// Change of the match count (present rows) or the full count (new rows).
     dmatches: i64,
     ts: i64,
+    hash: u64,
 }
 
-/// The changes of the null-padded copies of `touched` rows (a row is padded while it has a
-/// positive multiplicity and no match), plus the rows with a null key, which never match.
-fn padding_changes<'a>(touched: &'a Touched, null_keys: &'a [(Vec<u8>, i64)]) -> Vec<(&'a [u8], i64)> {
-    let mut rows: Vec<(&[u8], i64)> = Vec::new();
-    for e in &touched.entries {
-        let (old_mult, old_matches) = e.old.map_or((0, 0), |o| (o.mult, o.matches));
-        let new_mult = old_mult + e.dmult;
-        let new_matches = e.old.map_or(e.dmatches, |o| o.matches + e.dmatches);
-        let pad_old = if old_mult > 0 && old_matches == 0 { old_mult } else { 0 };
-        let pad_new = if new_mult > 0 && new_matches == 0 { new_mult } else { 0 };
-        if pad_new != pad_old {
-            rows.push((&e.row, pad_new - pad_old));
-        }
+/// The rows of one side touched in an epoch, found by their bytes.
+#[derive(Default)]
+struct Touched {
+    index: HashTable<u32>,
+    entries: Vec<TouchedRow>,
+}
+
+fn loc_bytes<'a>(side: &'a Side, delta: &'a Delta, loc: Loc) -> &'a [u8] {
+    match loc {
+        Loc::Side(id) => side.row_bytes(id),
+        Loc::Delta(i) => delta.row(&delta.entries[i as usize]),
     }
-    rows.extend(null_keys.iter().map(|(r, d)| (r.as_slice(), *d)));
-    rows
 }
 
 impl Touched {
-    /// Writes the new multiplicities and match counts into `side`.
-    fn apply_to(&self, side: &mut Side, bounded: bool) {
-        for e in &self.entries {
-            let old = e.old.unwrap_or(RowInfo { mult: 0, matches: 0, ts: e.ts });
-            let matches = if e.old.is_some() { old.matches + e.dmatches } else { e.dmatches };
-            side.set(&e.key, &e.row, RowInfo { mult: old.mult + e.dmult, matches, ts: old.ts }, bounded);
-        }
-    }
-
-    fn touch(&mut self, key: &[u8], row: &[u8], old: Option<RowInfo>, ts: i64) -> u32 {
-        if let Some(&i) = self.index.get(row) {
+    /// The entry of the row at `loc` (hash `hash`), created with `old` state if new.
+    fn touch(&mut self, side: &Side, delta: &Delta, loc: Loc, hash: u64, old: Option<(u32, RowInfo)>, ts: i64) -> u32 {
+        let bytes = loc_bytes(side, delta, loc);
+        let entries = &self.entries;
+        if let Some(&i) = self.index.find(hash, |&i| loc_bytes(side, delta, entries[i as usize].loc) == bytes) {
             return i;
         }
         let i = self.entries.len() as u32;
-        self.entries.push(TouchedRow { key: key.to_vec(), row: row.to_vec(), old, dmult: 0, dmatches: 0, ts });
-        self.index.insert(row.to_vec(), i);
+        self.entries.push(TouchedRow {
+            loc,
+            id: old.map(|o| o.0),
+            old: old.map(|o| o.1),
+            dmult: 0,
+            dmatches: 0,
+            ts,
+            hash,
+        });
+        let entries = &self.entries;
+        self.index.insert_unique(hash, i, |&j| entries[j as usize].hash);
         i
+    }
+
+    /// The changes of the null-padded copies of the touched rows (a row is padded while it has
+    /// a positive multiplicity and no match), plus the rows with a null key, which never match.
+    fn padding_changes<'a>(&self, side: &'a Side, delta: &'a Delta) -> Vec<(&'a [u8], i64)> {
+        let mut rows: Vec<(&[u8], i64)> = Vec::new();
+        for e in &self.entries {
+            let (old_mult, old_matches) = e.old.map_or((0, 0), |o| (o.mult, o.matches));
+            let new_mult = old_mult + e.dmult;
+            let new_matches = e.old.map_or(e.dmatches, |o| o.matches + e.dmatches);
+            let pad_old = if old_mult > 0 && old_matches == 0 { old_mult } else { 0 };
+            let pad_new = if new_mult > 0 && new_matches == 0 { new_mult } else { 0 };
+            if pad_new != pad_old {
+                rows.push((loc_bytes(side, delta, e.loc), pad_new - pad_old));
+            }
+        }
+        rows.extend(delta.null_keys.iter().map(|e| (delta.row(e), e.diff)));
+        rows
+    }
+
+    /// Writes the new multiplicities and match counts into `side`.
+    fn apply_to(&self, side: &mut Side, delta: &Delta, bounded: bool) {
+        for e in &self.entries {
+            let old = e.old.unwrap_or(RowInfo { mult: 0, matches: 0, ts: e.ts });
+            let matches = if e.old.is_some() { old.matches + e.dmatches } else { e.dmatches };
+            let info = RowInfo { mult: old.mult + e.dmult, matches, ts: old.ts };
+            match (e.id, e.loc) {
+                (Some(id), _) => side.update(id, info),
+                (None, Loc::Delta(i)) if info.mult != 0 => {
+                    let d = &delta.entries[i as usize];
+                    side.insert(d.key_hash, delta.key(d), d.row_hash, delta.row(d), info, bounded);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Applies a side's delta to its state directly (inner joins track no match counts).
+fn apply_delta(side: &mut Side, delta: &Delta, bounded: bool) {
+    for d in &delta.entries {
+        let row = delta.row(d);
+        match side.find_row(d.row_hash, row) {
+            Some(id) => {
+                let old = side.rows[id as usize].info;
+                side.update(id, RowInfo { mult: old.mult + d.diff, ..old });
+            }
+            None => side.insert(
+                d.key_hash,
+                delta.key(d),
+                d.row_hash,
+                row,
+                RowInfo { mult: d.diff, matches: 0, ts: d.ts },
+                bounded,
+            ),
+        }
     }
 }
 
@@ -227,6 +502,7 @@ pub struct JoinState {
     left: Side,
     right: Side,
     track_matches: bool,
+    hasher: ahash::RandomState,
 }
 
 fn converter(schema: &SchemaRef) -> Result<RowConverter> {
@@ -251,21 +527,23 @@ impl JoinState {
             left: Side::default(),
             right: Side::default(),
             track_matches,
+            hasher: ahash::RandomState::with_seeds(17, 19, 23, 29),
         })
     }
 
     /// Distinct rows held (left, right).
     pub fn rows(&self) -> (usize, usize) {
-        (self.left.rows, self.right.rows)
+        (self.left.live, self.right.live)
     }
 
     fn delta(&self, batches: &[DiffBatch], left: bool, late: i64, stats: &mut JoinEpochStats) -> Result<Delta> {
         let (keys_fn, conv) =
             if left { (&self.plan.left_keys, &self.left_conv) } else { (&self.plan.right_keys, &self.right_conv) };
         let ts_col = self.plan.time_bound.as_ref().map(|b| if left { b.left_column } else { b.right_column });
-        let mut index: HashMap<Vec<u8>, usize> = HashMap::new();
-        let mut out = Delta { rows: Vec::new(), null_keys: Vec::new() };
-        let mut nulls: HashMap<Vec<u8>, usize> = HashMap::new();
+        let mut rows_of = Vec::new();
+        let mut keys_of = Vec::new();
+        // Every row in order, with whether its key is null.
+        let mut all: Vec<(DeltaRow, bool)> = Vec::new();
         for b in batches {
             if b.num_rows() == 0 {
                 continue;
@@ -273,11 +551,12 @@ impl JoinState {
             let keys = keys_fn.eval(&b.data)?;
             let key_rows: Rows = self.key_conv.convert_columns(keys.columns())?;
             let rows: Rows = conv.convert_columns(b.data.columns())?;
-            let null_key = |i: usize| keys.columns().iter().any(|c| c.is_null(i));
+            let has_nulls = keys.columns().iter().any(|c| c.null_count() > 0);
             let ts: Option<Int64Array> = match ts_col {
                 Some(c) => Some(event_time_ms(b.data.column(c))?),
                 None => None,
             };
+            let batch = rows_of.len() as u32;
             for i in 0..b.num_rows() {
                 let t = match &ts {
                     Some(ts) if ts.is_valid(i) => ts.value(i),
@@ -287,30 +566,35 @@ impl JoinState {
                     stats.late_rows += 1;
                     continue;
                 }
-                let d = b.diff(i);
-                let row = rows.row(i);
-                if null_key(i) {
-                    match nulls.get(row.as_ref()) {
-                        Some(&j) => out.null_keys[j].1 += d,
-                        None => {
-                            nulls.insert(row.as_ref().to_vec(), out.null_keys.len());
-                            out.null_keys.push((row.as_ref().to_vec(), d));
-                        }
-                    }
-                    continue;
-                }
-                match index.get(row.as_ref()) {
-                    Some(&j) => out.rows[j].2 += d,
-                    None => {
-                        index.insert(row.as_ref().to_vec(), out.rows.len());
-                        out.rows.push((key_rows.row(i).as_ref().to_vec(), row.as_ref().to_vec(), d, t));
-                    }
+                let null_key = has_nulls && keys.columns().iter().any(|c| c.is_null(i));
+                let row_hash = self.hasher.hash_one(rows.row(i).data());
+                let key_hash = self.hasher.hash_one(key_rows.row(i).data());
+                all.push((DeltaRow { batch, row: i as u32, diff: b.diff(i), ts: t, row_hash, key_hash }, null_key));
+            }
+            rows_of.push(rows);
+            keys_of.push(key_rows);
+        }
+        // Consolidate equal rows.
+        let bytes = |e: &DeltaRow| rows_of[e.batch as usize].row(e.row as usize).data();
+        let mut entries: Vec<DeltaRow> = Vec::new();
+        let mut null_keys: Vec<DeltaRow> = Vec::new();
+        let mut index: HashTable<u32> = HashTable::new();
+        let mut null_index: HashTable<u32> = HashTable::new();
+        for (e, null_key) in all {
+            let (list, table) = if null_key { (&mut null_keys, &mut null_index) } else { (&mut entries, &mut index) };
+            let row = bytes(&e);
+            match table.find(e.row_hash, |&j| bytes(&list[j as usize]) == row) {
+                Some(&j) => list[j as usize].diff += e.diff,
+                None => {
+                    let j = list.len() as u32;
+                    list.push(e);
+                    table.insert_unique(e.row_hash, j, |&x| list[x as usize].row_hash);
                 }
             }
         }
-        out.rows.retain(|r| r.2 != 0);
-        out.null_keys.retain(|r| r.1 != 0);
-        Ok(out)
+        entries.retain(|e| e.diff != 0);
+        null_keys.retain(|e| e.diff != 0);
+        Ok(Delta { rows: rows_of, keys: keys_of, entries, null_keys })
     }
 
     /// Applies one epoch of changes to both inputs; returns the change of the join's output.
@@ -323,64 +607,95 @@ impl JoinState {
     ) -> Result<Vec<DiffBatch>> {
         let dl = self.delta(dl, true, wm.left_late, stats)?;
         let dr = self.delta(dr, false, wm.right_late, stats)?;
-        if dl.rows.is_empty() && dr.rows.is_empty() && dl.null_keys.is_empty() && dr.null_keys.is_empty() {
+        if dl.is_empty() && dr.is_empty() {
             return Ok(Vec::new());
         }
         let track = self.track_matches;
         let mut pairs = Pairs::default();
         let mut tl = Touched::default();
         let mut tr = Touched::default();
+        // The touched entry of each delta row (outer joins).
+        let mut tl_of: Vec<u32> = Vec::new();
+        let mut tr_of: Vec<u32> = Vec::new();
 
         // dL ⋈ R (old R): each left delta row against the right state.
-        for (k, l, d, ts) in &dl.rows {
-            let old = self.left.get(k, l);
-            let li = tl.touch(k, l, old, *ts);
-            tl.entries[li as usize].dmult += d;
-            if let Some(g) = self.right.groups.get(k.as_slice()) {
-                for (r, info) in g {
-                    // A new left row's count is its matches in old R; a present row's count
-                    // already includes them. The right row's count moves by the left change.
-                    let lt = (track && old.is_none()).then_some((li, info.mult));
-                    let rt = track.then(|| (tr.touch(k, r, Some(*info), info.ts), *d));
-                    pairs.push(l, r, d * info.mult, lt, rt);
-                }
-            }
-        }
-        // Group the right delta by key for dL ⋈ dR.
-        let mut dr_by_key: HashMap<&[u8], Vec<usize>> = HashMap::new();
-        for (i, (k, ..)) in dr.rows.iter().enumerate() {
-            dr_by_key.entry(k.as_slice()).or_default().push(i);
-        }
-        // L ⋈ dR (old L).
-        for (k, r, d, ts) in &dr.rows {
-            let old = self.right.get(k, r);
-            let ri = tr.touch(k, r, old, *ts);
-            tr.entries[ri as usize].dmult += d;
-            if let Some(g) = self.left.groups.get(k.as_slice()) {
-                for (l, info) in g {
-                    let lt = track.then(|| (tl.touch(k, l, Some(*info), info.ts), *d));
-                    let rt = (track && old.is_none()).then_some((ri, info.mult));
-                    pairs.push(l, r, info.mult * d, lt, rt);
-                }
-            }
-        }
-        // dL ⋈ dR.
-        for (k, l, dlv, _) in &dl.rows {
-            let Some(idx) = dr_by_key.get(k.as_slice()) else { continue };
-            for &j in idx {
-                let (_, r, drv, _) = &dr.rows[j];
-                // Only rows new in this epoch count changes of the other side here: a
-                // present row already paired with them above.
+        for (i, e) in dl.entries.iter().enumerate() {
+            let (l, k) = (dl.row(e), dl.key(e));
+            let old = self.left.find_row(e.row_hash, l).map(|id| (id, self.left.rows[id as usize].info));
+            let li = if track {
+                let loc = old.map_or(Loc::Delta(i as u32), |(id, _)| Loc::Side(id));
+                let li = tl.touch(&self.left, &dl, loc, e.row_hash, old, e.ts);
+                tl.entries[li as usize].dmult += e.diff;
+                tl_of.push(li);
+                li
+            } else {
+                0
+            };
+            for (rid, r, info) in self.right.group_rows(e.key_hash, k) {
+                // A new left row's count is its matches in old R; a present row's count
+                // already includes them. The right row's count moves by the left change.
                 let (lt, rt) = if track {
-                    let li = tl.touch(k, l, None, 0);
-                    let ri = tr.touch(k, r, None, 0);
-                    let l_new = tl.entries[li as usize].old.is_none();
-                    let r_new = tr.entries[ri as usize].old.is_none();
-                    (l_new.then_some((li, *drv)), r_new.then_some((ri, *dlv)))
+                    let rh = self.right.rows[rid as usize].hash;
+                    let ri = tr.touch(&self.right, &dr, Loc::Side(rid), rh, Some((rid, info)), info.ts);
+                    (old.is_none().then_some((li, info.mult)), Some((ri, e.diff)))
                 } else {
                     (None, None)
                 };
-                pairs.push(l, r, dlv * drv, lt, rt);
+                pairs.push(l, r, e.diff * info.mult, lt, rt);
+            }
+        }
+        // L ⋈ dR (old L).
+        for (j, e) in dr.entries.iter().enumerate() {
+            let (r, k) = (dr.row(e), dr.key(e));
+            let old = self.right.find_row(e.row_hash, r).map(|id| (id, self.right.rows[id as usize].info));
+            let ri = if track {
+                let loc = old.map_or(Loc::Delta(j as u32), |(id, _)| Loc::Side(id));
+                let ri = tr.touch(&self.right, &dr, loc, e.row_hash, old, e.ts);
+                tr.entries[ri as usize].dmult += e.diff;
+                tr_of.push(ri);
+                ri
+            } else {
+                0
+            };
+            for (lid, l, info) in self.left.group_rows(e.key_hash, k) {
+                let (lt, rt) = if track {
+                    let lh = self.left.rows[lid as usize].hash;
+                    let li = tl.touch(&self.left, &dl, Loc::Side(lid), lh, Some((lid, info)), info.ts);
+                    (Some((li, e.diff)), old.is_none().then_some((ri, info.mult)))
+                } else {
+                    (None, None)
+                };
+                pairs.push(l, r, info.mult * e.diff, lt, rt);
+            }
+        }
+        // dL ⋈ dR: the right delta ordered by key hash.
+        if !dl.entries.is_empty() && !dr.entries.is_empty() {
+            let mut by_key: Vec<(u64, u32)> =
+                dr.entries.iter().enumerate().map(|(j, e)| (e.key_hash, j as u32)).collect();
+            by_key.sort_unstable();
+            for (i, el) in dl.entries.iter().enumerate() {
+                let (l, k) = (dl.row(el), dl.key(el));
+                let from = by_key.partition_point(|&(h, _)| h < el.key_hash);
+                for &(h, j) in &by_key[from..] {
+                    if h != el.key_hash {
+                        break;
+                    }
+                    let er = &dr.entries[j as usize];
+                    if dr.key(er) != k {
+                        continue;
+                    }
+                    // Only rows new in this epoch count changes of the other side here: a
+                    // present row already paired with them above.
+                    let (lt, rt) = if track {
+                        let (li, ri) = (tl_of[i], tr_of[j as usize]);
+                        let l_new = tl.entries[li as usize].old.is_none();
+                        let r_new = tr.entries[ri as usize].old.is_none();
+                        (l_new.then_some((li, er.diff)), r_new.then_some((ri, el.diff)))
+                    } else {
+                        (None, None)
+                    };
+                    pairs.push(l, dr.row(er), el.diff * er.diff, lt, rt);
+                }
             }
         }
 
@@ -406,7 +721,7 @@ impl JoinState {
                     }
                 }
             }
-            let diffs = Int64Array::from(pairs.weights.clone());
+            let diffs = Int64Array::from(std::mem::take(&mut pairs.weights));
             let all = DiffBatch::with_diffs(batch, diffs)?;
             let kept = match &mask {
                 Some(m) => all.filter(m)?,
@@ -419,13 +734,13 @@ impl JoinState {
 
         // Null-padded rows whose presence changes.
         if self.plan.kind.keeps_left() {
-            let rows = padding_changes(&tl, &dl.null_keys);
+            let rows = tl.padding_changes(&self.left, &dl);
             if !rows.is_empty() {
                 out.push(self.padded(&rows, true)?);
             }
         }
         if self.plan.kind.keeps_right() {
-            let rows = padding_changes(&tr, &dr.null_keys);
+            let rows = tr.padding_changes(&self.right, &dr);
             if !rows.is_empty() {
                 out.push(self.padded(&rows, false)?);
             }
@@ -434,17 +749,11 @@ impl JoinState {
         // Update the state.
         let bounded = self.plan.time_bound.is_some();
         if track {
-            tl.apply_to(&mut self.left, bounded);
-            tr.apply_to(&mut self.right, bounded);
+            tl.apply_to(&mut self.left, &dl, bounded);
+            tr.apply_to(&mut self.right, &dr, bounded);
         } else {
-            for (k, l, d, ts) in &dl.rows {
-                let old = self.left.get(k, l).unwrap_or(RowInfo { mult: 0, matches: 0, ts: *ts });
-                self.left.set(k, l, RowInfo { mult: old.mult + d, ..old }, bounded);
-            }
-            for (k, r, d, ts) in &dr.rows {
-                let old = self.right.get(k, r).unwrap_or(RowInfo { mult: 0, matches: 0, ts: *ts });
-                self.right.set(k, r, RowInfo { mult: old.mult + d, ..old }, bounded);
-            }
+            apply_delta(&mut self.left, &dl, bounded);
+            apply_delta(&mut self.right, &dr, bounded);
         }
         Ok(out)
     }
