@@ -5,9 +5,11 @@
 //! - filter+project: a stateless `WHERE` + expressions over the same rows.
 //! - GROUP BY 1M distinct keys: rows/s and peak resident memory.
 //! - latency: insert→subscriber p50/p99 at 100k rows/s.
+//! - window: a one-minute tumbling window per key (100 keys) over rows one millisecond apart,
+//!   with a watermark (the workload of `benches/python/join_window.py window`).
 //!
 //! `LAMINAR_BENCH_ROWS` sets N (default 5,000,000); `LAMINAR_BENCH_ONLY` picks one workload
-//! (w1, filter, keys, latency); `LAMINAR_BENCH_BUFFER` sets the source buffer (rows in flight)
+//! (w1, filter, keys, latency, window); `LAMINAR_BENCH_BUFFER` sets the source buffer (rows in flight)
 //! for the 1M-key workload, whose source keeps no history (`'retention' = '0 rows'`) so that
 //! the memory measured is the aggregate's.
 
@@ -138,6 +140,46 @@ fn many_keys(n: usize) -> (f64, f64) {
     (n as f64 / dt, peak_rss_mb())
 }
 
+fn window(n: usize) -> f64 {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, true),
+        Field::new("v", DataType::Float64, true),
+        Field::new("ts", DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None), true),
+    ]));
+    let t0 = 1_704_067_200_000i64;
+    let batch = 50_000;
+    let data: Vec<RecordBatch> = (0..n / batch)
+        .map(|b| {
+            let k = Int64Array::from_iter_values((0..batch).map(|i| (i % 100) as i64));
+            let v = Float64Array::from_iter_values((0..batch).map(|i| (i % 1000) as f64));
+            let ts = arrow::array::TimestampMillisecondArray::from_iter_values(
+                (0..batch).map(|i| t0 + (b * batch + i) as i64),
+            );
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(k), Arc::new(v), Arc::new(ts)]).expect("batch")
+        })
+        .collect();
+    let db = Database::open(":memory:").expect("open");
+    db.execute("CREATE SOURCE ev (k BIGINT, v DOUBLE, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' MINUTE)")
+        .expect("source");
+    db.execute(
+        "CREATE STREAM w AS SELECT k, window_start, window_end, COUNT(*) AS n, SUM(v) AS s FROM ev \
+         GROUP BY k, TUMBLE(ts, INTERVAL '1' MINUTE)",
+    )
+    .expect("stream");
+    db.start().expect("start");
+    let t = Instant::now();
+    for b in &data {
+        db.insert("ev", b).expect("insert");
+    }
+    db.flush().expect("flush");
+    let dt = t.elapsed().as_secs_f64();
+    let r = db.query("SELECT SUM(n) FROM w").expect("query");
+    let total = r.batches[0].column(0).as_primitive::<arrow::datatypes::Int64Type>().value(0);
+    assert_eq!(total as usize, n / batch * batch);
+    db.shutdown().expect("shutdown");
+    n as f64 / dt
+}
+
 fn latency() -> (f64, f64, f64) {
     let db = Database::open(":memory:").expect("open");
     db.execute("CREATE SOURCE ev (id BIGINT, v DOUBLE)").expect("source");
@@ -209,6 +251,10 @@ fn main() {
         let r = median(rs.iter().map(|x| x.0).collect());
         let mem = rs.iter().map(|x| x.1).fold(0.0, f64::max);
         println!("group-by 1M keys         {r:>14.0}        N={n}, peak RSS {mem:.0} MB (whole process)");
+    }
+    if want("window") {
+        let r = median((0..runs).map(|_| window(n.max(100_000))).collect());
+        println!("tumbling window 1 min    {:>14.0}        N={}", r, n.max(100_000));
     }
     if want("latency") {
         let (p50, p99, max) = latency();

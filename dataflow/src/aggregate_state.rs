@@ -132,7 +132,9 @@ impl GroupTable {
 /// Hash of the NULL key of a single VARCHAR key column.
 const NULL_KEY_HASH: u64 = 0x9e37_79b9_7f4a_7c15;
 
-/// Hash of each row's key, used to route rows to the worker that owns the key.
+/// Hash of each row's key, used to route rows to the worker that owns the key. Integer,
+/// temporal, floating-point, boolean and string columns are hashed column by column; other types
+/// through their row encoding.
 pub fn key_hashes(converter: &RowConverter, key_columns: &[ArrayRef], num_rows: usize) -> Result<Vec<u64>> {
     if key_columns.is_empty() {
         return Ok(vec![0; num_rows]);
@@ -145,8 +147,52 @@ pub fn key_hashes(converter: &RowConverter, key_columns: &[ArrayRef], num_rows: 
                 .collect());
         }
     }
-    let rows = converter.convert_columns(key_columns)?;
-    Ok(rows.iter().map(|r| hasher.hash_one(r.as_ref())).collect())
+    let mut hashes = vec![0u64; num_rows];
+    for col in key_columns {
+        if !hash_column(col, &hasher, &mut hashes) {
+            let rows = converter.convert_columns(key_columns)?;
+            return Ok(rows.iter().map(|r| hasher.hash_one(r.as_ref())).collect());
+        }
+    }
+    Ok(hashes)
+}
+
+/// Folds the hash of every value of `col` into `hashes`; false for a type it does not handle.
+fn hash_column(col: &ArrayRef, hasher: &ahash::RandomState, hashes: &mut [u64]) -> bool {
+    fn fold<T: Copy>(
+        values: &[T],
+        nulls: Option<&arrow::buffer::NullBuffer>,
+        hashes: &mut [u64],
+        f: impl Fn(T) -> u64,
+    ) {
+        for (i, (h, &v)) in hashes.iter_mut().zip(values).enumerate() {
+            let x = if nulls.is_none_or(|n| n.is_valid(i)) { f(v) } else { NULL_KEY_HASH };
+            *h = (h.rotate_left(29) ^ x).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    let nulls = col.logical_nulls();
+    let nulls = nulls.as_ref();
+    let data = col.to_data();
+    let width = match col.data_type().primitive_width() {
+        Some(w) if col.data_type().is_primitive() => w,
+        _ => 0,
+    };
+    match width {
+        8 => fold(&data.buffer::<u64>(0)[..col.len()], nulls, hashes, |v| hasher.hash_one(v)),
+        4 => fold(&data.buffer::<u32>(0)[..col.len()], nulls, hashes, |v| hasher.hash_one(v)),
+        2 => fold(&data.buffer::<u16>(0)[..col.len()], nulls, hashes, |v| hasher.hash_one(v)),
+        1 => fold(&data.buffer::<u8>(0)[..col.len()], nulls, hashes, |v| hasher.hash_one(v)),
+        _ => match col.as_string_opt::<i32>() {
+            Some(a) => {
+                for (i, h) in hashes.iter_mut().enumerate() {
+                    let x = if a.is_valid(i) { hasher.hash_one(a.value(i).as_bytes()) } else { NULL_KEY_HASH };
+                    *h = (h.rotate_left(29) ^ x).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                }
+            }
+            None => return false,
+        },
+    }
+    true
 }
 
 /// Incremental grouped aggregation state.

@@ -48,6 +48,17 @@ pub fn assign_windows(spec: &WindowSpec, batch: &DiffBatch) -> Result<DiffBatch>
     if size <= 0 || slide <= 0 {
         return Err(DataflowError::Eval("window size and slide must be positive".into()));
     }
+    let t = spec.output_schema.field(spec.time_column).data_type();
+    if slide == size || slide == i64::MAX {
+        // One window per row: computed column-wise.
+        let start_ms: Int64Array = if slide == size { ts.unary(|v| v.div_euclid(size) * size) } else { ts.clone() };
+        let end_ms: Int64Array = start_ms.unary(|s| s.saturating_add(size));
+        let mut cols = batch.data.columns().to_vec();
+        cols.push(ms_to_type(start_ms, t)?);
+        cols.push(ms_to_type(end_ms, t)?);
+        let data = RecordBatch::try_new(spec.output_schema.clone(), cols)?;
+        return Ok(DiffBatch { data, diffs: batch.diffs.clone() });
+    }
     let mut idx: Vec<u32> = Vec::with_capacity(ts.len());
     let mut starts: Vec<Option<i64>> = Vec::with_capacity(ts.len());
     for i in 0..ts.len() {
@@ -57,11 +68,6 @@ pub fn assign_windows(spec: &WindowSpec, batch: &DiffBatch) -> Result<DiffBatch>
             continue;
         }
         let t = ts.value(i);
-        if slide == i64::MAX {
-            idx.push(i as u32);
-            starts.push(Some(t));
-            continue;
-        }
         // The last window containing t starts at floor(t / slide) * slide; earlier ones every
         // `slide` before it while they still contain t.
         let mut start = t.div_euclid(slide) * slide;
@@ -71,14 +77,9 @@ pub fn assign_windows(spec: &WindowSpec, batch: &DiffBatch) -> Result<DiffBatch>
             start -= slide;
         }
     }
-    let expanded = if idx.len() == batch.num_rows() && idx.iter().enumerate().all(|(i, &j)| i as u32 == j) {
-        batch.clone()
-    } else {
-        batch.take(&UInt32Array::from(idx))?
-    };
+    let expanded = batch.take(&UInt32Array::from(idx))?;
     let start_ms = Int64Array::from(starts);
     let end_ms: Int64Array = start_ms.unary(|s| s + size);
-    let t = spec.output_schema.field(spec.time_column).data_type();
     let mut cols = expanded.data.columns().to_vec();
     cols.push(ms_to_type(start_ms, t)?);
     cols.push(ms_to_type(end_ms, t)?);
@@ -123,7 +124,10 @@ impl Windows {
     ) -> Result<usize> {
         let keys = self.plan.keys.eval(&batch.data)?;
         let ends = event_time_ms(keys.column(self.close.end_key))?;
-        let mut parts: BTreeMap<Option<i64>, Vec<u32>> = BTreeMap::new();
+        // Rows by window end; a batch usually spans a window or two, so the last one found is
+        // tried first.
+        let mut parts: Vec<(Option<i64>, Vec<u32>)> = Vec::new();
+        let mut last = usize::MAX;
         let mut late = 0;
         for i in 0..ends.len() {
             let e = ends.is_valid(i).then(|| ends.value(i));
@@ -133,7 +137,16 @@ impl Windows {
                     continue;
                 }
             }
-            parts.entry(e).or_default().push(i as u32);
+            if last == usize::MAX || parts[last].0 != e {
+                last = match parts.iter().position(|p| p.0 == e) {
+                    Some(p) => p,
+                    None => {
+                        parts.push((e, Vec::new()));
+                        parts.len() - 1
+                    }
+                };
+            }
+            parts[last].1.push(i as u32);
         }
         for (end, idx) in parts {
             // Rows without a window (null time) form a window that never closes.
