@@ -15,10 +15,11 @@ use datafusion::common::TableReference;
 use datafusion::prelude::SessionContext;
 use laminar_adapters::runner::{spawn_sink, spawn_source};
 use laminar_adapters::{
-    BuildContext, Change, ConnectorStatus, DeadLetter, DlqTarget, SinkHandle, SinkSpec, SourceHandle, SourceSpec,
-    SourceTarget,
+    BuildContext, Change, ConnectorStatus, DeadLetter, DeliveryGuarantee, DlqTarget, SinkHandle, SinkSpec,
+    SourceHandle, SourceSpec, SourceTarget,
 };
 use laminar_dataflow::batch::DiffBatch;
+use laminar_dataflow::checkpoint::RestoreState;
 use laminar_dataflow::merge::EpochMerger;
 use laminar_dataflow::runtime::{InstallRequest, Runtime, RuntimeConfig};
 use laminar_dataflow::stats::DataflowStats;
@@ -33,6 +34,7 @@ mod callbacks;
 pub use callbacks::WatermarkSpec;
 
 use crate::catalog::{Catalog, CatalogEntry};
+use crate::checkpoint::{self, CheckpointResult, Loaded};
 use crate::error::{codes, LaminarError, Result};
 use crate::info::*;
 use crate::ingest::{batch_from_json_rows, coerce_batch, concat_or_empty, Retention, SourceData};
@@ -90,8 +92,14 @@ struct SourceEntry {
     run: Mutex<Option<SourceRun>>,
     /// The connector status of the current (or last) run.
     status: Mutex<Option<Arc<ConnectorStatus>>>,
-    /// Where the connector stopped last time (resumed by the next `start()`).
+    /// The connector's position after the last change it applied (resumed by the next
+    /// `start()`, and saved by checkpoints).
     position: Mutex<Option<serde_json::Value>>,
+    /// Held while a connector's chunk of changes is applied with its position, and by a
+    /// checkpoint barrier: a checkpoint includes a whole chunk and its position, or neither.
+    chunk: Mutex<()>,
+    /// The connector can seek back to a saved position (a replayable source).
+    replayable: bool,
     /// The most recent dead letters (the `<source>_errors` collection).
     errors: Mutex<std::collections::VecDeque<DeadLetter>>,
 }
@@ -179,6 +187,8 @@ struct SinkEntry {
     status: Mutex<Option<Arc<ConnectorStatus>>>,
     /// True once the sink has run: later runs do not replay the sources' history into it.
     has_run: AtomicBool,
+    /// What the sink promises (exactly-once sinks commit at checkpoints).
+    guarantee: DeliveryGuarantee,
 }
 
 struct State {
@@ -232,6 +242,25 @@ struct Inner {
     /// Sources and sinks registered at run time (`connector = 'python'`).
     callbacks: laminar_adapters::Callbacks,
     stage: Arc<StageSignal>,
+    /// The chain of checkpoints taken in this run (one checkpoint at a time).
+    checkpoints: Mutex<CheckpointChain>,
+    /// A checkpoint found at open, applied by the next `start()`.
+    restore: Mutex<Option<Arc<Loaded>>>,
+    /// Stops the periodic checkpoints of the current run.
+    checkpoint_timer: Mutex<Option<Arc<AtomicBool>>>,
+    /// Why the last periodic checkpoint failed, if it did.
+    last_checkpoint_error: Mutex<Option<String>>,
+}
+
+/// The incremental checkpoints written since the last full one in this run.
+#[derive(Default)]
+struct CheckpointChain {
+    /// Epochs, the full one first.
+    epochs: Vec<u64>,
+    /// Operator-state bytes of the full one, and of the incremental ones after it (a new full
+    /// checkpoint is taken once the changes outweigh it twice, which bounds what a restart reads).
+    full_bytes: u64,
+    delta_bytes: u64,
 }
 
 impl Drop for Inner {
@@ -310,6 +339,10 @@ impl Database {
                 connector_rt: OnceLock::new(),
                 callbacks: Default::default(),
                 stage: Arc::new(StageSignal::default()),
+                checkpoints: Mutex::new(CheckpointChain::default()),
+                restore: Mutex::new(None),
+                checkpoint_timer: Mutex::new(None),
+                last_checkpoint_error: Mutex::new(None),
             }),
         };
         db.spawn_stager()?;
@@ -319,7 +352,75 @@ impl Database {
                 message: format!("cannot restore '{}' from the catalog: {e}", entry.name),
             })?;
         }
+        db.load_checkpoint()?;
         Ok(db)
+    }
+
+    /// Where checkpoints are kept: `storage_dir`, else the database directory.
+    fn storage_root(&self) -> Option<PathBuf> {
+        self.inner.config.storage_dir.clone().or_else(|| self.inner.dir.clone())
+    }
+
+    /// True when the pipeline takes checkpoints on its own (`checkpoint_interval_ms`) and has a
+    /// place to keep them.
+    pub fn is_checkpoint_enabled(&self) -> bool {
+        self.inner.config.checkpoint_interval_ms.is_some() && self.storage_root().is_some()
+    }
+
+    /// Loads the newest intact checkpoint: the sources get their contents, watermarks and
+    /// positions back now; streams get their state at the next `start()`.
+    fn load_checkpoint(&self) -> Result<()> {
+        let Some(root) = self.storage_root() else { return Ok(()) };
+        let store = checkpoint::Store::new(&root);
+        let Some(loaded) = store.load_latest()? else { return Ok(()) };
+        let head = loaded.head().clone();
+        let st = self.inner.state.lock();
+        for (name, saved) in &head.sources {
+            let Some(src) = st.sources.get(name) else { continue };
+            if src.sql != saved.sql {
+                continue;
+            }
+            if let Some(file) = saved.data.as_ref().and_then(|f| loaded.head_file(f)) {
+                let mut data = src.data.lock();
+                for b in checkpoint::ipc_batches(&file)? {
+                    data.insert(b)?;
+                }
+            }
+            if let Some(w) = saved.watermark {
+                src.watermark.fetch_max(w, Ordering::AcqRel);
+            }
+            src.total.store(saved.total, Ordering::Relaxed);
+            if saved.position.is_some() {
+                *src.position.lock() = saved.position.clone();
+            }
+        }
+        drop(st);
+        *self.inner.restore.lock() = Some(Arc::new(loaded));
+        Ok(())
+    }
+
+    /// Refuses `'delivery.guarantee' = 'exactly-once'` where it cannot hold.
+    fn check_exactly_once(&self, st: &State, sink: &str, sources: &BTreeSet<String>) -> Result<()> {
+        if !self.is_checkpoint_enabled() {
+            return Err(laminar_adapters::ConnectorError::Config(format!(
+                "sink '{sink}': 'delivery.guarantee' = 'exactly-once' needs checkpoints: open a directory (or set \
+                 storage_dir) and set checkpoint_interval_ms"
+            ))
+            .into());
+        }
+        for name in sources {
+            if let Some(src) = st.sources.get(name) {
+                if !src.replayable {
+                    return Err(laminar_adapters::ConnectorError::Config(format!(
+                        "sink '{sink}': 'delivery.guarantee' = 'exactly-once' needs every source it reads to be \
+                         replayable, and source '{name}' is not (rows inserted directly or by a connector that \
+                         cannot seek back); use 'at-least-once'"
+                    ))
+                    .into());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The database directory, if not in memory.
@@ -409,8 +510,8 @@ impl Database {
         let schema = Arc::new(Schema::new(
             def.columns.iter().map(|c| Field::new(&c.name, c.data_type.clone(), c.nullable)).collect::<Vec<_>>(),
         ));
-        let (connector, errors_max) = if connector_options.is_empty() {
-            (None, 0)
+        let (connector, errors_max, replayable) = if connector_options.is_empty() {
+            (None, 0, false)
         } else {
             let spec = SourceSpec {
                 name: def.name.clone(),
@@ -420,12 +521,12 @@ impl Database {
                 options: connector_options,
             };
             let ctx = BuildContext { callbacks: &self.inner.callbacks, resolve: persist };
-            laminar_adapters::validate_source(&spec, &ctx)?;
+            let caps = laminar_adapters::validate_source(&spec, &ctx)?;
             let max = match laminar_adapters::build_source(&spec, &ctx)?.dlq {
                 DlqTarget::Collection { max_rows } => max_rows,
                 DlqTarget::File(_) => 0,
             };
-            (Some(spec), max)
+            (Some(spec), max, caps.replayable)
         };
         let pk: Vec<usize> =
             def.primary_key.iter().filter_map(|k| def.columns.iter().position(|c| &c.name == k)).collect();
@@ -446,6 +547,8 @@ impl Database {
             run: Mutex::new(None),
             status: Mutex::new(None),
             position: Mutex::new(None),
+            chunk: Mutex::new(()),
+            replayable,
             errors: Mutex::new(Default::default()),
             def,
         });
@@ -501,7 +604,7 @@ impl Database {
         if let Some(rt) = &rt {
             let id = st.next_id;
             st.next_id += 1;
-            if let Err(e) = self.install(&st, rt, &entry, id, true) {
+            if let Err(e) = self.install(&st, rt, &entry, id, true, None) {
                 let _ = rt.remove(id);
                 return Err(e);
             }
@@ -537,7 +640,13 @@ impl Database {
             key_columns: Vec::new(),
             options: def.options.clone(),
         };
-        laminar_adapters::validate_sink(&spec, &BuildContext { callbacks: &self.inner.callbacks, resolve: persist })?;
+        let (_, guarantee) = laminar_adapters::validate_sink(
+            &spec,
+            &BuildContext { callbacks: &self.inner.callbacks, resolve: persist },
+        )?;
+        if guarantee == DeliveryGuarantee::ExactlyOnce {
+            self.check_exactly_once(&st, &def.name, &planned.plan.sources())?;
+        }
         let name = def.name.clone();
         let entry = Arc::new(StreamEntry {
             def: CreateStream {
@@ -564,6 +673,7 @@ impl Database {
             entry,
             status: Mutex::new(None),
             has_run: AtomicBool::new(false),
+            guarantee,
         });
         if persist {
             let e = CatalogEntry { name: name.clone(), kind: "SINK".into(), sql: sql.trim().to_string() };
@@ -571,7 +681,7 @@ impl Database {
         }
         st.sinks.insert(name.clone(), sink.clone());
         if let Some(rt) = self.inner.runtime.read().clone() {
-            if let Err(e) = self.start_sink(&mut st, &rt, &sink) {
+            if let Err(e) = self.start_sink(&mut st, &rt, &sink, None) {
                 drop(st);
                 let _ = self.drop_object(ObjectKind::Sink, &name, true, false);
                 return Err(e);
@@ -646,15 +756,33 @@ impl Database {
         Ok(ddl)
     }
 
-    /// Installs a dataflow; `replay` feeds it the sources' current contents first.
-    fn install(&self, st: &State, rt: &Arc<Runtime>, entry: &Arc<StreamEntry>, id: u64, replay: bool) -> Result<()> {
+    /// Installs a dataflow; `replay` feeds it the sources' current contents first, unless it
+    /// starts from checkpointed state (`restore`: operator snapshots and the stream's contents).
+    fn install(
+        &self,
+        st: &State,
+        rt: &Arc<Runtime>,
+        entry: &Arc<StreamEntry>,
+        id: u64,
+        replay: bool,
+        restore: Option<(RestoreState, Option<Vec<RecordBatch>>)>,
+    ) -> Result<()> {
         let output = entry.output.clone();
-        output.reset()?;
+        let restore = match restore {
+            Some((state, contents)) => {
+                output.restore(contents.as_deref().unwrap_or_default())?;
+                Some(Arc::new(state))
+            }
+            None => {
+                output.reset()?;
+                None
+            }
+        };
         let merger = Arc::new(EpochMerger::new(rt.workers(), Box::new(move |e, b| output.deliver(e, b))));
         let guard = self.inner.ingest.lock();
         let st_sources = entry.planned.plan.sources();
         let mut backfill = Vec::new();
-        for name in st_sources.into_iter().filter(|_| replay) {
+        for name in st_sources.into_iter().filter(|_| replay && restore.is_none()) {
             let src = st
                 .sources
                 .get(&name)
@@ -669,6 +797,7 @@ impl Database {
             output: merger.clone(),
             backfill,
             stats: entry.stats.clone(),
+            restore,
         })?;
         *entry.running.lock() = Some(Running { id, merger: merger.clone() });
         drop(guard);
@@ -685,6 +814,25 @@ impl Database {
         Ok(())
     }
 
+    /// The checkpointed state of a dataflow, if the checkpoint being restored has it (and for the
+    /// same definition).
+    fn restored_state(
+        loaded: Option<&Loaded>,
+        name: &str,
+        sql: &str,
+    ) -> Result<Option<(RestoreState, Option<Vec<RecordBatch>>)>> {
+        let Some(l) = loaded else { return Ok(None) };
+        let Some(saved) = l.head().streams.get(name) else { return Ok(None) };
+        if saved.sql != sql {
+            return Ok(None);
+        }
+        let contents = match saved.output.as_ref().and_then(|f| l.head_file(f)) {
+            Some(bytes) => Some(checkpoint::ipc_batches(&bytes)?),
+            None => None,
+        };
+        Ok(Some((RestoreState { operators: l.operator_state(name) }, contents)))
+    }
+
     /// Starts the pipeline: every stream begins processing (existing source contents first).
     pub fn start(&self) -> Result<()> {
         self.check_open()?;
@@ -695,9 +843,13 @@ impl Database {
             return Ok(());
         }
         st.pipeline = PipelineState::Starting;
+        // A checkpoint found at open: the dataflows resume from it, at the epoch after it.
+        let restore = self.inner.restore.lock().take();
+        *self.inner.checkpoints.lock() = CheckpointChain::default();
         let cfg = RuntimeConfig {
             workers: self.inner.config.workers.unwrap_or_else(|| RuntimeConfig::default().workers),
             epoch_interval: self.inner.config.epoch_interval,
+            initial_epoch: restore.as_ref().map_or(1, |l| l.head().epoch + 1),
         };
         let rt = match Runtime::start(cfg) {
             Ok(rt) => Arc::new(rt),
@@ -724,7 +876,14 @@ impl Database {
         for s in streams {
             let id = st.next_id;
             st.next_id += 1;
-            if let Err(e) = self.install(&st, &rt, &s, id, true) {
+            let state = match Self::restored_state(restore.as_deref(), &s.def.name, &s.sql) {
+                Ok(state) => state,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            };
+            if let Err(e) = self.install(&st, &rt, &s, id, true, state) {
                 result = Err(e);
                 break;
             }
@@ -734,7 +893,7 @@ impl Database {
             let sinks: Vec<Arc<SinkEntry>> =
                 catalog_order(&st).into_iter().filter_map(|n| st.sinks.get(&n).cloned()).collect();
             for sink in sinks {
-                if let Err(e) = self.start_sink(&mut st, &rt, &sink) {
+                if let Err(e) = self.start_sink(&mut st, &rt, &sink, restore.as_deref()) {
                     result = Err(e);
                     break;
                 }
@@ -744,6 +903,9 @@ impl Database {
         st.pipeline = PipelineState::Running;
         st.started_at = Some(Instant::now());
         drop(st);
+        if result.is_ok() {
+            self.start_checkpoint_timer();
+        }
         if result.is_ok() {
             for src in &sources {
                 if let Err(e) = self.start_source(src) {
@@ -805,13 +967,27 @@ impl Database {
     }
 
     /// Opens a sink's connector and installs its dataflow.
-    fn start_sink(&self, st: &mut State, rt: &Arc<Runtime>, sink: &Arc<SinkEntry>) -> Result<()> {
+    fn start_sink(
+        &self,
+        st: &mut State,
+        rt: &Arc<Runtime>,
+        sink: &Arc<SinkEntry>,
+        restore: Option<&Loaded>,
+    ) -> Result<()> {
         let crt = self.connector_runtime()?;
-        let mut connector = laminar_adapters::build_sink(&sink.spec, &self.build_context())?;
+        let mut connector = laminar_adapters::build_sink(&sink.spec, &self.build_context())?.connector;
         let peer = connector.describe();
-        open_connector(crt, &format!("sink '{}'", sink.def.name), &peer, connector.open())?;
+        let what = format!("sink '{}'", sink.def.name);
+        open_connector(crt, &what, &peer, connector.open())?;
+        let state = Self::restored_state(restore, &sink.def.name, &sink.entry.sql)?;
+        if let (Some(_), Some(l)) = (&state, restore) {
+            // Writes pre-committed up to the checkpoint become visible; later ones go.
+            open_connector(crt, &what, &peer, connector.recover(l.head().epoch))?;
+            sink.has_run.store(true, Ordering::Release);
+        }
         let status = Arc::new(ConnectorStatus::new(peer));
-        let handle = Arc::new(spawn_sink(crt.handle(), connector, status.clone()));
+        let transactional = sink.guarantee == DeliveryGuarantee::ExactlyOnce;
+        let handle = Arc::new(spawn_sink(crt.handle(), connector, status.clone(), transactional));
         let h = handle.clone();
         sink.entry.output.set_forward(Some(Box::new(move |epoch, batches| h.push(epoch, batches.to_vec()))));
         *sink.entry.sink.lock() = Some(handle);
@@ -819,7 +995,7 @@ impl Database {
         let id = st.next_id;
         st.next_id += 1;
         let first_run = !sink.has_run.swap(true, Ordering::AcqRel);
-        if let Err(e) = self.install(st, rt, &sink.entry, id, first_run) {
+        if let Err(e) = self.install(st, rt, &sink.entry, id, first_run, state) {
             self.stop_sink(sink);
             return Err(e);
         }
@@ -869,6 +1045,195 @@ impl Database {
         self.inner.batches.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Takes a checkpoint: the consistent state of the running pipeline at an epoch boundary
+    /// (operator state, source contents and positions, stream contents), written durably under
+    /// the storage directory; exactly-once sinks then commit the epochs it covers. The pipeline
+    /// keeps running meanwhile, apart from the instant of the barrier.
+    pub fn checkpoint(&self) -> Result<CheckpointResult> {
+        self.check_open()?;
+        let root = self.storage_root().ok_or_else(|| {
+            LaminarError::Checkpoint(
+                "an in-memory database cannot checkpoint: open a directory or set storage_dir".into(),
+            )
+        })?;
+        let mut chain = self.inner.checkpoints.lock();
+        let rt = self
+            .inner
+            .runtime
+            .read()
+            .clone()
+            .ok_or_else(|| LaminarError::Checkpoint("the pipeline is not running: start() it first".into()))?;
+        self.flush_all_staged()?;
+        let started = Instant::now();
+        let full = chain.epochs.is_empty() || chain.delta_bytes > 2 * chain.full_bytes;
+        let st = self.inner.state.lock();
+        // Every installed dataflow of the catalog (ad-hoc query subscriptions are not saved).
+        struct Part {
+            name: String,
+            sql: String,
+            id: u64,
+            merger: Arc<EpochMerger>,
+            operators: u32,
+            output: Arc<StreamOutput>,
+            sink: Option<Arc<SinkHandle>>,
+        }
+        let mut parts = Vec::new();
+        let entries = st
+            .streams
+            .iter()
+            .map(|(n, e)| (n.clone(), e.clone()))
+            .chain(st.sinks.iter().map(|(n, s)| (n.clone(), s.entry.clone())));
+        for (name, e) in entries {
+            let Some(r) = e.running.lock().as_ref().map(|r| (r.id, r.merger.clone())) else { continue };
+            parts.push(Part {
+                name,
+                sql: e.sql.clone(),
+                id: r.0,
+                merger: r.1,
+                operators: e.planned.plan.stateful_operators(),
+                output: e.output.clone(),
+                sink: e.sink.lock().clone(),
+            });
+        }
+        let workers = rt.workers();
+        let expected: usize = parts.iter().map(|p| p.operators as usize * workers + 1).sum();
+        let collector = checkpoint::Collector::new(expected);
+        // The barrier: no source chunk is half applied, no insert half sent.
+        let sources: Vec<Arc<SourceEntry>> = st.sources.values().cloned().collect();
+        let chunk_guards: Vec<_> = sources.iter().map(|s| s.chunk.lock()).collect();
+        let ingest = self.inner.ingest.lock();
+        let mut source_parts = Vec::new();
+        for src in &sources {
+            let data = src.data.lock().snapshot()?;
+            let w = src.watermark.load(Ordering::Acquire);
+            source_parts.push((
+                src.clone(),
+                data,
+                (w != i64::MIN).then_some(w),
+                src.total.load(Ordering::Relaxed),
+                src.position.lock().clone(),
+            ));
+        }
+        let c2 = collector.clone();
+        let epoch = rt.checkpoint(full, collector.clone(), |e| {
+            for p in &parts {
+                let c = c2.clone();
+                let name = p.name.clone();
+                match &p.sink {
+                    Some(h) => {
+                        let h = h.clone();
+                        p.merger.mark(e, Box::new(move || h.pre_commit(e, Box::new(move |r| c.sink(name, r)))));
+                    }
+                    None => {
+                        let out = p.output.clone();
+                        p.merger.mark(e, Box::new(move || c.output(name, out.image().map_err(|err| err.to_string()))));
+                    }
+                }
+            }
+        })?;
+        drop(ingest);
+        drop(chunk_guards);
+        drop(st);
+        let collected = collector.wait(Duration::from_secs(300))?;
+        if !collected.errors.is_empty() {
+            return Err(LaminarError::Checkpoint(format!(
+                "checkpoint of epoch {epoch} failed: {}",
+                collected.errors.join("; ")
+            )));
+        }
+        // The files and the manifest.
+        let mut manifest = checkpoint::Manifest {
+            epoch,
+            full,
+            chain: if full { vec![epoch] } else { chain.epochs.iter().copied().chain([epoch]).collect() },
+            created_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            ..Default::default()
+        };
+        let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+        let safe = |n: &str| n.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect::<String>();
+        for (src, data, watermark, total, position) in source_parts {
+            let file = format!("src-{}.arrow", safe(&src.def.name));
+            files.push((file.clone(), checkpoint::ipc_bytes(&data, &src.schema)?));
+            manifest.sources.insert(
+                src.def.name.clone(),
+                checkpoint::SourceCheckpoint { sql: src.sql.clone(), watermark, total, position, data: Some(file) },
+            );
+        }
+        let mut operators = collected.operators;
+        let op_bytes: u64 = operators.values().map(|v| v.len() as u64).sum();
+        for p in &parts {
+            let mut saved = checkpoint::StreamCheckpoint { sql: p.sql.clone(), dataflow: p.id, ..Default::default() };
+            for ordinal in 0..p.operators {
+                for w in 0..workers {
+                    let Some(state) = operators.remove(&(p.id, ordinal, w)) else { continue };
+                    let file = format!("op-{}-{ordinal}-{w}.bin", safe(&p.name));
+                    files.push((file.clone(), state));
+                    saved.operators.push((ordinal, w, file));
+                }
+            }
+            if let Some(Some(contents)) = collected.outputs.get(&p.name) {
+                let file = format!("out-{}.arrow", safe(&p.name));
+                let schema = contents.first().map(|b| b.schema()).unwrap_or_else(|| p.output.image_schema());
+                files.push((file.clone(), checkpoint::ipc_bytes(contents, &schema)?));
+                saved.output = Some(file);
+            }
+            manifest.streams.insert(p.name.clone(), saved);
+        }
+        let nfiles = files.len();
+        let store = checkpoint::Store::new(&root);
+        let (path, bytes) = store.write(manifest.clone(), files)?;
+        store.prune(&manifest)?;
+        if full {
+            *chain = CheckpointChain { epochs: vec![epoch], full_bytes: op_bytes, delta_bytes: 0 };
+        } else {
+            chain.epochs.push(epoch);
+            chain.delta_bytes += op_bytes;
+        }
+        // Durable: exactly-once sinks make the covered epochs visible.
+        for p in &parts {
+            if let Some(h) = &p.sink {
+                h.commit(epoch);
+            }
+        }
+        Ok(CheckpointResult { epoch, full, bytes, files: nfiles, duration: started.elapsed(), path })
+    }
+
+    /// Starts periodic checkpoints for this run when `checkpoint_interval_ms` is set.
+    fn start_checkpoint_timer(&self) {
+        let Some(ms) = self.inner.config.checkpoint_interval_ms else { return };
+        if self.storage_root().is_none() {
+            return;
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        if let Some(old) = self.inner.checkpoint_timer.lock().replace(stop.clone()) {
+            old.store(true, Ordering::Release);
+        }
+        let weak = Arc::downgrade(&self.inner);
+        let every = Duration::from_millis(ms.max(10));
+        let spawned = std::thread::Builder::new().name("laminar-checkpoints".into()).spawn(move || loop {
+            let deadline = Instant::now() + every;
+            while Instant::now() < deadline {
+                if stop.load(Ordering::Acquire) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10).min(every));
+            }
+            let Some(inner) = weak.upgrade() else { return };
+            let db = Database { inner };
+            if db.pipeline_state() != PipelineState::Running {
+                return;
+            }
+            if let Err(e) = db.checkpoint() {
+                *db.inner.last_checkpoint_error.lock() = Some(e.to_string());
+            }
+        });
+        if spawned.is_err() {
+            *self.inner.last_checkpoint_error.lock() = Some("cannot start the checkpoint thread".into());
+        }
+    }
+
     /// Stops the pipeline after draining in-flight data; subscriptions end.
     pub fn shutdown(&self) -> Result<()> {
         self.flush_all_staged()?;
@@ -880,10 +1245,19 @@ impl Database {
             }
             (st.sources.values().cloned().collect::<Vec<_>>(), st.sinks.values().cloned().collect::<Vec<_>>())
         };
+        if let Some(stop) = self.inner.checkpoint_timer.lock().take() {
+            stop.store(true, Ordering::Release);
+        }
         for src in &sources {
             self.stop_source(src);
         }
         let drained = self.flush_inner();
+        // A last checkpoint: the next run resumes exactly here (and exactly-once sinks commit).
+        if drained.is_ok() && self.is_checkpoint_enabled() {
+            if let Err(e) = self.checkpoint() {
+                *self.inner.last_checkpoint_error.lock() = Some(e.to_string());
+            }
+        }
         for sink in &sinks {
             self.stop_sink(sink);
         }
@@ -1281,7 +1655,7 @@ impl Database {
         // Subscribe before installing so that the backfilled result is delivered too.
         let sub = entry.output.subscribe(mode).with_health(self.upstream_health(&entry.sources));
         if let Some(rt) = self.inner.runtime.read().clone() {
-            self.install(&st, &rt, &entry, id, true)?;
+            self.install(&st, &rt, &entry, id, true, None)?;
         }
         st.queries.insert(name.clone(), entry);
         let weak = Arc::downgrade(&self.inner);
@@ -1874,6 +2248,22 @@ impl SourceTarget for EngineTarget {
     fn apply(&self, change: Change) -> std::result::Result<(), String> {
         let Some(inner) = self.inner.upgrade() else { return Err("the database is closed".into()) };
         Database { inner }.apply_change(&self.src, change).map_err(|e| e.to_string())
+    }
+
+    fn apply_chunk(&self, changes: Vec<Change>, position: Option<serde_json::Value>) -> Vec<(Change, String)> {
+        let Some(inner) = self.inner.upgrade() else {
+            return changes.into_iter().map(|c| (c, "the database is closed".to_string())).collect();
+        };
+        let db = Database { inner };
+        let _chunk = self.src.chunk.lock();
+        let refused = changes
+            .into_iter()
+            .filter_map(|c| db.apply_change(&self.src, c.clone()).err().map(|e| (c, e.to_string())))
+            .collect();
+        if position.is_some() {
+            *self.src.position.lock() = position;
+        }
+        refused
     }
 
     fn watermark(&self, ts_ms: i64) {

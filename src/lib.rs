@@ -19,6 +19,7 @@
 //! ```
 
 pub mod catalog;
+pub mod checkpoint;
 pub mod cli;
 pub mod database;
 pub mod error;
@@ -26,6 +27,7 @@ pub mod info;
 pub mod ingest;
 pub mod output;
 
+pub use checkpoint::CheckpointResult;
 pub use database::{Connection, Database, LaminarConfig, WatermarkSpec, Writer};
 pub use error::{codes, LaminarError, Result};
 pub use info::*;

@@ -153,6 +153,60 @@ impl StreamOutput {
         }
     }
 
+    /// The contents for a checkpoint: an updating stream's distinct rows with their counts in a
+    /// `_weight` column, an append-only stream's retained batches; `None` when nothing is kept.
+    pub fn image(&self) -> Result<Option<Vec<RecordBatch>>> {
+        match &*self.snapshot.lock() {
+            Snapshot::None => Ok(None),
+            Snapshot::Append(h) => Ok(Some(h.snapshot())),
+            Snapshot::Consolidated { converter, rows } => {
+                if rows.is_empty() {
+                    return Ok(Some(Vec::new()));
+                }
+                let parser = converter.parser();
+                let mut cols = converter.convert_rows(rows.iter().map(|(r, _)| parser.parse(r)))?;
+                cols.push(Arc::new(Int64Array::from_iter_values(rows.iter().map(|(_, c)| c))));
+                Ok(Some(vec![RecordBatch::try_new(self.changelog_schema.clone(), cols)?]))
+            }
+        }
+    }
+
+    /// The schema of [`StreamOutput::image`]'s batches.
+    pub fn image_schema(&self) -> SchemaRef {
+        match &*self.snapshot.lock() {
+            Snapshot::Consolidated { .. } => self.changelog_schema.clone(),
+            _ => self.schema.clone(),
+        }
+    }
+
+    /// Loads contents written by [`StreamOutput::image`] in place of the current ones.
+    pub fn restore(&self, batches: &[RecordBatch]) -> Result<()> {
+        self.reset()?;
+        let mut snap = self.snapshot.lock();
+        match &mut *snap {
+            Snapshot::None => {}
+            Snapshot::Append(h) => batches.iter().for_each(|b| h.push(b.clone())),
+            Snapshot::Consolidated { converter, rows } => {
+                for b in batches {
+                    let n = b.num_columns();
+                    if n == 0 {
+                        continue;
+                    }
+                    let weights = b
+                        .column(n - 1)
+                        .as_any()
+                        .downcast_ref::<Int64Array>()
+                        .ok_or_else(|| LaminarError::Internal("checkpointed stream rows lack weights".into()))?;
+                    let encoded = converter.convert_columns(&b.columns()[..n - 1])?;
+                    for i in 0..b.num_rows() {
+                        rows.add(encoded.row(i).as_ref(), weights.value(i));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Number of rows in the snapshot.
     pub fn num_rows(&self) -> usize {
         match &*self.snapshot.lock() {

@@ -227,6 +227,13 @@ pub trait SinkConnector: Send {
         Ok(())
     }
 
+    /// Called after `open` when the pipeline resumes from the checkpoint of `checkpoint` (two-
+    /// phase commit recovery): writes pre-committed for epochs up to it become visible, later
+    /// ones are discarded, since the pipeline produces them again.
+    async fn recover(&mut self, _checkpoint: u64) -> Result<()> {
+        Ok(())
+    }
+
     /// How often [`SinkConnector::tick`] runs while no epoch arrives (None: never).
     fn tick_interval(&self) -> Option<Duration> {
         None

@@ -35,9 +35,10 @@ pub use connector::{
 pub use dlq::{DeadLetter, DlqTarget};
 pub use options::{OptionReader, Options};
 pub use registry::{
-    build_sink, build_source, connector_names, validate_sink, validate_source, BuildContext, ConnectorKind,
+    build_sink, build_source, connector_names, validate_sink, validate_source, BuildContext, BuiltSink, ConnectorKind,
+    DeliveryGuarantee,
 };
-pub use runner::{ConnectorState, ConnectorStatus, SinkHandle, SourceHandle, SourceTarget};
+pub use runner::{CheckpointAck, ConnectorState, ConnectorStatus, SinkHandle, SourceHandle, SourceTarget};
 
 /// Connector errors.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -61,6 +61,28 @@ pub struct SinkFactory {
 /// Option keys every source accepts (dead-letter routing).
 pub const SOURCE_COMMON_KEYS: &[&str] = &["dlq", "dlq.max_rows"];
 
+/// Option keys every sink accepts.
+pub const SINK_COMMON_KEYS: &[&str] = &["delivery.guarantee"];
+
+/// What a sink promises about each change (`'delivery.guarantee'`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeliveryGuarantee {
+    /// Every change arrives; after a crash some may arrive twice (the default).
+    #[default]
+    AtLeastOnce,
+    /// Every change arrives once: writes become visible only when a checkpoint covering them is
+    /// durable (needs checkpoints and replayable sources).
+    ExactlyOnce,
+}
+
+/// A sink connector ready to open, with its delivery guarantee.
+pub struct BuiltSink {
+    /// The connector (not yet opened).
+    pub connector: Box<dyn SinkConnector>,
+    /// What it promises.
+    pub guarantee: DeliveryGuarantee,
+}
+
 fn sources() -> Vec<&'static SourceFactory> {
     vec![
         &crate::callback::SOURCE,
@@ -154,20 +176,31 @@ pub fn validate_source(spec: &SourceSpec, ctx: &BuildContext<'_>) -> Result<Sour
 }
 
 /// Builds a sink from its spec (no I/O).
-pub fn build_sink(spec: &SinkSpec, ctx: &BuildContext<'_>) -> Result<Box<dyn SinkConnector>> {
+pub fn build_sink(spec: &SinkSpec, ctx: &BuildContext<'_>) -> Result<BuiltSink> {
     let name = connector_name(&spec.options)?;
     let factory = sinks().into_iter().find(|f| f.name == name).ok_or_else(|| unknown(ConnectorKind::Sink, &name))?;
     let mut r = OptionReader::new(factory.name, spec.options.clone());
+    let guarantee = match r.opt_enum("delivery.guarantee", &["at-least-once", "exactly-once"])?.as_deref() {
+        Some("exactly-once") => DeliveryGuarantee::ExactlyOnce,
+        _ => DeliveryGuarantee::AtLeastOnce,
+    };
     let connector = (factory.build)(spec, &mut r, ctx)?;
-    r.finish(factory.keys)?;
-    Ok(connector)
+    let known: Vec<&str> = factory.keys.iter().chain(SINK_COMMON_KEYS).copied().collect();
+    r.finish(&known)?;
+    if guarantee == DeliveryGuarantee::ExactlyOnce && !connector.capabilities().exactly_once {
+        return Err(ConnectorError::Config(format!(
+            "'delivery.guarantee' = 'exactly-once' is not available for connector '{name}' (it cannot hold \
+             writes until a checkpoint commits them); use 'at-least-once'"
+        )));
+    }
+    Ok(BuiltSink { connector, guarantee })
 }
 
 /// Validates a sink's options at CREATE time (no network I/O), including whether it can take
 /// the query's changes; returns its capabilities.
-pub fn validate_sink(spec: &SinkSpec, ctx: &BuildContext<'_>) -> Result<SinkCapabilities> {
+pub fn validate_sink(spec: &SinkSpec, ctx: &BuildContext<'_>) -> Result<(SinkCapabilities, DeliveryGuarantee)> {
     let sink = build_sink(spec, ctx)?;
-    let caps = sink.capabilities();
+    let caps = sink.connector.capabilities();
     if !spec.append_only && !caps.accepts_updates() {
         return Err(ConnectorError::Config(format!(
             "sink '{}' (connector '{}') is append-only, but its query produces updates and deletes \
@@ -177,5 +210,5 @@ pub fn validate_sink(spec: &SinkSpec, ctx: &BuildContext<'_>) -> Result<SinkCapa
             spec.options.get("connector").map(String::as_str).unwrap_or("")
         )));
     }
-    Ok(caps)
+    Ok((caps, sink.guarantee))
 }

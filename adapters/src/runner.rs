@@ -112,9 +112,16 @@ pub trait SourceTarget: Send + Sync {
     /// True while the source's buffer has room.
     fn has_capacity(&self) -> bool;
     /// Applies one change (stores it and sends it into the pipeline). Must not block waiting for
-    /// room: the runner awaits [`SourceTarget::has_capacity`] before each change, so that a
+    /// room: the runner awaits [`SourceTarget::has_capacity`] before each chunk, so that a
     /// full buffer never ties up a thread of the connector runtime (sinks run there too).
     fn apply(&self, change: Change) -> Result<(), String>;
+    /// Applies the changes of one poll, then records `position` (the connector's position
+    /// after them) as the source's position, atomically with respect to checkpoints: a
+    /// checkpoint sees all of a chunk with its position, or none of it. Returns the changes
+    /// refused, with the reason.
+    fn apply_chunk(&self, changes: Vec<Change>, _position: Option<serde_json::Value>) -> Vec<(Change, String)> {
+        changes.into_iter().filter_map(|c| self.apply(c.clone()).err().map(|e| (c, e))).collect()
+    }
     /// Advances the event-time watermark (ms).
     fn watermark(&self, ts_ms: i64);
     /// Keeps dead letters in the `<source>_errors` collection.
@@ -202,21 +209,15 @@ pub fn spawn_source(
                         status.set_state(ConnectorState::Running);
                     }
                     let mut letters = chunk.dead_letters;
-                    let mut stopped = false;
-                    for change in chunk.changes {
-                        // Once stopping, the rest of the chunk goes in without waiting (nothing
-                        // read from the peer is lost at shutdown).
-                        if !stopped && !wait_for_capacity(&*target, &status, &mut stop).await {
-                            stopped = true;
-                        }
-                        let n = change.num_rows() as u64;
-                        match target.apply(change.clone()) {
-                            Ok(()) => {
-                                status.rows.fetch_add(n, Ordering::Relaxed);
-                            }
-                            Err(reason) => letters.push(rejected(&change, reason)),
-                        }
-                    }
+                    // Once stopping, the chunk still goes in (nothing read from the peer is lost
+                    // at shutdown).
+                    let stopped = !wait_for_capacity(&*target, &status, &mut stop).await;
+                    let rows: u64 = chunk.changes.iter().map(|c| c.num_rows() as u64).sum();
+                    let position = connector.checkpoint().ok().filter(|p| !p.is_null());
+                    let refused = target.apply_chunk(chunk.changes, position);
+                    let lost: u64 = refused.iter().map(|(c, _)| c.num_rows() as u64).sum();
+                    status.rows.fetch_add(rows - lost, Ordering::Relaxed);
+                    letters.extend(refused.iter().map(|(c, reason)| rejected(c, reason.clone())));
                     if !letters.is_empty() {
                         status.dropped.fetch_add(letters.len() as u64, Ordering::Relaxed);
                         route_dead_letters(&source, &dlq, &*target, &status, letters);
@@ -297,12 +298,23 @@ fn route_dead_letters(
     }
 }
 
-/// One epoch's changes for a sink.
-type EpochItem = (u64, Vec<DiffBatch>);
+/// What a sink's runner receives, in order.
+enum SinkItem {
+    /// One completed epoch's changes.
+    Epoch(u64, Vec<DiffBatch>),
+    /// A checkpoint of this epoch is being taken: make everything up to it durable
+    /// (`pre_commit`) and report.
+    PreCommit(u64, CheckpointAck),
+    /// The checkpoint of this epoch is durable: make its writes visible (`commit`).
+    Commit(u64),
+}
+
+/// Receives the outcome of a sink's pre-commit for a checkpoint.
+pub type CheckpointAck = Box<dyn FnOnce(Result<(), String>) + Send>;
 
 /// A running sink (shared by the engine's delivery path and its shutdown path).
 pub struct SinkHandle {
-    tx: Mutex<Option<mpsc::UnboundedSender<EpochItem>>>,
+    tx: Mutex<Option<mpsc::UnboundedSender<SinkItem>>>,
     pending: Arc<Mutex<VecDeque<u64>>>,
     stopping: Arc<AtomicBool>,
     join: Mutex<Option<JoinHandle<()>>>,
@@ -313,18 +325,40 @@ impl SinkHandle {
     pub fn push(&self, epoch: u64, batches: Vec<DiffBatch>) {
         if let Some(tx) = &*self.tx.lock() {
             self.pending.lock().push_back(epoch);
-            if tx.send((epoch, batches)).is_err() {
+            if tx.send(SinkItem::Epoch(epoch, batches)).is_err() {
                 self.pending.lock().retain(|e| *e != epoch);
             }
         }
     }
 
-    /// Number of queued epochs not yet committed.
+    /// Queues a checkpoint barrier after the epochs pushed so far; `ack` learns whether the
+    /// sink made them durable.
+    pub fn pre_commit(&self, epoch: u64, ack: CheckpointAck) {
+        match &*self.tx.lock() {
+            Some(tx) => {
+                if let Err(mpsc::error::SendError(SinkItem::PreCommit(_, ack))) =
+                    tx.send(SinkItem::PreCommit(epoch, ack))
+                {
+                    ack(Err("the sink has stopped".into()));
+                }
+            }
+            None => ack(Err("the sink has stopped".into())),
+        }
+    }
+
+    /// Tells the sink that the checkpoint of `epoch` is durable.
+    pub fn commit(&self, epoch: u64) {
+        if let Some(tx) = &*self.tx.lock() {
+            let _ = tx.send(SinkItem::Commit(epoch));
+        }
+    }
+
+    /// Number of queued epochs not yet written.
     pub fn pending_epochs(&self) -> usize {
         self.pending.lock().len()
     }
 
-    /// The oldest queued epoch not yet committed, if any.
+    /// The oldest queued epoch not yet written, if any.
     pub fn oldest_pending(&self) -> Option<u64> {
         self.pending.lock().front().copied()
     }
@@ -347,13 +381,17 @@ impl SinkHandle {
     }
 }
 
-/// Starts writing epochs into an opened sink on `rt`.
+/// Starts writing epochs into an opened sink on `rt`. With `transactional`, an epoch's writes
+/// stay pending (written, not visible) until a checkpoint covering it is durable: `pre_commit`
+/// at the checkpoint barrier, `commit` once it is durable. Otherwise every epoch is committed as
+/// soon as it is written (at-least-once), and barriers are acknowledged in order.
 pub fn spawn_sink(
     rt: &tokio::runtime::Handle,
     mut connector: Box<dyn SinkConnector>,
     status: Arc<ConnectorStatus>,
+    transactional: bool,
 ) -> SinkHandle {
-    let (tx, mut rx) = mpsc::unbounded_channel::<EpochItem>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<SinkItem>();
     let pending: Arc<Mutex<VecDeque<u64>>> = Arc::new(Mutex::new(VecDeque::new()));
     let stopping = Arc::new(AtomicBool::new(false));
     let (p2, s2) = (pending.clone(), stopping.clone());
@@ -375,10 +413,52 @@ pub fn spawn_sink(
                 },
                 None => rx.recv().await,
             };
-            let Some((epoch, batches)) = next else { break };
+            let (epoch, batches) = match next {
+                None => break,
+                Some(SinkItem::Epoch(e, b)) => (e, b),
+                Some(SinkItem::PreCommit(e, ack)) => {
+                    let r = if status.state() == ConnectorState::Failed {
+                        Err(status.last_error().unwrap_or_else(|| "the sink has failed".into()))
+                    } else if transactional {
+                        connector.pre_commit(e).await.map_err(|err| {
+                            status.fail(ConnectorState::Failed, &err);
+                            err.to_string()
+                        })
+                    } else {
+                        Ok(())
+                    };
+                    ack(r);
+                    continue;
+                }
+                Some(SinkItem::Commit(e)) => {
+                    if transactional && status.state() != ConnectorState::Failed {
+                        if let Err(err) = connector.commit(e).await {
+                            status.fail(ConnectorState::Failed, &err);
+                        }
+                    }
+                    continue;
+                }
+            };
             let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
             if status.state() == ConnectorState::Failed {
                 status.dropped.fetch_add(rows, Ordering::Relaxed);
+                p2.lock().pop_front();
+                continue;
+            }
+            if transactional {
+                // Pending until a checkpoint: a failure here is final for this run (recovery
+                // restarts from the last checkpoint and writes these epochs again).
+                match write_uncommitted(&mut *connector, epoch, &batches).await {
+                    Ok(()) => {
+                        status.rows.fetch_add(rows, Ordering::Relaxed);
+                        status.epochs.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        let _ = connector.abort(epoch).await;
+                        status.fail(ConnectorState::Failed, &e);
+                        status.dropped.fetch_add(rows, Ordering::Relaxed);
+                    }
+                }
                 p2.lock().pop_front();
                 continue;
             }
@@ -421,6 +501,16 @@ pub fn spawn_sink(
         }
     });
     SinkHandle { tx: Mutex::new(Some(tx)), pending, stopping, join: Mutex::new(Some(join)) }
+}
+
+async fn write_uncommitted(c: &mut dyn SinkConnector, epoch: u64, batches: &[DiffBatch]) -> Result<(), ConnectorError> {
+    c.begin(epoch).await?;
+    for b in batches {
+        if b.num_rows() > 0 {
+            c.write(b).await?;
+        }
+    }
+    Ok(())
 }
 
 async fn write_epoch(c: &mut dyn SinkConnector, epoch: u64, batches: &[DiffBatch]) -> Result<(), ConnectorError> {

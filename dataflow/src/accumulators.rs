@@ -14,6 +14,7 @@ use arrow::datatypes::{ArrowNativeTypeOp, DataType, Float64Type, Int64Type};
 use arrow_row::{OwnedRow, RowConverter, SortField};
 
 use crate::batch::DiffBatch;
+use crate::codec::{Dec, Enc};
 use crate::error::{DataflowError, Result};
 use crate::plan::AggKind;
 
@@ -27,6 +28,10 @@ pub trait Accumulator: Send {
     /// Called once an epoch's input is fully applied, for the groups it changed. Only here are
     /// counts final: within an epoch a retraction may arrive before the insertion it cancels.
     fn settle(&mut self, _groups: &[u32]) {}
+    /// Appends the state of group `g` to a snapshot.
+    fn save(&self, g: u32, out: &mut Enc);
+    /// Restores group `g` from a snapshot written by [`Accumulator::save`].
+    fn load(&mut self, g: u32, input: &mut Dec<'_>) -> Result<()>;
 }
 
 /// Builds the accumulator for an aggregate over an argument of type `arg_type`.
@@ -101,6 +106,16 @@ impl Accumulator for CountAcc {
     fn evaluate(&self, groups: &[u32]) -> Result<ArrayRef> {
         Ok(Arc::new(Int64Array::from_iter_values(groups.iter().map(|&g| self.counts[g as usize]))))
     }
+
+    fn save(&self, g: u32, out: &mut Enc) {
+        out.i64(self.counts.get(g as usize).copied().unwrap_or(0));
+    }
+
+    fn load(&mut self, g: u32, input: &mut Dec<'_>) -> Result<()> {
+        grow(&mut self.counts, g as usize + 1, 0);
+        self.counts[g as usize] = input.i64()?;
+        Ok(())
+    }
 }
 
 /// SUM/AVG over integers: exact 128-bit sums.
@@ -154,6 +169,19 @@ impl Accumulator for IntSum {
             }
         }
         Ok(Arc::new(Int64Array::from(out)))
+    }
+
+    fn save(&self, g: u32, out: &mut Enc) {
+        out.i128(self.sums.get(g as usize).copied().unwrap_or(0));
+        out.i64(self.nonnull.get(g as usize).copied().unwrap_or(0));
+    }
+
+    fn load(&mut self, g: u32, input: &mut Dec<'_>) -> Result<()> {
+        grow(&mut self.sums, g as usize + 1, 0);
+        grow(&mut self.nonnull, g as usize + 1, 0);
+        self.sums[g as usize] = input.i128()?;
+        self.nonnull[g as usize] = input.i64()?;
+        Ok(())
     }
 }
 
@@ -212,6 +240,19 @@ impl Accumulator for FloatSum {
             (c > 0).then(|| if self.avg { s / c as f64 } else { s })
         }))))
     }
+
+    fn save(&self, g: u32, out: &mut Enc) {
+        out.f64(self.sums.get(g as usize).copied().unwrap_or(0.0));
+        out.i64(self.nonnull.get(g as usize).copied().unwrap_or(0));
+    }
+
+    fn load(&mut self, g: u32, input: &mut Dec<'_>) -> Result<()> {
+        grow(&mut self.sums, g as usize + 1, 0.0);
+        grow(&mut self.nonnull, g as usize + 1, 0);
+        self.sums[g as usize] = input.f64()?;
+        self.nonnull[g as usize] = input.i64()?;
+        Ok(())
+    }
 }
 
 /// SUM/AVG over DECIMAL(p, s): exact sums of the unscaled integers.
@@ -261,6 +302,19 @@ impl Accumulator for DecimalSum {
         .with_precision_and_scale(38.max(self.precision), self.scale)?;
         Ok(Arc::new(arr))
     }
+
+    fn save(&self, g: u32, out: &mut Enc) {
+        out.i128(self.sums.get(g as usize).copied().unwrap_or(0));
+        out.i64(self.nonnull.get(g as usize).copied().unwrap_or(0));
+    }
+
+    fn load(&mut self, g: u32, input: &mut Dec<'_>) -> Result<()> {
+        grow(&mut self.sums, g as usize + 1, 0);
+        grow(&mut self.nonnull, g as usize + 1, 0);
+        self.sums[g as usize] = input.i128()?;
+        self.nonnull[g as usize] = input.i64()?;
+        Ok(())
+    }
 }
 
 /// MIN/MAX over an append-only primitive column: one value per group.
@@ -301,6 +355,31 @@ impl<T: ArrowPrimitiveType> Accumulator for PrimExtreme<T> {
     fn evaluate(&self, groups: &[u32]) -> Result<ArrayRef> {
         Ok(Arc::new(PrimitiveArray::<T>::from_iter(groups.iter().map(|&g| self.best[g as usize]))))
     }
+
+    fn save(&self, g: u32, out: &mut Enc) {
+        match self.best.get(g as usize).copied().flatten() {
+            Some(v) => {
+                out.u8(1);
+                out.bytes(arrow::datatypes::ToByteSlice::to_byte_slice(std::slice::from_ref(&v)));
+            }
+            None => out.u8(0),
+        }
+    }
+
+    fn load(&mut self, g: u32, input: &mut Dec<'_>) -> Result<()> {
+        grow(&mut self.best, g as usize + 1, None);
+        self.best[g as usize] = match input.u8()? {
+            0 => None,
+            _ => {
+                let buf = arrow::buffer::Buffer::from(input.bytes()?);
+                if buf.len() != std::mem::size_of::<T::Native>() {
+                    return Err(DataflowError::Internal("corrupt state snapshot (MIN/MAX value)".into()));
+                }
+                buf.typed_data::<T::Native>().first().copied()
+            }
+        };
+        Ok(())
+    }
 }
 
 /// Order-preserving byte encoding of one column, shared by the generic MIN/MAX/DISTINCT.
@@ -312,6 +391,12 @@ struct ValueCodec {
 impl ValueCodec {
     fn new(data_type: DataType) -> Result<Self> {
         Ok(Self { converter: RowConverter::new(vec![SortField::new(data_type.clone())])?, data_type })
+    }
+
+    /// An owned row from snapshot bytes (checked by the parser of this codec's converter).
+    fn owned(&self, bytes: &[u8]) -> Result<OwnedRow> {
+        let rows = self.converter.convert_rows(std::iter::once(self.converter.parser().parse(bytes)))?;
+        Ok(self.converter.convert_columns(&rows)?.row(0).owned())
     }
 
     fn encode(&self, v: &ArrayRef) -> Result<arrow_row::Rows> {
@@ -390,6 +475,19 @@ impl Accumulator for RowExtreme {
     fn evaluate(&self, groups: &[u32]) -> Result<ArrayRef> {
         self.codec.decode(groups.iter().map(|&g| self.best[g as usize].as_ref().map(|r| r.as_ref())), groups.len())
     }
+
+    fn save(&self, g: u32, out: &mut Enc) {
+        out.opt_bytes(self.best.get(g as usize).and_then(|b| b.as_ref()).map(|r| r.as_ref()));
+    }
+
+    fn load(&mut self, g: u32, input: &mut Dec<'_>) -> Result<()> {
+        grow(&mut self.best, g as usize + 1, None);
+        self.best[g as usize] = match input.opt_bytes()? {
+            Some(b) => Some(self.codec.owned(b)?),
+            None => None,
+        };
+        Ok(())
+    }
 }
 
 /// A multiset of encoded values: value → multiplicity, entries removed at zero.
@@ -439,6 +537,32 @@ fn update_sets<S: CountedSet>(
     Ok(())
 }
 
+fn save_set<'a>(set: Option<impl ExactSizeIterator<Item = (&'a Box<[u8]>, &'a i64)>>, out: &mut Enc) {
+    match set {
+        Some(it) => {
+            out.u32(it.len() as u32);
+            for (k, c) in it {
+                out.bytes(k);
+                out.i64(*c);
+            }
+        }
+        None => out.u32(0),
+    }
+}
+
+fn load_set<S: CountedSet>(sets: &mut Vec<S>, g: u32, input: &mut Dec<'_>) -> Result<()> {
+    if sets.len() <= g as usize {
+        sets.resize_with(g as usize + 1, S::default);
+    }
+    let mut set = S::default();
+    for _ in 0..input.u32()? {
+        let k = input.bytes()?;
+        set.bump(k, input.i64()?);
+    }
+    sets[g as usize] = set;
+    Ok(())
+}
+
 /// MIN/MAX under retractions: an ordered multiset of values per group.
 struct MultisetExtreme {
     codec: ValueCodec,
@@ -465,6 +589,14 @@ impl Accumulator for MultisetExtreme {
         };
         self.codec.decode(groups.iter().map(|&g| pick(g)), groups.len())
     }
+
+    fn save(&self, g: u32, out: &mut Enc) {
+        save_set(self.sets.get(g as usize).map(|s| s.iter()), out);
+    }
+
+    fn load(&mut self, g: u32, input: &mut Dec<'_>) -> Result<()> {
+        load_set(&mut self.sets, g, input)
+    }
 }
 
 /// COUNT(DISTINCT x): a multiset of values per group.
@@ -486,5 +618,13 @@ impl Accumulator for DistinctAcc {
 
     fn evaluate(&self, groups: &[u32]) -> Result<ArrayRef> {
         Ok(Arc::new(Int64Array::from_iter_values(groups.iter().map(|&g| self.sets[g as usize].len() as i64))))
+    }
+
+    fn save(&self, g: u32, out: &mut Enc) {
+        save_set(self.sets.get(g as usize).map(|s| s.iter()), out);
+    }
+
+    fn load(&mut self, g: u32, input: &mut Dec<'_>) -> Result<()> {
+        load_set(&mut self.sets, g, input)
     }
 }

@@ -14,6 +14,7 @@ use hashbrown::HashTable;
 
 use crate::accumulators::{create_accumulator, Accumulator};
 use crate::batch::DiffBatch;
+use crate::codec::{Dec, Enc};
 use crate::error::{DataflowError, Result};
 use crate::plan::AggregatePlan;
 use crate::rowstore::RowSlots;
@@ -116,6 +117,61 @@ impl GroupTable {
         Ok(out)
     }
 
+    /// The key of group `g` as bytes (`None`: the NULL key of a single VARCHAR key).
+    pub fn key_bytes(&self, g: u32) -> Option<&[u8]> {
+        if let Some(strings) = &self.strings {
+            return strings.get(g as usize);
+        }
+        match &self.keys {
+            Some(keys) => Some(keys.row(g as usize).data()),
+            None => Some(&[]),
+        }
+    }
+
+    /// The group id of a key given as bytes (from [`GroupTable::key_bytes`]), created if new.
+    pub fn intern_bytes(&mut self, key: Option<&[u8]>) -> Result<u32> {
+        if let Some(strings) = self.strings.as_mut() {
+            let hash = key.map_or(NULL_KEY_HASH, |b| self.hasher.hash_one(b));
+            if let Some(&(_, g)) = self.table.find(hash, |&(h, g)| h == hash && strings.get(g as usize) == key) {
+                return Ok(g);
+            }
+            let g = self.len as u32;
+            strings.set(g as usize, key);
+            self.table.insert_unique(hash, (hash, g), |&(h, _)| h);
+            self.len += 1;
+            return Ok(g);
+        }
+        let (Some(converter), Some(keys)) = (&self.converter, self.keys.as_mut()) else {
+            self.len = 1;
+            return Ok(0);
+        };
+        let bytes = key.ok_or_else(|| DataflowError::Internal("corrupt state snapshot (group key)".into()))?;
+        let hash = self.hasher.hash_one(bytes);
+        if let Some(&(_, g)) = self.table.find(hash, |&(h, g)| h == hash && keys.row(g as usize).data() == bytes) {
+            return Ok(g);
+        }
+        let g = self.len as u32;
+        keys.push(converter.parser().parse(bytes));
+        self.table.insert_unique(hash, (hash, g), |&(h, _)| h);
+        self.len += 1;
+        Ok(g)
+    }
+
+    /// Key columns of keys given as bytes (to decide which worker owns them).
+    pub fn decode_keys(&self, keys: &[Option<&[u8]>]) -> Result<Vec<ArrayRef>> {
+        if self.strings.is_some() {
+            let values = keys.iter().map(|k| k.and_then(|b| std::str::from_utf8(b).ok()));
+            return Ok(vec![Arc::new(StringArray::from_iter(values))]);
+        }
+        match &self.converter {
+            Some(c) => {
+                let parser = c.parser();
+                Ok(c.convert_rows(keys.iter().map(|k| parser.parse(k.unwrap_or_default())))?)
+            }
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// The key columns of the listed groups.
     pub fn key_columns(&self, groups: &[u32]) -> Result<Vec<ArrayRef>> {
         if let Some(strings) = &self.strings {
@@ -207,6 +263,23 @@ pub struct GroupedAggregate {
     changed: Vec<u32>,
     is_changed: Vec<bool>,
     out_converter: RowConverter,
+    /// Groups changed since the last snapshot.
+    dirty: Vec<u32>,
+    is_dirty: Vec<bool>,
+}
+
+/// Decides which of some keys (given as key columns) this worker owns.
+pub type Owns<'a> = &'a dyn Fn(&[ArrayRef], usize) -> Result<Vec<bool>>;
+
+/// Keys owned by worker `index` of `peers`, when rows are routed by the hash of all key columns.
+pub fn owned_by(index: usize, peers: usize) -> impl Fn(&[ArrayRef], usize) -> Result<Vec<bool>> {
+    move |cols: &[ArrayRef], n: usize| {
+        if peers <= 1 {
+            return Ok(vec![true; n]);
+        }
+        let converter = RowConverter::new(cols.iter().map(|c| SortField::new(c.data_type().clone())).collect())?;
+        Ok(key_hashes(&converter, cols, n)?.into_iter().map(|h| (h % peers as u64) as usize == index).collect())
+    }
 }
 
 impl GroupedAggregate {
@@ -229,6 +302,8 @@ impl GroupedAggregate {
             is_changed: Vec::new(),
             out_converter: RowConverter::new(out_fields)?,
             plan,
+            dirty: Vec::new(),
+            is_dirty: Vec::new(),
         })
     }
 
@@ -259,16 +334,17 @@ impl GroupedAggregate {
         }
         let groups = self.groups.intern(keys.columns(), n)?;
         let ng = self.groups.len();
-        if self.row_counts.len() < ng {
-            self.row_counts.resize(ng, 0);
-            self.is_changed.resize(ng, false);
-        }
+        self.grow(ng);
         for (i, &g) in groups.iter().enumerate() {
             let g = g as usize;
             self.row_counts[g] += batch.diff(i);
             if !self.is_changed[g] {
                 self.is_changed[g] = true;
                 self.changed.push(g as u32);
+            }
+            if !self.is_dirty[g] {
+                self.is_dirty[g] = true;
+                self.dirty.push(g as u32);
             }
         }
         for (values, acc) in args.iter().zip(self.accs.iter_mut()) {
@@ -359,6 +435,85 @@ impl GroupedAggregate {
         } else {
             DiffBatch::with_diffs(data, Int64Array::from(diffs))?
         }))
+    }
+
+    fn grow(&mut self, n: usize) {
+        if self.row_counts.len() < n {
+            self.row_counts.resize(n, 0);
+            self.is_changed.resize(n, false);
+            self.is_dirty.resize(n, false);
+        }
+    }
+
+    /// True when groups changed since the last snapshot.
+    pub fn is_dirty(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
+    /// The state of every group (`full`) or of the groups changed since the last snapshot, in
+    /// a form [`GroupedAggregate::restore`] reads; call between epochs (after `emit`).
+    pub fn snapshot(&mut self, full: bool) -> Vec<u8> {
+        let groups: Vec<u32> =
+            if full { (0..self.groups.len() as u32).collect() } else { std::mem::take(&mut self.dirty) };
+        self.dirty.clear();
+        for &g in &groups {
+            if let Some(d) = self.is_dirty.get_mut(g as usize) {
+                *d = false;
+            }
+        }
+        let mut out = Enc::new();
+        out.u32(groups.len() as u32);
+        let mut rec = Enc::new();
+        for g in groups {
+            out.opt_bytes(self.groups.key_bytes(g));
+            rec.buf.clear();
+            rec.i64(self.row_counts.get(g as usize).copied().unwrap_or(0));
+            rec.opt_bytes(self.emitted.get(g as usize));
+            for acc in &self.accs {
+                acc.save(g, &mut rec);
+            }
+            out.bytes(&rec.buf);
+        }
+        out.buf
+    }
+
+    /// Loads the groups of a snapshot that `owns` assigns to this worker, over whatever state
+    /// is there (snapshots of changes apply in order over the full one they follow).
+    pub fn restore(&mut self, snapshot: &[u8], owns: Owns<'_>) -> Result<()> {
+        let mut d = Dec::new(snapshot);
+        let n = d.u32()? as usize;
+        let mut entries = Vec::with_capacity(n);
+        for _ in 0..n {
+            let key = d.opt_bytes()?;
+            entries.push((key, d.bytes()?));
+        }
+        if !d.is_done() {
+            return Err(DataflowError::Internal("corrupt state snapshot (trailing bytes)".into()));
+        }
+        let keys: Vec<Option<&[u8]>> = entries.iter().map(|e| e.0).collect();
+        let cols = self.groups.decode_keys(&keys)?;
+        let mine = owns(&cols, n)?;
+        for ((key, rec), keep) in entries.into_iter().zip(mine) {
+            if !keep {
+                continue;
+            }
+            let g = self.groups.intern_bytes(key)?;
+            self.grow(g as usize + 1);
+            let mut r = Dec::new(rec);
+            self.row_counts[g as usize] = r.i64()?;
+            let emitted = r.opt_bytes()?;
+            self.emitted.set(g as usize, emitted);
+            for acc in self.accs.iter_mut() {
+                acc.load(g, &mut r)?;
+            }
+            // The next emit compares each restored group with its emitted row: nothing for an
+            // unchanged group, its first row for one never emitted (a window not yet closed).
+            if !self.is_changed[g as usize] {
+                self.is_changed[g as usize] = true;
+                self.changed.push(g);
+            }
+        }
+        Ok(())
     }
 
     fn evaluate(&self, groups: &[u32]) -> Result<RecordBatch> {
@@ -490,5 +645,39 @@ mod tests {
         let mut agg = GroupedAggregate::new(plan(false), &types()).expect("agg");
         agg.apply(&batch(&[("z", 1)], Some(vec![-1]))).expect("apply");
         assert!(agg.emit().is_err());
+    }
+
+    #[test]
+    fn snapshots_restore_state_and_changes_apply_over_them() {
+        for append_only in [true, false] {
+            let mut a = GroupedAggregate::new(plan(append_only), &types()).expect("agg");
+            a.apply(&batch(&[("a", 1), ("b", 5), ("a", 3)], None)).expect("apply");
+            a.emit().expect("emit");
+            let full = a.snapshot(true);
+            a.apply(&batch(&[("c", 2), ("a", 7)], None)).expect("apply");
+            a.emit().expect("emit");
+            let delta = a.snapshot(false);
+            let mut b = GroupedAggregate::new(plan(append_only), &types()).expect("agg");
+            b.restore(&full, &owned_by(0, 1)).expect("restore full");
+            b.restore(&delta, &owned_by(0, 1)).expect("restore delta");
+            // Both continue identically, including the retraction of the restored output row.
+            for agg in [&mut a, &mut b] {
+                agg.apply(&batch(&[("a", 4), ("c", 1)], None)).expect("apply");
+            }
+            let (ea, eb) = (a.emit().expect("a"), b.emit().expect("b"));
+            assert_eq!(render(&ea.expect("a")), render(&eb.expect("b")));
+            assert_eq!(a.live_groups(), b.live_groups());
+            // Split between two workers: every group lands on exactly one.
+            let mut w0 = GroupedAggregate::new(plan(append_only), &types()).expect("agg");
+            let mut w1 = GroupedAggregate::new(plan(append_only), &types()).expect("agg");
+            let all = a.snapshot(true);
+            w0.restore(&all, &owned_by(0, 2)).expect("w0");
+            w1.restore(&all, &owned_by(1, 2)).expect("w1");
+            assert_eq!(w0.live_groups() + w1.live_groups(), a.live_groups());
+            assert!(GroupedAggregate::new(plan(append_only), &types())
+                .expect("agg")
+                .restore(&all[..all.len() - 2], &owned_by(0, 1))
+                .is_err());
+        }
     }
 }

@@ -16,7 +16,9 @@ use arrow::datatypes::SchemaRef;
 use arrow_row::{RowConverter, Rows, SortField};
 use hashbrown::HashTable;
 
+use crate::aggregate_state::Owns;
 use crate::batch::DiffBatch;
+use crate::codec::{Dec, Enc};
 use crate::error::{DataflowError, Result};
 use crate::plan::JoinPlan;
 use crate::watermark::{event_time_ms, NO_WATERMARK};
@@ -76,6 +78,37 @@ struct Side {
     /// Event time → (group, generation) holding a row with that time (time-bounded joins).
     expiry: BTreeMap<i64, Vec<(u32, u32)>>,
     live: usize,
+    /// Keys whose rows changed since the last snapshot.
+    dirty: KeySet,
+}
+
+/// A set of byte strings in one arena.
+#[derive(Default)]
+struct KeySet {
+    arena: Vec<u8>,
+    entries: Vec<(u64, u32, u64)>,
+    index: HashTable<u32>,
+}
+
+impl KeySet {
+    fn get(&self, i: usize) -> &[u8] {
+        let (off, len, _) = self.entries[i];
+        &self.arena[off as usize..off as usize + len as usize]
+    }
+
+    fn insert(&mut self, hash: u64, key: &[u8]) {
+        if self.index.find(hash, |&i| self.get(i as usize) == key).is_some() {
+            return;
+        }
+        self.entries.push((self.arena.len() as u64, key.len() as u32, hash));
+        self.arena.extend_from_slice(key);
+        let entries = &self.entries;
+        self.index.insert_unique(hash, (entries.len() - 1) as u32, |&i| entries[i as usize].2);
+    }
+
+    fn take(&mut self) -> KeySet {
+        std::mem::take(self)
+    }
 }
 
 impl Default for Side {
@@ -91,6 +124,7 @@ impl Default for Side {
             group_index: HashTable::new(),
             expiry: BTreeMap::new(),
             live: 0,
+            dirty: KeySet::default(),
         }
     }
 }
@@ -129,6 +163,7 @@ impl Side {
 
     /// Adds a new distinct row (not present) under `key`.
     fn insert(&mut self, key_hash: u64, key: &[u8], row_hash: u64, row: &[u8], info: RowInfo, track_expiry: bool) {
+        self.dirty.insert(key_hash, key);
         let group = match self.find_group(key_hash, key) {
             Some(g) => g,
             None => {
@@ -179,6 +214,9 @@ impl Side {
     /// Removes row `id`.
     fn remove(&mut self, id: u32) {
         let r = self.rows[id as usize];
+        let g = self.groups[r.group as usize];
+        let key = &self.arena[g.off as usize..g.off as usize + g.len as usize];
+        self.dirty.insert(g.hash, key);
         if let Ok(e) = self.row_index.find_entry(r.hash, |&x| x == id) {
             e.remove();
         }
@@ -216,8 +254,72 @@ impl Side {
         if info.mult == 0 {
             self.remove(id);
         } else {
+            let g = self.groups[self.rows[id as usize].group as usize];
+            let key = &self.arena[g.off as usize..g.off as usize + g.len as usize];
+            self.dirty.insert(g.hash, key);
             self.rows[id as usize].info = info;
         }
+    }
+
+    /// Appends the rows of every key (`full`) or of the keys changed since the last snapshot.
+    fn snapshot(&mut self, full: bool, out: &mut Enc) {
+        let dirty = self.dirty.take();
+        let keys: Vec<(u64, &[u8])> = if full {
+            self.group_index.iter().map(|&g| (self.groups[g as usize].hash, self.group_bytes(g))).collect()
+        } else {
+            (0..dirty.entries.len()).map(|i| (dirty.entries[i].2, dirty.get(i))).collect()
+        };
+        out.u32(keys.len() as u32);
+        for (hash, key) in keys {
+            out.bytes(key);
+            let rows: Vec<(u32, &[u8], RowInfo)> = self.group_rows(hash, key).collect();
+            out.u32(rows.len() as u32);
+            for (_, bytes, info) in rows {
+                out.bytes(bytes);
+                out.i64(info.mult);
+                out.i64(info.matches);
+                out.i64(info.ts);
+            }
+        }
+    }
+
+    /// Replaces the rows of the keys in a snapshot that `owns` assigns to this worker.
+    fn restore(
+        &mut self,
+        d: &mut Dec<'_>,
+        key_conv: &RowConverter,
+        hasher: &ahash::RandomState,
+        owns: Owns<'_>,
+        track_expiry: bool,
+    ) -> Result<()> {
+        let n = d.u32()? as usize;
+        let mut groups = Vec::with_capacity(n);
+        for _ in 0..n {
+            let key = d.bytes()?;
+            let mut rows = Vec::new();
+            for _ in 0..d.u32()? {
+                let bytes = d.bytes()?;
+                rows.push((bytes, RowInfo { mult: d.i64()?, matches: d.i64()?, ts: d.i64()? }));
+            }
+            groups.push((key, rows));
+        }
+        let parser = key_conv.parser();
+        let cols = key_conv.convert_rows(groups.iter().map(|(k, _)| parser.parse(k)))?;
+        let mine = owns(&cols, n)?;
+        for ((key, rows), keep) in groups.into_iter().zip(mine) {
+            if !keep {
+                continue;
+            }
+            let key_hash = hasher.hash_one(key);
+            let old: Vec<u32> = self.group_rows(key_hash, key).map(|(id, ..)| id).collect();
+            for id in old {
+                self.remove(id);
+            }
+            for (bytes, info) in rows {
+                self.insert(key_hash, key, hasher.hash_one(bytes), bytes, info, track_expiry);
+            }
+        }
+        Ok(())
     }
 
     /// Rewrites the arena without the bytes of removed rows and keys (freed slots have length 0).
@@ -534,6 +636,30 @@ impl JoinState {
     /// Distinct rows held (left, right).
     pub fn rows(&self) -> (usize, usize) {
         (self.left.live, self.right.live)
+    }
+
+    /// The rows of both inputs (`full`) or of the keys changed since the last snapshot.
+    pub fn snapshot(&mut self, full: bool) -> Vec<u8> {
+        let mut out = Enc::new();
+        self.left.snapshot(full, &mut out);
+        self.right.snapshot(full, &mut out);
+        out.buf
+    }
+
+    /// Loads the keys of a snapshot that `owns` assigns to this worker (rows are routed by the
+    /// join key columns), replacing what this state holds for them.
+    pub fn restore(&mut self, snapshot: &[u8], owns: Owns<'_>) -> Result<()> {
+        let bounded = self.plan.time_bound.is_some();
+        let mut d = Dec::new(snapshot);
+        self.left.restore(&mut d, &self.key_conv, &self.hasher, owns, bounded)?;
+        self.right.restore(&mut d, &self.key_conv, &self.hasher, owns, bounded)?;
+        if !d.is_done() {
+            return Err(DataflowError::Internal("corrupt state snapshot (trailing bytes)".into()));
+        }
+        // Restoring is not a change to checkpoint again.
+        self.left.dirty = KeySet::default();
+        self.right.dirty = KeySet::default();
+        Ok(())
     }
 
     fn delta(&self, batches: &[DiffBatch], left: bool, late: i64, stats: &mut JoinEpochStats) -> Result<Delta> {

@@ -22,7 +22,7 @@
 //!     *s2.lock() += batches.iter().map(|b| b.num_rows()).sum::<usize>();
 //! })));
 //! let plan = PlanNode::Source { name: "t".into(), schema: schema.clone(), append_only: true };
-//! rt.install(InstallRequest { id: 1, plan, output: merger.clone(), backfill: vec![], stats: Default::default() }).unwrap();
+//! rt.install(InstallRequest { id: 1, plan, output: merger.clone(), backfill: vec![], stats: Default::default(), restore: None }).unwrap();
 //! let batch = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1, 2, 3]))]).unwrap();
 //! rt.send(&Arc::from("t"), DiffBatch::inserts(batch)).unwrap();
 //! let e = rt.close_epoch().unwrap();
@@ -35,6 +35,8 @@ pub mod accumulators;
 pub mod aggregate_state;
 pub mod batch;
 pub mod build;
+pub mod checkpoint;
+pub mod codec;
 pub mod error;
 pub mod join_state;
 pub mod merge;

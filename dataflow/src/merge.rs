@@ -17,7 +17,12 @@ struct MergeState {
     pending: BTreeMap<u64, Vec<DiffBatch>>,
     /// Every epoch below this has been delivered (`u64::MAX`: all of them).
     delivered: u64,
+    /// Called once every epoch up to the key has been delivered, before any later one is.
+    marks: BTreeMap<u64, Vec<MarkFn>>,
 }
+
+/// Called at a checkpoint barrier of the output.
+pub type MarkFn = Box<dyn FnOnce() + Send>;
 
 /// Merges the captured outputs of all workers; delivers an epoch once every worker passed it.
 pub struct EpochMerger {
@@ -30,7 +35,12 @@ impl EpochMerger {
     /// A merger for `workers` workers calling `deliver` for each non-empty completed epoch.
     pub fn new(workers: usize, deliver: DeliverFn) -> Self {
         Self {
-            state: Mutex::new(MergeState { frontiers: vec![Some(0); workers], pending: BTreeMap::new(), delivered: 0 }),
+            state: Mutex::new(MergeState {
+                frontiers: vec![Some(0); workers],
+                pending: BTreeMap::new(),
+                delivered: 0,
+                marks: BTreeMap::new(),
+            }),
             changed: Condvar::new(),
             deliver,
         }
@@ -39,6 +49,18 @@ impl EpochMerger {
     /// Every epoch below the returned value has been delivered.
     pub fn delivered(&self) -> u64 {
         self.state.lock().delivered
+    }
+
+    /// Runs `f` once every epoch up to `epoch` has been delivered and before any later epoch
+    /// is (at once if that is already the case), in delivery order.
+    pub fn mark(&self, epoch: u64, f: MarkFn) {
+        let mut st = self.state.lock();
+        if st.delivered > epoch {
+            drop(st);
+            f();
+            return;
+        }
+        st.marks.entry(epoch).or_default().push(f);
     }
 
     /// Waits until every epoch below `epoch` has been delivered; false on timeout.
@@ -51,6 +73,15 @@ impl EpochMerger {
             }
         }
         true
+    }
+}
+
+/// Runs the marks of every epoch below `upto`.
+fn run_marks(marks: &mut BTreeMap<u64, Vec<MarkFn>>, upto: u64) {
+    while marks.first_key_value().is_some_and(|(&e, _)| e < upto) {
+        if let Some((_, fs)) = marks.pop_first() {
+            fs.into_iter().for_each(|f| f());
+        }
     }
 }
 
@@ -69,12 +100,14 @@ impl EpochSink for EpochMerger {
             if t >= min {
                 break;
             }
+            run_marks(&mut st.marks, t);
             if let Some((t, batches)) = st.pending.pop_first() {
                 if batches.iter().any(|b| b.num_rows() > 0) {
                     (self.deliver)(t, batches);
                 }
             }
         }
+        run_marks(&mut st.marks, min);
         if min > st.delivered {
             st.delivered = min;
             self.changed.notify_all();

@@ -317,6 +317,22 @@ impl PlanNode {
         }
     }
 
+    /// Number of operators that keep state (aggregates, windows, joins): each delivers one
+    /// snapshot per worker and checkpoint.
+    pub fn stateful_operators(&self) -> u32 {
+        match self {
+            PlanNode::Source { .. } => 0,
+            PlanNode::Filter { input, .. } | PlanNode::Project { input, .. } | PlanNode::WindowAssign { input, .. } => {
+                input.stateful_operators()
+            }
+            PlanNode::Aggregate { input, .. } | PlanNode::WindowAggregate { input, .. } => {
+                1 + input.stateful_operators()
+            }
+            PlanNode::Join { left, right, .. } => 1 + left.stateful_operators() + right.stateful_operators(),
+            PlanNode::Union { inputs, .. } => inputs.iter().map(PlanNode::stateful_operators).sum(),
+        }
+    }
+
     /// Names of the sources this plan reads.
     pub fn sources(&self) -> BTreeSet<String> {
         let mut out = BTreeSet::new();

@@ -21,6 +21,7 @@ use timely::WorkerConfig;
 
 use crate::batch::DiffBatch;
 use crate::build::{build_plan, BuildContext};
+use crate::checkpoint::{CheckpointFeed, CheckpointRequest, RestoreState, SnapshotSink};
 use crate::error::{DataflowError, Result};
 use crate::operators::capture::{CaptureExt, EpochSink};
 use crate::plan::PlanNode;
@@ -34,6 +35,9 @@ pub struct RuntimeConfig {
     pub workers: usize,
     /// How often the coordinator closes an epoch that received data.
     pub epoch_interval: Duration,
+    /// The first epoch (a restart from a checkpoint of epoch `E` starts at `E + 1`, so that
+    /// epoch numbers keep growing across runs).
+    pub initial_epoch: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -41,6 +45,7 @@ impl Default for RuntimeConfig {
         Self {
             workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             epoch_interval: Duration::from_millis(1),
+            initial_epoch: INITIAL_EPOCH,
         }
     }
 }
@@ -57,14 +62,17 @@ pub struct InstallRequest {
     pub backfill: Vec<(String, Vec<DiffBatch>)>,
     /// Error counters of the dataflow.
     pub stats: Arc<DataflowStats>,
+    /// Operator state to start from instead of the backfill (a restart from a checkpoint).
+    pub restore: Option<Arc<RestoreState>>,
 }
 
 enum Command {
     Install(Arc<InstallRequest>),
     Remove(u64),
     Data(Arc<str>, DiffBatch),
-    /// Opens epoch `.0`; `.1` holds the watermarks at the close of the epoch before it.
-    Advance(u64, Arc<WatermarkSnapshot>),
+    /// Opens epoch `.0`; `.1` holds the watermarks at the close of the epoch before it; `.2`
+    /// asks for a checkpoint of that epoch.
+    Advance(u64, Arc<WatermarkSnapshot>, Option<Arc<CheckpointRequest>>),
 }
 
 type Handle = InputHandle<u64, CapacityContainerBuilder<Vec<DiffBatch>>>;
@@ -102,8 +110,9 @@ impl Runtime {
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| crossbeam_channel::unbounded()).unzip();
         let receivers: Arc<Mutex<Vec<Option<Receiver<Command>>>>> =
             Arc::new(Mutex::new(receivers.into_iter().map(Some).collect()));
+        let initial_epoch = config.initial_epoch.max(INITIAL_EPOCH);
         let shared = Arc::new(Shared {
-            epoch: AtomicU64::new(INITIAL_EPOCH),
+            epoch: AtomicU64::new(initial_epoch),
             dirty: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             threads: Mutex::new(vec![None; workers]),
@@ -124,7 +133,7 @@ impl Runtime {
             w_shared.threads.lock()[index] = Some(std::thread::current());
             let _ = ready_tx.send(());
             if let Some(rx) = rx {
-                worker_loop(worker, rx);
+                worker_loop(worker, rx, initial_epoch);
             }
         })
         .map_err(DataflowError::Internal)?;
@@ -149,7 +158,7 @@ impl Runtime {
                 while !shared.stop.load(Ordering::Acquire) {
                     std::thread::park_timeout(interval);
                     if shared.dirty.swap(false, Ordering::AcqRel) {
-                        advance(&shared, &c_senders);
+                        advance(&shared, &c_senders, None);
                     }
                 }
             })
@@ -256,7 +265,21 @@ impl Runtime {
     /// Closes the open epoch now; every batch sent before this call belongs to an epoch below the
     /// returned one.
     pub fn close_epoch(&self) -> Result<u64> {
-        self.with_senders(|s| advance(&self.shared, s))
+        self.with_senders(|s| advance(&self.shared, s, None))
+    }
+
+    /// Closes the open epoch `E` and asks every stateful operator of the dataflows installed
+    /// now for a snapshot as of `E` (delivered to `sink`). Returns `E`: every batch sent before
+    /// this call belongs to it or an earlier epoch.
+    /// `before(E)` runs first, while no epoch can close (to set up barriers downstream).
+    pub fn checkpoint(&self, full: bool, sink: Arc<dyn SnapshotSink>, before: impl FnOnce(u64)) -> Result<u64> {
+        self.with_senders(|s| {
+            let _g = self.shared.advance_lock.write();
+            let epoch = self.shared.epoch.load(Ordering::Acquire);
+            before(epoch);
+            let req = Arc::new(CheckpointRequest { epoch, full, sink });
+            advance_locked(&self.shared, s, Some(req)) - 1
+        })
     }
 
     /// Closes all inputs, lets every dataflow drain, and joins the workers.
@@ -269,7 +292,7 @@ impl Runtime {
         }
         let senders = self.senders.lock().take();
         if let Some(s) = &senders {
-            advance(&self.shared, s);
+            advance(&self.shared, s, None);
         }
         drop(senders);
         self.unpark(None);
@@ -285,12 +308,18 @@ impl Drop for Runtime {
     }
 }
 
-fn advance(shared: &Shared, senders: &[Sender<Command>]) -> u64 {
+fn advance(shared: &Shared, senders: &[Sender<Command>], checkpoint: Option<Arc<CheckpointRequest>>) -> u64 {
     let _g = shared.advance_lock.write();
+    advance_locked(shared, senders, checkpoint)
+}
+
+/// [`advance`] with the advance lock held by the caller.
+fn advance_locked(shared: &Shared, senders: &[Sender<Command>], checkpoint: Option<Arc<CheckpointRequest>>) -> u64 {
     let next = shared.epoch.fetch_add(1, Ordering::AcqRel) + 1;
     let snapshot = shared.watermarks.snapshot();
+    debug_assert!(checkpoint.as_ref().is_none_or(|r| r.epoch == next - 1));
     for tx in senders {
-        let _ = tx.send(Command::Advance(next, snapshot.clone()));
+        let _ = tx.send(Command::Advance(next, snapshot.clone(), checkpoint.clone()));
     }
     for t in shared.threads.lock().iter().flatten() {
         t.unpark();
@@ -301,14 +330,15 @@ fn advance(shared: &Shared, senders: &[Sender<Command>]) -> u64 {
 struct Installed {
     inputs: Vec<(String, Handle)>,
     watermarks: WatermarkFeed,
+    checkpoints: CheckpointFeed,
 }
 
-fn worker_loop(worker: &mut timely::worker::Worker, rx: Receiver<Command>) {
+fn worker_loop(worker: &mut timely::worker::Worker, rx: Receiver<Command>, initial_epoch: u64) {
     let index = worker.index();
     // Every epoch change reaches this worker as an `Advance` command in its channel, which exists
     // since the runtime started: start from the initial epoch, not from the shared counter, which
     // may already count advances still queued behind earlier commands.
-    let mut epoch = INITIAL_EPOCH;
+    let mut epoch = initial_epoch;
     let mut installed: HashMap<u64, Installed> = HashMap::new();
     loop {
         let mut worked = false;
@@ -327,13 +357,17 @@ fn worker_loop(worker: &mut timely::worker::Worker, rx: Receiver<Command>) {
                                 }
                             }
                         }
-                        Command::Advance(e, snapshot) => {
+                        Command::Advance(e, snapshot, checkpoint) => {
                             if e > epoch {
                                 for df in installed.values_mut() {
                                     // Before the frontier moves: an operator that sees epoch
-                                    // `e - 1` complete finds its watermark queued.
+                                    // `e - 1` complete finds its watermark (and checkpoint
+                                    // request) queued.
                                     if !df.watermarks.is_empty() {
                                         df.watermarks.push(e - 1, &snapshot);
+                                    }
+                                    if let Some(req) = &checkpoint {
+                                        df.checkpoints.push(req);
                                     }
                                     df.inputs.iter_mut().for_each(|(_, h)| h.advance_to(e));
                                 }
@@ -377,7 +411,17 @@ fn worker_loop(worker: &mut timely::worker::Worker, rx: Receiver<Command>) {
 fn install(worker: &mut timely::worker::Worker, req: &InstallRequest, epoch: u64, index: usize) -> Installed {
     let mut inputs: Vec<(String, Handle)> = Vec::new();
     let watermarks = WatermarkFeed::default();
-    let ctx = BuildContext { stats: req.stats.clone(), watermarks: watermarks.clone() };
+    let checkpoints = CheckpointFeed::default();
+    let ctx = BuildContext {
+        stats: req.stats.clone(),
+        watermarks: watermarks.clone(),
+        checkpoints: checkpoints.clone(),
+        dataflow: req.id,
+        worker: index,
+        peers: worker.peers(),
+        restore: req.restore.clone(),
+        next_ordinal: std::cell::Cell::new(0),
+    };
     worker.dataflow::<u64, _, _>(|scope| {
         let mut streams = HashMap::new();
         for name in req.plan.sources() {
@@ -393,14 +437,14 @@ fn install(worker: &mut timely::worker::Worker, req: &InstallRequest, epoch: u64
     for (_, h) in inputs.iter_mut() {
         h.advance_to(epoch);
     }
-    if index == 0 {
+    if index == 0 && req.restore.is_none() {
         for (source, batches) in &req.backfill {
             if let Some((_, h)) = inputs.iter_mut().find(|(n, _)| n == source) {
                 batches.iter().for_each(|b| h.send(b.clone()));
             }
         }
     }
-    Installed { inputs, watermarks }
+    Installed { inputs, watermarks, checkpoints }
 }
 
 #[cfg(test)]
@@ -431,6 +475,7 @@ mod tests {
                 output: merger.clone(),
                 backfill: vec![],
                 stats: Default::default(),
+                restore: None,
             })
             .expect("install");
             let batch =

@@ -28,8 +28,9 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow_row::{RowConverter, SortField};
 
-use crate::aggregate_state::GroupedAggregate;
+use crate::aggregate_state::{GroupedAggregate, Owns};
 use crate::batch::DiffBatch;
+use crate::codec::{Dec, Enc};
 use crate::error::{DataflowError, Result};
 use crate::plan::{AggKind, AggSpec, AggregatePlan, BatchFn};
 use crate::watermark::{event_time_ms, NO_WATERMARK};
@@ -192,7 +193,11 @@ pub struct SessionAggregate {
     owners: HashMap<u64, Box<[u8]>>,
     /// Keys without open sessions, by the time they can be forgotten.
     expiring: BTreeMap<i64, Vec<Box<[u8]>>>,
+    /// Counter of session ids: this worker's ids are `counter * stride + offset`, so that ids of
+    /// different workers never collide (their snapshots may be restored into one state).
     next_id: u64,
+    stride: u64,
+    offset: u64,
     closed_upto: i64,
     buckets: BTreeMap<u64, Bucket>,
     moves: Moves,
@@ -297,18 +302,26 @@ impl SessionAggregate {
             group_keys,
             key_converter,
             row_converter,
-            input_schema: None,
+            input_schema: Some(Arc::new(input_schema.clone())),
             output_columns,
             keys: HashMap::new(),
             ends: BTreeSet::new(),
             owners: HashMap::new(),
             expiring: BTreeMap::new(),
             next_id: 0,
+            stride: 1,
+            offset: 0,
             closed_upto: NO_WATERMARK,
             buckets: BTreeMap::new(),
             moves: Moves::default(),
             entries: 0,
         })
+    }
+
+    /// Makes the ids of this state distinct from those of the other workers' states.
+    pub fn set_worker(&mut self, index: usize, peers: usize) {
+        self.stride = peers.max(1) as u64;
+        self.offset = index as u64 % self.stride;
     }
 
     /// Rows held in open sessions (distinct (time, row) entries).
@@ -326,6 +339,135 @@ impl SessionAggregate {
         self.buckets.len()
     }
 
+    /// The whole state (sessions are bounded by the watermark, so it is always written whole).
+    pub fn snapshot(&mut self) -> Vec<u8> {
+        let mut out = Enc::new();
+        out.i64(self.closed_upto);
+        // Ids below this may still name groups of closed sessions: never hand them out again.
+        out.u64(self.next_id * self.stride + self.offset);
+        out.u32(self.keys.len() as u32);
+        for (key, ks) in &self.keys {
+            out.bytes(key);
+            out.u8(ks.closed_end.is_some() as u8);
+            out.i64(ks.closed_end.unwrap_or(0));
+            out.u32(ks.sessions.len() as u32);
+            for s in ks.sessions.values() {
+                out.u64(s.id);
+                out.i64(s.end);
+                out.u32(s.entries as u32);
+                for (t, rows) in &s.rows {
+                    for (row, m) in rows {
+                        out.i64(*t);
+                        out.bytes(row);
+                        out.i64(*m);
+                    }
+                }
+            }
+        }
+        out.u32(self.buckets.len() as u32);
+        for (b, bk) in self.buckets.iter_mut() {
+            out.u64(*b);
+            out.u32(bk.open as u32);
+            out.bytes(&bk.agg.snapshot(true));
+        }
+        out.buf
+    }
+
+    /// Loads the keys of a snapshot that `owns` assigns to this worker (it judges the group key
+    /// columns, which route the rows). Snapshots are whole, so a later one from the same worker
+    /// replaces an earlier one: pass `fresh` for the first snapshot of each checkpoint.
+    pub fn restore(&mut self, snapshot: &[u8], owns: Owns<'_>, fresh: bool) -> Result<()> {
+        if fresh {
+            self.keys.clear();
+            self.ends.clear();
+            self.owners.clear();
+            self.expiring.clear();
+            self.buckets.clear();
+            self.entries = 0;
+        }
+        let mut d = Dec::new(snapshot);
+        self.closed_upto = self.closed_upto.max(d.i64()?);
+        let used = d.u64()?;
+        self.next_id = self.next_id.max(used / self.stride + 1);
+        let nkeys = d.u32()? as usize;
+        let mut keys = Vec::with_capacity(nkeys);
+        for _ in 0..nkeys {
+            let key = d.bytes()?;
+            let has_end = d.u8()? != 0;
+            let end = d.i64()?;
+            let mut ks = KeySessions { sessions: BTreeMap::new(), closed_end: has_end.then_some(end) };
+            for _ in 0..d.u32()? {
+                let id = d.u64()?;
+                let end = d.i64()?;
+                let entries = d.u32()? as usize;
+                let mut rows: BTreeMap<i64, RowsAt> = BTreeMap::new();
+                for _ in 0..entries {
+                    let t = d.i64()?;
+                    let row: RowBytes = Box::from(d.bytes()?);
+                    rows.entry(t).or_default().push((row, d.i64()?));
+                }
+                let s = Session { id, end, rows, entries };
+                ks.sessions.insert(s.start(), s);
+            }
+            keys.push((key, ks));
+        }
+        let mine = match &self.key_converter {
+            Some(c) => {
+                let parser = c.parser();
+                let cols = c.convert_rows(keys.iter().map(|(k, _)| parser.parse(k)))?;
+                owns(&cols, keys.len())?
+            }
+            None => owns(&[], keys.len())?,
+        };
+        let gap = self.gap;
+        for ((key, ks), keep) in keys.into_iter().zip(mine) {
+            if !keep {
+                continue;
+            }
+            let key: RowBytes = Box::from(key);
+            for s in ks.sessions.values() {
+                self.ends.insert((s.end, s.id));
+                self.owners.insert(s.id, key.clone());
+                self.entries += s.entries;
+            }
+            if ks.sessions.is_empty() {
+                let at = ks.closed_end.map_or(i64::MIN, |e| e.saturating_add(gap));
+                self.expiring.entry(at).or_default().push(key.clone());
+            }
+            self.keys.insert(key, ks);
+        }
+        // The inner aggregates group by (group keys, session id): ownership by the group keys.
+        let g = self.group_keys.len();
+        let inner_owns = |cols: &[ArrayRef], n: usize| owns(&cols[..g.min(cols.len())], n);
+        for _ in 0..d.u32()? {
+            let b = d.u64()?;
+            let _open = d.u32()?;
+            let bytes = d.bytes()?;
+            // Buckets of other workers' snapshots with the same number merge (ids differ).
+            let bk = match self.buckets.entry(b) {
+                std::collections::btree_map::Entry::Occupied(o) => o.into_mut(),
+                std::collections::btree_map::Entry::Vacant(v) => v.insert(Bucket {
+                    agg: GroupedAggregate::new(self.inner.clone(), &self.inner_arg_types)?,
+                    open: 0,
+                    touched: false,
+                }),
+            };
+            bk.agg.restore(bytes, &inner_owns)?;
+        }
+        // Open sessions per bucket, from the sessions this worker owns; new ids above them all.
+        self.buckets.values_mut().for_each(|bk| bk.open = 0);
+        for &(_, id) in &self.ends {
+            if let Some(bk) = self.buckets.get_mut(&(id / BUCKET)) {
+                bk.open += 1;
+            }
+            self.next_id = self.next_id.max(id / self.stride + 1);
+        }
+        if !d.is_done() {
+            return Err(DataflowError::Internal("corrupt state snapshot (trailing bytes)".into()));
+        }
+        Ok(())
+    }
+
     /// Folds one epoch's batches into the sessions. `late_bound` is the watermark the epoch's
     /// rows are judged against. Returns the output changes (none with `EMIT ON WINDOW CLOSE`),
     /// the number of late rows, and the number of rows without an event time (dropped).
@@ -337,9 +479,6 @@ impl SessionAggregate {
         for b in batches {
             if b.num_rows() == 0 {
                 continue;
-            }
-            if self.input_schema.is_none() {
-                self.input_schema = Some(b.data.schema());
             }
             let keys = self.user.keys.eval(&b.data)?;
             // Aggregate arguments are evaluated again when rows are folded; evaluating them
@@ -386,7 +525,7 @@ impl SessionAggregate {
     }
 
     fn new_id(&mut self) -> u64 {
-        let id = self.next_id;
+        let id = self.next_id * self.stride + self.offset;
         self.next_id += 1;
         if !self.emit_on_close {
             let b = id / BUCKET;
@@ -605,7 +744,7 @@ impl SessionAggregate {
 
     /// Moves the sessions of sparse buckets to new ids and drops buckets without sessions.
     fn compact(&mut self) -> Result<Vec<DiffBatch>> {
-        let newest = self.next_id / BUCKET;
+        let newest = (self.next_id * self.stride + self.offset) / BUCKET;
         let sparse: Vec<u64> = self
             .buckets
             .iter()

@@ -9,19 +9,31 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 
 use super::{epoch_slot, route_by_keys, BatchStream, PendingEpochs};
-use crate::aggregate_state::GroupedAggregate;
+use crate::aggregate_state::{owned_by, GroupedAggregate};
 use crate::batch::{DiffBatch, Routed};
+use crate::checkpoint::OperatorCheckpoints;
 use crate::plan::AggregatePlan;
 use crate::stats::DataflowStats;
 
 /// Extension trait adding [`AggregateExt::aggregate_batches`].
 pub trait AggregateExt<'scope> {
     /// Maintains `plan` incrementally; outputs retractions and insertions of changed groups.
-    fn aggregate_batches(self, plan: Arc<AggregatePlan>, stats: Arc<DataflowStats>) -> BatchStream<'scope>;
+    /// `ckpt` connects it to checkpoints (snapshots its state, restores it after a restart).
+    fn aggregate_batches(
+        self,
+        plan: Arc<AggregatePlan>,
+        stats: Arc<DataflowStats>,
+        ckpt: OperatorCheckpoints,
+    ) -> BatchStream<'scope>;
 }
 
 impl<'scope> AggregateExt<'scope> for BatchStream<'scope> {
-    fn aggregate_batches(self, plan: Arc<AggregatePlan>, stats: Arc<DataflowStats>) -> BatchStream<'scope> {
+    fn aggregate_batches(
+        self,
+        plan: Arc<AggregatePlan>,
+        stats: Arc<DataflowStats>,
+        ckpt: OperatorCheckpoints,
+    ) -> BatchStream<'scope> {
         let routed = route_by_keys(self, plan.keys.clone(), stats.clone(), "aggregate");
 
         let arg_types: Vec<_> =
@@ -34,6 +46,14 @@ impl<'scope> AggregateExt<'scope> for BatchStream<'scope> {
                 if let Err(e) = &state {
                     stats.record_error("aggregate", 0, e);
                 }
+                if let Ok(st) = state.as_mut() {
+                    let owns = owned_by(ckpt.worker, ckpt.peers);
+                    for snapshot in ckpt.restore_all() {
+                        if let Err(e) = st.restore(snapshot, &owns) {
+                            stats.record_error("aggregate", 0, &e);
+                        }
+                    }
+                }
                 let mut pending: PendingEpochs<Vec<DiffBatch>> = BTreeMap::new();
                 move |(input, frontier), output| {
                     input.for_each(|cap, data| {
@@ -43,11 +63,16 @@ impl<'scope> AggregateExt<'scope> for BatchStream<'scope> {
                     });
                     let Ok(state) = state.as_mut() else {
                         pending.clear();
+                        ckpt.serve_empty(|e| frontier.less_equal(&e));
                         return;
                     };
                     while let Some((&t, _)) = pending.first_key_value() {
                         if frontier.less_equal(&t) {
                             break;
+                        }
+                        // Checkpoints of earlier epochs see the state before this one.
+                        while let Some(req) = ckpt.reader.peek().filter(|r| r.epoch < t) {
+                            ckpt.deliver(&req, state.snapshot(req.full));
                         }
                         let Some((_, (cap, batches))) = pending.pop_first() else { break };
                         for b in &batches {
@@ -58,6 +83,9 @@ impl<'scope> AggregateExt<'scope> for BatchStream<'scope> {
                             Ok(None) => {}
                             Err(e) => stats.record_error("aggregate", 0, &e),
                         }
+                    }
+                    while let Some(req) = ckpt.due(|e| frontier.less_equal(&e)) {
+                        ckpt.deliver(&req, state.snapshot(req.full));
                     }
                 }
             },

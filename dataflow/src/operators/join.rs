@@ -11,7 +11,9 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 
 use super::{epoch_slot, route_by_keys, BatchStream, PendingEpochs};
+use crate::aggregate_state::owned_by;
 use crate::batch::{DiffBatch, Routed};
+use crate::checkpoint::OperatorCheckpoints;
 use crate::join_state::{JoinEpochStats, JoinState, JoinWatermarks};
 use crate::plan::JoinPlan;
 use crate::stats::{DataflowStats, StateGauge};
@@ -27,6 +29,7 @@ pub trait JoinExt<'scope> {
         schemas: (SchemaRef, SchemaRef),
         stats: Arc<DataflowStats>,
         watermarks: &WatermarkFeed,
+        ckpt: OperatorCheckpoints,
     ) -> BatchStream<'scope>;
 }
 
@@ -40,6 +43,7 @@ impl<'scope> JoinExt<'scope> for BatchStream<'scope> {
         schemas: (SchemaRef, SchemaRef),
         stats: Arc<DataflowStats>,
         watermarks: &WatermarkFeed,
+        ckpt: OperatorCheckpoints,
     ) -> BatchStream<'scope> {
         let left = route_by_keys(self, plan.left_keys.clone(), stats.clone(), "join");
         let right = route_by_keys(right, plan.right_keys.clone(), stats.clone(), "join");
@@ -54,6 +58,14 @@ impl<'scope> JoinExt<'scope> for BatchStream<'scope> {
                 if let Err(e) = &state {
                     stats.record_error("join", 0, e);
                 }
+                if let Ok(st) = state.as_mut() {
+                    let owns = owned_by(ckpt.worker, ckpt.peers);
+                    for snapshot in ckpt.restore_all() {
+                        if let Err(e) = st.restore(snapshot, &owns) {
+                            stats.record_error("join", 0, &e);
+                        }
+                    }
+                }
                 let mut pending: Pending = BTreeMap::new();
                 let mut gauge = StateGauge::new(stats.clone());
                 move |(in1, f1), (in2, f2), output| {
@@ -67,14 +79,21 @@ impl<'scope> JoinExt<'scope> for BatchStream<'scope> {
                             e.1.extend(data.drain(..).map(|r| r.batch));
                         }
                     });
+                    // Epoch e is complete once both inputs passed it.
+                    let not_done = |e: u64| f1.less_equal(&e) || f2.less_equal(&e);
                     let Ok(state) = state.as_mut() else {
                         pending.clear();
+                        ckpt.serve_empty(not_done);
                         return;
                     };
                     let bound = plan.time_bound.as_ref();
                     while let Some((&t, _)) = pending.first_key_value() {
                         if f1.less_equal(&t) || f2.less_equal(&t) {
                             break;
+                        }
+                        // Checkpoints of earlier epochs see the state before this one.
+                        while let Some(req) = ckpt.reader.peek().filter(|r| r.epoch < t) {
+                            ckpt.deliver(&req, state.snapshot(req.full));
                         }
                         let Some((_, (cap, (l, r)))) = pending.pop_first() else { break };
                         let wm = match (reader.as_mut(), bound) {
@@ -116,6 +135,9 @@ impl<'scope> JoinExt<'scope> for BatchStream<'scope> {
                             let mut session = output.session(&cap);
                             out.into_iter().for_each(|b| session.give(b));
                         }
+                    }
+                    while let Some(req) = ckpt.due(not_done) {
+                        ckpt.deliver(&req, state.snapshot(req.full));
                     }
                     // Free what the watermarks have made unreachable.
                     if let (Some(reader), Some(b)) = (reader.as_mut(), bound) {

@@ -12,7 +12,9 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 
 use super::{epoch_slot, route_by_keys, BatchStream, PendingEpochs};
+use crate::aggregate_state::owned_by;
 use crate::batch::{DiffBatch, Routed};
+use crate::checkpoint::OperatorCheckpoints;
 use crate::error::DataflowError;
 use crate::plan::{AggregatePlan, BatchFn, SessionWindow, WindowClose};
 use crate::session_state::{KeySubset, SessionAggregate};
@@ -21,15 +23,16 @@ use crate::watermark::WatermarkFeed;
 
 /// Extension trait adding the session-window aggregate.
 pub trait SessionExt<'scope> {
-    /// Aggregates per group and session; `input_schema` is the schema of the windowed rows.
+    /// Aggregates per group and session (`close.session` says which keys are the window and the
+    /// gap); `input_schema` is the schema of the windowed rows.
     fn session_aggregate(
         self,
         plan: Arc<AggregatePlan>,
         close: Arc<WindowClose>,
-        session: SessionWindow,
         input_schema: SchemaRef,
         stats: Arc<DataflowStats>,
         watermarks: &WatermarkFeed,
+        ckpt: OperatorCheckpoints,
     ) -> BatchStream<'scope>;
 }
 
@@ -38,11 +41,13 @@ impl<'scope> SessionExt<'scope> for BatchStream<'scope> {
         self,
         plan: Arc<AggregatePlan>,
         close: Arc<WindowClose>,
-        session: SessionWindow,
         input_schema: SchemaRef,
         stats: Arc<DataflowStats>,
         watermarks: &WatermarkFeed,
+        ckpt: OperatorCheckpoints,
     ) -> BatchStream<'scope> {
+        // Built only for windows whose close says they are sessions.
+        let session = close.session.unwrap_or(SessionWindow { start_key: 0, gap_ms: 1 });
         let nkeys = plan.keys.output_schema().fields().len();
         let group_keys: Vec<usize> = (0..nkeys).filter(|&i| i != session.start_key && i != close.end_key).collect();
         let route: Arc<dyn BatchFn> = Arc::new(KeySubset::new(plan.keys.clone(), group_keys));
@@ -67,6 +72,18 @@ impl<'scope> SessionExt<'scope> for BatchStream<'scope> {
                 if let Err(e) = &state {
                     stats.record_error("window", 0, e);
                 }
+                if let Ok(st) = state.as_mut() {
+                    st.set_worker(ckpt.worker, ckpt.peers);
+                    let owns = owned_by(ckpt.worker, ckpt.peers);
+                    // Session snapshots are whole: the newest checkpoint's replace older ones.
+                    if let Some(newest) = ckpt.restore.last() {
+                        for (i, snapshot) in newest.iter().enumerate() {
+                            if let Err(e) = st.restore(snapshot, &owns, i == 0) {
+                                stats.record_error("window", 0, &e);
+                            }
+                        }
+                    }
+                }
                 let mut gauge = StateGauge::new(stats.clone());
                 let mut pending: PendingEpochs<Vec<DiffBatch>> = BTreeMap::new();
                 move |(input, frontier), output| {
@@ -79,73 +96,89 @@ impl<'scope> SessionExt<'scope> for BatchStream<'scope> {
                         // Nothing can be computed; drop the input (counted once above).
                         pending.clear();
                         held = None;
+                        ckpt.serve_empty(|e| frontier.less_equal(&e));
                         return;
                     };
-                    while let Some((&t, _)) = pending.first_key_value() {
-                        if frontier.less_equal(&t) {
-                            break;
-                        }
-                        let Some((_, (cap, batches))) = pending.pop_first() else { break };
-                        reader.advance_to(t.saturating_sub(1));
-                        let bound = reader.watermark(&close.sources);
-                        let mut session = output.session(&cap);
-                        // Sessions the watermark passed before this epoch close first.
-                        match st.close(bound) {
-                            Ok(out) => out.into_iter().for_each(|b| session.give(b)),
-                            Err(e) => stats.record_error("window", 0, &e),
-                        }
-                        let mut results = Vec::new();
-                        match st.apply(&batches, bound) {
-                            Ok(r) => results.push(r),
-                            // A row whose keys or aggregate arguments fail costs only itself.
-                            Err(_) => {
-                                for b in &batches {
-                                    results.extend(b.isolate(
-                                        |p| st.apply(std::slice::from_ref(p), bound),
-                                        |rows, e| stats.record_error("window", rows, e),
-                                    ));
+                    // Complete epochs in segments ending at checkpoint epochs (see WindowAggregate).
+                    loop {
+                        let due = ckpt.due(|e| frontier.less_equal(&e));
+                        let upto = due.as_ref().map_or(u64::MAX, |r| r.epoch);
+                        while let Some((&t, _)) = pending.first_key_value() {
+                            if t > upto || frontier.less_equal(&t) {
+                                break;
+                            }
+                            let Some((_, (cap, batches))) = pending.pop_first() else { break };
+                            reader.advance_to(t.saturating_sub(1));
+                            let bound = reader.watermark(&close.sources);
+                            let mut session = output.session(&cap);
+                            // Sessions the watermark passed before this epoch close first.
+                            match st.close(bound) {
+                                Ok(out) => out.into_iter().for_each(|b| session.give(b)),
+                                Err(e) => stats.record_error("window", 0, &e),
+                            }
+                            let mut results = Vec::new();
+                            match st.apply(&batches, bound) {
+                                Ok(r) => results.push(r),
+                                // A row whose keys or aggregate arguments fail costs only itself.
+                                Err(_) => {
+                                    for b in &batches {
+                                        results.extend(b.isolate(
+                                            |p| st.apply(std::slice::from_ref(p), bound),
+                                            |rows, e| stats.record_error("window", rows, e),
+                                        ));
+                                    }
                                 }
                             }
-                        }
-                        for (out, late, untimed) in results {
-                            out.into_iter().for_each(|b| session.give(b));
-                            if late > 0 {
-                                stats.record_late(late);
-                            }
-                            if untimed > 0 {
-                                let e = DataflowError::Eval(
-                                    "a session window needs an event time; the row's is NULL".into(),
-                                );
-                                stats.record_error("window", untimed, &e);
-                            }
-                        }
-                    }
-                    // Close the sessions the watermark has passed, as of the last complete epoch.
-                    let f = frontier.frontier().iter().next().copied();
-                    let last = f.map_or(u64::MAX, |f| f.saturating_sub(1));
-                    reader.advance_to(last);
-                    let wm = reader.watermark(&close.sources);
-                    if let Some(h) = held.as_ref() {
-                        let at = if f.is_some() { last.max(*h.time()) } else { *h.time() };
-                        match st.close(wm) {
-                            Ok(out) if !out.is_empty() => {
-                                let cap = h.delayed(&at);
-                                let mut session = output.session(&cap);
+                            for (out, late, untimed) in results {
                                 out.into_iter().for_each(|b| session.give(b));
-                            }
-                            Ok(_) => {}
-                            Err(e) => stats.record_error("window", 0, &e),
-                        }
-                    }
-                    match f {
-                        Some(f) => {
-                            if let Some(h) = held.as_mut() {
-                                if *h.time() < f {
-                                    h.downgrade(&f);
+                                if late > 0 {
+                                    stats.record_late(late);
+                                }
+                                if untimed > 0 {
+                                    let e = DataflowError::Eval(
+                                        "a session window needs an event time; the row's is NULL".into(),
+                                    );
+                                    stats.record_error("window", untimed, &e);
                                 }
                             }
                         }
-                        None => held = None,
+                        // Close the sessions the watermark has passed, as of the segment's last
+                        // complete epoch.
+                        let f = frontier.frontier().iter().next().copied();
+                        let last = match &due {
+                            Some(r) => r.epoch,
+                            None => f.map_or(u64::MAX, |f| f.saturating_sub(1)),
+                        };
+                        reader.advance_to(last);
+                        let wm = reader.watermark(&close.sources);
+                        if let Some(h) = held.as_ref() {
+                            let at = if f.is_some() || due.is_some() { last.max(*h.time()) } else { *h.time() };
+                            match st.close(wm) {
+                                Ok(out) if !out.is_empty() => {
+                                    let cap = h.delayed(&at);
+                                    let mut session = output.session(&cap);
+                                    out.into_iter().for_each(|b| session.give(b));
+                                }
+                                Ok(_) => {}
+                                Err(e) => stats.record_error("window", 0, &e),
+                            }
+                        }
+                        match due {
+                            Some(req) => ckpt.deliver(&req, st.snapshot()),
+                            None => {
+                                match f {
+                                    Some(f) => {
+                                        if let Some(h) = held.as_mut() {
+                                            if *h.time() < f {
+                                                h.downgrade(&f);
+                                            }
+                                        }
+                                    }
+                                    None => held = None,
+                                }
+                                break;
+                            }
+                        }
                     }
                     gauge.set(st.state_rows());
                 }

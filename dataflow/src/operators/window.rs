@@ -18,8 +18,10 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 
 use super::{epoch_slot, route_by_keys, BatchStream, PendingEpochs};
-use crate::aggregate_state::GroupedAggregate;
+use crate::aggregate_state::{owned_by, GroupedAggregate, Owns};
 use crate::batch::{DiffBatch, Routed};
+use crate::checkpoint::OperatorCheckpoints;
+use crate::codec::{Dec, Enc};
 use crate::error::{DataflowError, Result};
 use crate::plan::{AggregatePlan, WindowClose, WindowKind, WindowSpec};
 use crate::stats::{DataflowStats, StateGauge};
@@ -92,12 +94,14 @@ pub trait WindowExt<'scope> {
     /// Appends `window_start`/`window_end` to each row ([`assign_windows`]).
     fn assign_windows(self, spec: Arc<WindowSpec>, stats: Arc<DataflowStats>) -> BatchStream<'scope>;
     /// Aggregates per group and window, closing windows as the watermark passes their end.
+    /// `ckpt` connects it to checkpoints.
     fn window_aggregate(
         self,
         plan: Arc<AggregatePlan>,
         close: Arc<WindowClose>,
         stats: Arc<DataflowStats>,
         watermarks: &WatermarkFeed,
+        ckpt: OperatorCheckpoints,
     ) -> BatchStream<'scope>;
 }
 
@@ -109,9 +113,53 @@ struct Windows {
     open: BTreeMap<i64, GroupedAggregate>,
     /// Windows ending at or before this are closed.
     closed_upto: i64,
+    /// Windows closed since the last snapshot.
+    removed: Vec<i64>,
 }
 
 impl Windows {
+    /// Every open window (`full`) or the changes since the last snapshot.
+    fn snapshot(&mut self, full: bool) -> Vec<u8> {
+        let mut out = Enc::new();
+        out.i64(self.closed_upto);
+        let removed = std::mem::take(&mut self.removed);
+        out.u32(if full { 0 } else { removed.len() as u32 });
+        if !full {
+            removed.iter().for_each(|&e| out.i64(e));
+        }
+        let parts: Vec<(i64, Vec<u8>)> = self
+            .open
+            .iter_mut()
+            .filter(|(_, a)| full || a.is_dirty())
+            .map(|(&end, a)| (end, a.snapshot(full)))
+            .collect();
+        out.u32(parts.len() as u32);
+        for (end, bytes) in parts {
+            out.i64(end);
+            out.bytes(&bytes);
+        }
+        out.buf
+    }
+
+    /// Loads a snapshot (the groups this worker owns) over the current state.
+    fn restore(&mut self, snapshot: &[u8], owns: Owns<'_>) -> Result<()> {
+        let mut d = Dec::new(snapshot);
+        self.closed_upto = self.closed_upto.max(d.i64()?);
+        for _ in 0..d.u32()? {
+            self.open.remove(&d.i64()?);
+        }
+        for _ in 0..d.u32()? {
+            let end = d.i64()?;
+            let bytes = d.bytes()?;
+            let agg = match self.open.get_mut(&end) {
+                Some(a) => a,
+                None => self.open.entry(end).or_insert(GroupedAggregate::new(self.plan.clone(), &self.arg_types)?),
+            };
+            agg.restore(bytes, owns)?;
+        }
+        Ok(())
+    }
+
     /// Splits a batch by window end and folds each part into its window; returns rows late.
     /// Fails only before touching the state (the keys do not evaluate); a part whose aggregate
     /// arguments fail is narrowed down to its failing rows, which are counted in `stats`.
@@ -190,6 +238,7 @@ impl<'scope> WindowExt<'scope> for BatchStream<'scope> {
         close: Arc<WindowClose>,
         stats: Arc<DataflowStats>,
         watermarks: &WatermarkFeed,
+        ckpt: OperatorCheckpoints,
     ) -> BatchStream<'scope> {
         let routed = route_by_keys(self, plan.keys.clone(), stats.clone(), "window");
         let arg_types: Vec<_> =
@@ -206,7 +255,14 @@ impl<'scope> WindowExt<'scope> for BatchStream<'scope> {
                     arg_types,
                     open: BTreeMap::new(),
                     closed_upto: NO_WATERMARK,
+                    removed: Vec::new(),
                 };
+                let owns = owned_by(ckpt.worker, ckpt.peers);
+                for snapshot in ckpt.restore_all() {
+                    if let Err(e) = w.restore(snapshot, &owns) {
+                        stats.record_error("window", 0, &e);
+                    }
+                }
                 let mut gauge = StateGauge::new(stats.clone());
                 let mut pending: PendingEpochs<Vec<DiffBatch>> = BTreeMap::new();
                 move |(input, frontier), output| {
@@ -215,75 +271,91 @@ impl<'scope> WindowExt<'scope> for BatchStream<'scope> {
                             batches.extend(data.drain(..).map(|r| r.batch));
                         }
                     });
-                    while let Some((&t, _)) = pending.first_key_value() {
-                        if frontier.less_equal(&t) {
-                            break;
-                        }
-                        let Some((_, (cap, batches))) = pending.pop_first() else { break };
-                        reader.advance_to(t.saturating_sub(1));
-                        let late_bound = reader.watermark(&close.sources);
-                        let mut touched = Vec::new();
-                        let mut late = 0;
-                        for b in &batches {
-                            let done = b.isolate(
-                                |part| w.apply(part, late_bound, &mut touched, &stats),
-                                |rows, e| stats.record_error("window", rows, e),
-                            );
-                            late += done.iter().sum::<usize>();
-                        }
-                        if late > 0 {
-                            stats.record_late(late);
-                        }
-                        if !close.emit_on_close {
-                            touched.sort_unstable();
-                            touched.dedup();
-                            let mut session = output.session(&cap);
-                            for end in touched {
-                                if let Some(agg) = w.open.get_mut(&end) {
-                                    match agg.emit() {
-                                        Ok(Some(out)) => session.give(out),
-                                        Ok(None) => {}
-                                        Err(e) => stats.record_error("window", 0, &e),
-                                    }
-                                }
+                    // Complete epochs in segments that end at checkpoint epochs: each segment's
+                    // data, then the windows its watermark closes, then the snapshot.
+                    loop {
+                        let due = ckpt.due(|e| frontier.less_equal(&e));
+                        let upto = due.as_ref().map_or(u64::MAX, |r| r.epoch);
+                        while let Some((&t, _)) = pending.first_key_value() {
+                            if t > upto || frontier.less_equal(&t) {
+                                break;
                             }
-                        }
-                    }
-                    // Close the windows the watermark has passed, as of the last complete epoch.
-                    let f = frontier.frontier().iter().next().copied();
-                    let last = f.map_or(u64::MAX, |f| f.saturating_sub(1));
-                    reader.advance_to(last);
-                    let wm = reader.watermark(&close.sources);
-                    if wm > w.closed_upto && wm != NO_WATERMARK {
-                        w.closed_upto = wm;
-                        let keep = w.open.split_off(&wm.saturating_add(1));
-                        let closing = std::mem::replace(&mut w.open, keep);
-                        if close.emit_on_close && !closing.is_empty() {
-                            // At the last complete epoch (or, once the input has ended, at the
-                            // held time).
-                            if let Some(h) = held.as_ref() {
-                                let at = if f.is_some() { last.max(*h.time()) } else { *h.time() };
-                                let cap = h.delayed(&at);
+                            let Some((_, (cap, batches))) = pending.pop_first() else { break };
+                            reader.advance_to(t.saturating_sub(1));
+                            let late_bound = reader.watermark(&close.sources);
+                            let mut touched = Vec::new();
+                            let mut late = 0;
+                            for b in &batches {
+                                let done = b.isolate(
+                                    |part| w.apply(part, late_bound, &mut touched, &stats),
+                                    |rows, e| stats.record_error("window", rows, e),
+                                );
+                                late += done.iter().sum::<usize>();
+                            }
+                            if late > 0 {
+                                stats.record_late(late);
+                            }
+                            if !close.emit_on_close {
+                                touched.sort_unstable();
+                                touched.dedup();
                                 let mut session = output.session(&cap);
-                                for (_, mut agg) in closing {
-                                    match agg.emit() {
-                                        Ok(Some(out)) => session.give(out),
-                                        Ok(None) => {}
-                                        Err(e) => stats.record_error("window", 0, &e),
+                                for end in touched {
+                                    if let Some(agg) = w.open.get_mut(&end) {
+                                        match agg.emit() {
+                                            Ok(Some(out)) => session.give(out),
+                                            Ok(None) => {}
+                                            Err(e) => stats.record_error("window", 0, &e),
+                                        }
                                     }
                                 }
                             }
                         }
-                    }
-                    match f {
-                        Some(f) => {
-                            if let Some(h) = held.as_mut() {
-                                if *h.time() < f {
-                                    h.downgrade(&f);
+                        let f = frontier.frontier().iter().next().copied();
+                        // The last complete epoch of this segment.
+                        let last = match &due {
+                            Some(r) => r.epoch,
+                            None => f.map_or(u64::MAX, |f| f.saturating_sub(1)),
+                        };
+                        reader.advance_to(last);
+                        let wm = reader.watermark(&close.sources);
+                        if wm > w.closed_upto && wm != NO_WATERMARK {
+                            w.closed_upto = wm;
+                            let keep = w.open.split_off(&wm.saturating_add(1));
+                            let closing = std::mem::replace(&mut w.open, keep);
+                            w.removed.extend(closing.keys().copied());
+                            if close.emit_on_close && !closing.is_empty() {
+                                // At the last complete epoch (or, once the input has ended, at the
+                                // held time).
+                                if let Some(h) = held.as_ref() {
+                                    let at = if f.is_some() || due.is_some() { last.max(*h.time()) } else { *h.time() };
+                                    let cap = h.delayed(&at);
+                                    let mut session = output.session(&cap);
+                                    for (_, mut agg) in closing {
+                                        match agg.emit() {
+                                            Ok(Some(out)) => session.give(out),
+                                            Ok(None) => {}
+                                            Err(e) => stats.record_error("window", 0, &e),
+                                        }
+                                    }
                                 }
                             }
                         }
-                        None => held = None,
+                        match due {
+                            Some(req) => ckpt.deliver(&req, w.snapshot(req.full)),
+                            None => {
+                                match f {
+                                    Some(f) => {
+                                        if let Some(h) = held.as_mut() {
+                                            if *h.time() < f {
+                                                h.downgrade(&f);
+                                            }
+                                        }
+                                    }
+                                    None => held = None,
+                                }
+                                break;
+                            }
+                        }
                     }
                     gauge.set(w.groups());
                 }
