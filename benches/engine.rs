@@ -5,11 +5,13 @@
 //! - filter+project: a stateless `WHERE` + expressions over the same rows.
 //! - GROUP BY 1M distinct keys: rows/s and peak resident memory.
 //! - latency: insert→subscriber p50/p99 at 100k rows/s.
+//! - checkpoint: GROUP BY 1M keys, then a full checkpoint, an incremental one after 1% of the
+//!   keys changed, and the recovery of a reopened database (open + start until it answers).
 //! - window: a one-minute tumbling window per key (100 keys) over rows one millisecond apart,
 //!   with a watermark (the workload of `benches/python/join_window.py window`).
 //!
 //! `LAMINAR_BENCH_ROWS` sets N (default 5,000,000); `LAMINAR_BENCH_ONLY` picks one workload
-//! (w1, filter, keys, latency, window); `LAMINAR_BENCH_BUFFER` sets the source buffer (rows in flight)
+//! (w1, filter, keys, latency, window, checkpoint); `LAMINAR_BENCH_BUFFER` sets the source buffer (rows in flight)
 //! for the 1M-key workload, whose source keeps no history (`'retention' = '0 rows'`) so that
 //! the memory measured is the aggregate's.
 
@@ -180,6 +182,56 @@ fn window(n: usize) -> f64 {
     n as f64 / dt
 }
 
+/// (full checkpoint s, MB; incremental s, MB; recovery s).
+fn checkpoint_costs() -> (f64, f64, f64, f64, f64) {
+    let schema =
+        Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, true), Field::new("v", DataType::Int64, true)]));
+    let keys = 1_000_000usize;
+    let batch = |from: usize, n: usize| {
+        let k = Int64Array::from_iter_values((from..from + n).map(|x| x as i64));
+        let v = Int64Array::from_iter_values((from..from + n).map(|x| (x % 100) as i64));
+        RecordBatch::try_new(schema.clone(), vec![Arc::new(k), Arc::new(v)]).expect("batch")
+    };
+    let dir = tempfile_dir();
+    let sql = [
+        "CREATE SOURCE kv (k BIGINT, v BIGINT) WITH ('retention' = '0 rows')",
+        "CREATE MATERIALIZED VIEW agg AS SELECT k, COUNT(*) AS n, SUM(v) AS s FROM kv GROUP BY k",
+    ];
+    let db = Database::open(&dir).expect("open");
+    sql.iter().for_each(|q| drop(db.execute(q).expect("ddl")));
+    db.start().expect("start");
+    for from in (0..keys).step_by(BATCH) {
+        db.insert("kv", &batch(from, BATCH)).expect("insert");
+    }
+    db.flush().expect("flush");
+    let full = db.checkpoint().expect("full checkpoint");
+    assert!(full.full);
+    for from in (0..keys).step_by(100).take(100) {
+        db.insert("kv", &batch(from, 100)).expect("insert");
+    }
+    db.flush().expect("flush");
+    let inc = db.checkpoint().expect("incremental checkpoint");
+    assert!(!inc.full);
+    drop(db);
+    let t = Instant::now();
+    let db = Database::open(&dir).expect("reopen");
+    db.start().expect("restart");
+    db.flush().expect("flush");
+    let recovery = t.elapsed().as_secs_f64();
+    let r = db.query("SELECT COUNT(*) FROM agg").expect("query");
+    assert_eq!(r.batches[0].column(0).as_primitive::<arrow::datatypes::Int64Type>().value(0) as usize, keys);
+    db.shutdown().expect("shutdown");
+    let _ = std::fs::remove_dir_all(&dir);
+    let mb = |b: u64| b as f64 / 1e6;
+    (full.duration.as_secs_f64(), mb(full.bytes), inc.duration.as_secs_f64(), mb(inc.bytes), recovery)
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("laminar-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
 fn latency() -> (f64, f64, f64) {
     let db = Database::open(":memory:").expect("open");
     db.execute("CREATE SOURCE ev (id BIGINT, v DOUBLE)").expect("source");
@@ -255,6 +307,12 @@ fn main() {
     if want("window") {
         let r = median((0..runs).map(|_| window(n.max(100_000))).collect());
         println!("tumbling window 1 min    {:>14.0}        N={}", r, n.max(100_000));
+    }
+    if want("checkpoint") {
+        let (fs, fmb, is, imb, rs) = checkpoint_costs();
+        println!(
+            "checkpoint of 1M-key aggregate: full {fs:.2} s / {fmb:.1} MB; after 1% changed, incremental {is:.2} s / {imb:.1} MB; recovery {rs:.2} s"
+        );
     }
     if want("latency") {
         let (p50, p99, max) = latency();

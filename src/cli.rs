@@ -13,8 +13,11 @@ use crate::{Database, ExecuteResult, LaminarConfig};
 
 const USAGE: &str = "usage:
   laminardb run PIPELINE.sql [--db DIR] [--duration SECONDS] [--quiet]
+                [--checkpoint-interval MS] [--workers N]
       Execute the statements in PIPELINE.sql, start the pipeline and show live progress
-      until Ctrl-C (or until every connector source has finished).
+      until Ctrl-C (or until every connector source has finished). With --db, objects the
+      directory's catalog already holds are kept, and the pipeline resumes from the newest
+      checkpoint there (--checkpoint-interval takes one every MS milliseconds).
   laminardb sql [DIR]
       Interactive SQL prompt on the database in DIR (default: in memory).
   laminardb --version";
@@ -96,6 +99,7 @@ fn run(args: &[String], interrupted: &dyn Fn() -> bool, out: &mut dyn Write) -> 
     let mut dir = ":memory:".to_string();
     let mut duration: Option<Duration> = None;
     let mut quiet = false;
+    let mut config = LaminarConfig::default();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -106,13 +110,22 @@ fn run(args: &[String], interrupted: &dyn Fn() -> bool, out: &mut dyn Write) -> 
                     Some(Duration::from_secs_f64(s.parse::<f64>().map_err(|_| format!("bad --duration '{s}'"))?));
             }
             "--quiet" | "-q" => quiet = true,
+            "--checkpoint-interval" => {
+                let s = it.next().ok_or("--checkpoint-interval needs milliseconds")?;
+                config.checkpoint_interval_ms =
+                    Some(s.parse().map_err(|_| format!("bad --checkpoint-interval '{s}'"))?);
+            }
+            "--workers" => {
+                let s = it.next().ok_or("--workers needs a number")?;
+                config.workers = Some(s.parse().map_err(|_| format!("bad --workers '{s}'"))?);
+            }
             f if file.is_none() && !f.starts_with('-') => file = Some(f.to_string()),
             other => return Err(format!("unexpected argument '{other}'\n{USAGE}")),
         }
     }
     let file = file.ok_or_else(|| format!("run needs a pipeline file\n{USAGE}"))?;
     let sql = std::fs::read_to_string(&file).map_err(|e| format!("cannot read {file}: {e}"))?;
-    let db = Database::open_with_config(&dir, LaminarConfig::default()).map_err(|e| e.to_string())?;
+    let db = Database::open_with_config(&dir, config).map_err(|e| e.to_string())?;
     let mut queries = Vec::new();
     for stmt in split_statements(&sql) {
         let upper = stmt.trim_start().to_ascii_uppercase();
@@ -121,8 +134,14 @@ fn run(args: &[String], interrupted: &dyn Fn() -> bool, out: &mut dyn Write) -> 
             queries.push(stmt);
             continue;
         }
-        let r = db.execute(&stmt).map_err(|e| format!("{e}\n  in: {}", first_line(&stmt)))?;
-        print_result(r, out).map_err(|e| e.to_string())?;
+        match db.execute(&stmt) {
+            Ok(r) => print_result(r, out).map_err(|e| e.to_string())?,
+            // Reopening a directory: its catalog already holds the pipeline.
+            Err(crate::LaminarError::AlreadyExists(m)) if dir != ":memory:" => {
+                writeln!(out, "kept: {m}").map_err(|e| e.to_string())?
+            }
+            Err(e) => return Err(format!("{e}\n  in: {}", first_line(&stmt))),
+        }
     }
     db.start().map_err(|e| e.to_string())?;
     writeln!(out, "pipeline running (Ctrl-C to stop)").map_err(|e| e.to_string())?;

@@ -97,7 +97,7 @@ struct SourceEntry {
     position: Mutex<Option<serde_json::Value>>,
     /// Held while a connector's chunk of changes is applied with its position, and by a
     /// checkpoint barrier: a checkpoint includes a whole chunk and its position, or neither.
-    chunk: Mutex<()>,
+    chunk: Arc<tokio::sync::Mutex<()>>,
     /// The connector can seek back to a saved position (a replayable source).
     replayable: bool,
     /// The most recent dead letters (the `<source>_errors` collection).
@@ -547,7 +547,7 @@ impl Database {
             run: Mutex::new(None),
             status: Mutex::new(None),
             position: Mutex::new(None),
-            chunk: Mutex::new(()),
+            chunk: Arc::new(tokio::sync::Mutex::new(())),
             replayable,
             errors: Mutex::new(Default::default()),
             def,
@@ -632,7 +632,7 @@ impl Database {
             return Err(LaminarError::AlreadyExists(format!("a {kind} named '{}' already exists", def.name)));
         }
         laminar_adapters::registry::require_connector(laminar_adapters::ConnectorKind::Sink, &def.options)?;
-        let planned = plan_query(&def.query, &*st)?;
+        let planned = plan_query_with(&def.query, &*st, def.emit == EmitMode::OnWindowClose)?;
         let spec = SinkSpec {
             name: def.name.clone(),
             schema: planned.schema.clone(),
@@ -653,7 +653,7 @@ impl Database {
                 name: name.clone(),
                 query: def.query.clone(),
                 materialized: false,
-                emit: EmitMode::OnUpdate,
+                emit: def.emit,
                 options: Default::default(),
                 if_not_exists: false,
                 or_replace: false,
@@ -1051,6 +1051,10 @@ impl Database {
     /// keeps running meanwhile, apart from the instant of the barrier.
     pub fn checkpoint(&self) -> Result<CheckpointResult> {
         self.check_open()?;
+        self.take_checkpoint()
+    }
+
+    fn take_checkpoint(&self) -> Result<CheckpointResult> {
         let root = self.storage_root().ok_or_else(|| {
             LaminarError::Checkpoint(
                 "an in-memory database cannot checkpoint: open a directory or set storage_dir".into(),
@@ -1100,7 +1104,24 @@ impl Database {
         let collector = checkpoint::Collector::new(expected);
         // The barrier: no source chunk is half applied, no insert half sent.
         let sources: Vec<Arc<SourceEntry>> = st.sources.values().cloned().collect();
-        let chunk_guards: Vec<_> = sources.iter().map(|s| s.chunk.lock()).collect();
+        let mut chunk_guards = Vec::with_capacity(sources.len());
+        for s in &sources {
+            // A source's chunk in progress finishes first (it may be waiting for room, which
+            // the running pipeline makes).
+            let deadline = Instant::now() + Duration::from_secs(60);
+            loop {
+                match s.chunk.clone().try_lock_owned() {
+                    Ok(g) => break chunk_guards.push(g),
+                    Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+                    Err(_) => {
+                        return Err(LaminarError::Checkpoint(format!(
+                            "source '{}' did not reach a chunk boundary within 60 s",
+                            s.def.name
+                        )))
+                    }
+                }
+            }
+        }
         let ingest = self.inner.ingest.lock();
         let mut source_parts = Vec::new();
         for src in &sources {
@@ -1254,7 +1275,7 @@ impl Database {
         let drained = self.flush_inner();
         // A last checkpoint: the next run resumes exactly here (and exactly-once sinks commit).
         if drained.is_ok() && self.is_checkpoint_enabled() {
-            if let Err(e) = self.checkpoint() {
+            if let Err(e) = self.take_checkpoint() {
                 *self.inner.last_checkpoint_error.lock() = Some(e.to_string());
             }
         }
@@ -2250,20 +2271,12 @@ impl SourceTarget for EngineTarget {
         Database { inner }.apply_change(&self.src, change).map_err(|e| e.to_string())
     }
 
-    fn apply_chunk(&self, changes: Vec<Change>, position: Option<serde_json::Value>) -> Vec<(Change, String)> {
-        let Some(inner) = self.inner.upgrade() else {
-            return changes.into_iter().map(|c| (c, "the database is closed".to_string())).collect();
-        };
-        let db = Database { inner };
-        let _chunk = self.src.chunk.lock();
-        let refused = changes
-            .into_iter()
-            .filter_map(|c| db.apply_change(&self.src, c.clone()).err().map(|e| (c, e.to_string())))
-            .collect();
-        if position.is_some() {
-            *self.src.position.lock() = position;
-        }
-        refused
+    fn chunk_lock(&self) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        Some(self.src.chunk.clone())
+    }
+
+    fn set_position(&self, position: serde_json::Value) {
+        *self.src.position.lock() = Some(position);
     }
 
     fn watermark(&self, ts_ms: i64) {

@@ -115,13 +115,14 @@ pub trait SourceTarget: Send + Sync {
     /// room: the runner awaits [`SourceTarget::has_capacity`] before each chunk, so that a
     /// full buffer never ties up a thread of the connector runtime (sinks run there too).
     fn apply(&self, change: Change) -> Result<(), String>;
-    /// Applies the changes of one poll, then records `position` (the connector's position
-    /// after them) as the source's position, atomically with respect to checkpoints: a
-    /// checkpoint sees all of a chunk with its position, or none of it. Returns the changes
-    /// refused, with the reason.
-    fn apply_chunk(&self, changes: Vec<Change>, _position: Option<serde_json::Value>) -> Vec<(Change, String)> {
-        changes.into_iter().filter_map(|c| self.apply(c.clone()).err().map(|e| (c, e))).collect()
+    /// Held while the changes of one poll are applied and the connector's position after them
+    /// is recorded; a checkpoint barrier takes it too, so that a checkpoint sees a whole chunk
+    /// with its position, or none of it.
+    fn chunk_lock(&self) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        None
     }
+    /// Records the connector's position after the changes applied so far.
+    fn set_position(&self, _position: serde_json::Value) {}
     /// Advances the event-time watermark (ms).
     fn watermark(&self, ts_ms: i64);
     /// Keeps dead letters in the `<source>_errors` collection.
@@ -209,15 +210,31 @@ pub fn spawn_source(
                         status.set_state(ConnectorState::Running);
                     }
                     let mut letters = chunk.dead_letters;
-                    // Once stopping, the chunk still goes in (nothing read from the peer is lost
-                    // at shutdown).
-                    let stopped = !wait_for_capacity(&*target, &status, &mut stop).await;
-                    let rows: u64 = chunk.changes.iter().map(|c| c.num_rows() as u64).sum();
                     let position = connector.checkpoint().ok().filter(|p| !p.is_null());
-                    let refused = target.apply_chunk(chunk.changes, position);
-                    let lost: u64 = refused.iter().map(|(c, _)| c.num_rows() as u64).sum();
-                    status.rows.fetch_add(rows - lost, Ordering::Relaxed);
-                    letters.extend(refused.iter().map(|(c, reason)| rejected(c, reason.clone())));
+                    let lock = target.chunk_lock();
+                    let guard = match &lock {
+                        Some(l) => Some(l.lock().await),
+                        None => None,
+                    };
+                    let mut stopped = false;
+                    for change in chunk.changes {
+                        // Once stopping, the rest of the chunk goes in without waiting (nothing
+                        // read from the peer is lost at shutdown).
+                        if !stopped && !wait_for_capacity(&*target, &status, &mut stop).await {
+                            stopped = true;
+                        }
+                        let n = change.num_rows() as u64;
+                        match target.apply(change.clone()) {
+                            Ok(()) => {
+                                status.rows.fetch_add(n, Ordering::Relaxed);
+                            }
+                            Err(reason) => letters.push(rejected(&change, reason)),
+                        }
+                    }
+                    if let Some(p) = position {
+                        target.set_position(p);
+                    }
+                    drop(guard);
                     if !letters.is_empty() {
                         status.dropped.fetch_add(letters.len() as u64, Ordering::Relaxed);
                         route_dead_letters(&source, &dlq, &*target, &status, letters);

@@ -31,6 +31,7 @@ from . import _laminardb as _ext
 from .types import (
     ChangeEvent,
     ChangeRow,
+    CheckpointResult,
     CheckpointStatus,
     Column,
     MaterializedView,
@@ -60,7 +61,7 @@ __all__ = [
     "SourceInfo", "SinkInfo", "StreamInfo", "PipelineMetrics", "SourceMetrics", "SinkMetrics", "StreamMetrics",
     "PipelineNode", "PipelineEdge", "PipelineTopology", "codes", "__version__",
     "execute", "sql", "mv", "BatchWriter", "Subscription", "AsyncSubscription", "ChangeEvent", "ChangeRow",
-    "CheckpointStatus", "Column", "MaterializedView", "Metrics", "QueryInfo", "Schema", "TableStats", "Watermark",
+    "CheckpointResult", "CheckpointStatus", "Column", "MaterializedView", "Metrics", "QueryInfo", "Schema", "TableStats", "Watermark",
     "LaminarError", "ConnectionError", "QueryError", "IngestionError", "SchemaError",
     "SubscriptionError", "StreamError", "CheckpointError", "ConnectorError",
     "source", "sink",
@@ -810,8 +811,17 @@ class Connection:
 
     @property
     def is_checkpoint_enabled(self) -> bool:
-        """True when periodic checkpoints are configured."""
-        return self._config.checkpoint_interval_ms is not None
+        """True when periodic checkpoints are on: `checkpoint_interval_ms` is set and the database
+        has a directory (or `storage_dir`) to keep them in."""
+        return bool(self._raw().is_checkpoint_enabled())
+
+    def checkpoint(self) -> CheckpointResult:
+        """Takes a checkpoint of the running pipeline now: operator state, source contents and
+        positions, stream contents, written durably; exactly-once sinks then commit what it
+        covers. Raises CheckpointError for an in-memory database, a stopped pipeline or storage
+        problems."""
+        epoch, full, size, files, secs, path = self._raw().checkpoint()
+        return CheckpointResult(epoch, full, size, files, secs * 1000.0, path)
 
     # -- SQL ---------------------------------------------------------------------------------
     def execute(self, sql: str) -> ExecuteResult:

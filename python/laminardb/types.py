@@ -153,6 +153,31 @@ class TableStats:
 
 
 @dataclass(frozen=True)
+class CheckpointResult:
+    """What `Connection.checkpoint()` wrote: the last epoch it covers (its id), whether it holds
+    the whole operator state or only the changes since the previous one, its size and where it
+    is."""
+
+    checkpoint_id: int
+    full: bool
+    bytes: int
+    files: int
+    duration_ms: float
+    path: str
+
+    @property
+    def epoch(self) -> int:
+        """The last epoch the checkpoint includes (the same as `checkpoint_id`)."""
+        return self.checkpoint_id
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __int__(self) -> int:
+        return self.checkpoint_id
+
+
+@dataclass(frozen=True)
 class CheckpointStatus:
     """Whether checkpointing is configured, and the last checkpoint's id."""
 

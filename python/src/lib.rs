@@ -272,6 +272,17 @@ impl PyConnection {
         py.detach(|| self.db.flush()).or_py(py)
     }
 
+    /// Takes a checkpoint: (epoch, full, bytes, files, seconds, directory).
+    fn checkpoint(&self, py: Python<'_>) -> PyResult<(u64, bool, u64, usize, f64, String)> {
+        let r = py.detach(|| self.db.checkpoint()).or_py(py)?;
+        Ok((r.epoch, r.full, r.bytes, r.files, r.duration.as_secs_f64(), r.path.display().to_string()))
+    }
+
+    /// True when periodic checkpoints are on (an interval and somewhere to store them).
+    fn is_checkpoint_enabled(&self) -> bool {
+        self.db.is_checkpoint_enabled()
+    }
+
     /// True after close().
     #[getter]
     fn is_closed(&self) -> bool {

@@ -98,6 +98,8 @@ pub struct CreateSink {
     pub name: String,
     /// The query feeding the sink (`FROM x` becomes `SELECT * FROM x`).
     pub query: String,
+    /// `EMIT …` (`ON WINDOW CLOSE` makes a windowed query append-only).
+    pub emit: EmitMode,
     /// `WITH (…)` options.
     pub options: Options,
     /// `IF NOT EXISTS`.
@@ -754,16 +756,15 @@ fn parse_emit(c: &mut Cursor<'_>) -> Result<EmitMode> {
 fn parse_create_sink(c: &mut Cursor<'_>) -> Result<Statement> {
     let if_not_exists = c.eat_words(&["IF", "NOT", "EXISTS"]);
     let name = c.object_name()?;
-    let query = if c.eat_word("FROM") {
+    let (query, emit) = if c.eat_word("FROM") {
         let from = c.object_name()?;
-        format!("SELECT * FROM {from}")
+        (format!("SELECT * FROM {from}"), EmitMode::OnUpdate)
     } else {
-        // an EMIT clause is carried by the query's windows; accepted for symmetry with streams
-        query_tail(c)?.0
+        query_tail(c)?
     };
     let options = if c.eat_word("WITH") { c.options()? } else { Options::new() };
     c.expect_end()?;
-    Ok(Statement::CreateSink(CreateSink { name, query, options, if_not_exists }))
+    Ok(Statement::CreateSink(CreateSink { name, query, emit, options, if_not_exists }))
 }
 
 #[cfg(test)]

@@ -27,7 +27,11 @@
 //! # Guarantees
 //! Sink: rows are written to a hidden in-progress file and committed by an atomic rename to
 //! `<prefix>-<first epoch>-<last epoch>.<ext>`, so readers never see a partial file and a file
-//! always holds whole epochs. Source: replayable; the position is (file, byte offset, line), or
+//! always holds whole epochs. With `'delivery.guarantee' = 'exactly-once'` (checkpoints on,
+//! replayable sources) a file is finished at each checkpoint barrier under a hidden
+//! `.<name>.pending` name and published only once the checkpoint is durable; after a crash the
+//! restart publishes the pending files the checkpoint covers and deletes the others, whose
+//! epochs the pipeline writes again: every row lands in exactly one visible file. Source: replayable; the position is (file, byte offset, line), or
 //! (file, row) for Parquet and Avro files.
 //!
 //! # Error handling

@@ -51,6 +51,7 @@ fn build(
         return Err(r.bad("prefix", &prefix, "a file name prefix (no '/', not starting with '.')"));
     }
     let changelog = r.opt_bool("changelog")?.unwrap_or(false);
+    let transactional = spec.options.get("delivery.guarantee").is_some_and(|g| g.trim() == "exactly-once");
     let columnar = matches!(format.kind, FormatKind::Parquet | FormatKind::Avro);
     let encoder_kind = if columnar { FormatKind::Json } else { format.kind };
     let encoder = Encoder::new(encoder_kind, &spec.schema, changelog, format.csv_delimiter)?;
@@ -67,6 +68,8 @@ fn build(
         encoder,
         open: None,
         committed: Vec::new(),
+        transactional,
+        pending: Vec::new(),
     }))
 }
 
@@ -97,6 +100,11 @@ pub struct FileSink {
     open: Option<OpenFile>,
     /// Files committed by this sink since it started.
     committed: Vec<PathBuf>,
+    /// Exactly-once: files are published only for epochs a durable checkpoint covers.
+    transactional: bool,
+    /// Exactly-once: finished files waiting for their checkpoint (first and last epoch, hidden
+    /// path).
+    pending: Vec<(u64, u64, PathBuf)>,
 }
 
 fn io(what: &str, path: &std::path::Path, e: impl std::fmt::Display) -> ConnectorError {
@@ -140,7 +148,13 @@ impl FileSink {
         self.open.as_mut().ok_or_else(|| ConnectorError::Failed("no open file".into()))
     }
 
-    /// Makes the in-progress file durable and visible under its final name.
+    /// The final name of a file holding epochs `first..=last`.
+    fn final_name(&self, first: u64, last: u64) -> String {
+        format!("{}-{first:012}-{last:012}.{}", self.prefix, self.extension())
+    }
+
+    /// Makes the in-progress file durable and visible under its final name (or, exactly-once,
+    /// under a hidden pending name until its checkpoint commits it).
     fn commit_file(&mut self) -> Result<()> {
         let Some(f) = self.open.take() else { return Ok(()) };
         let file = match f.writer {
@@ -152,12 +166,46 @@ impl FileSink {
             }
         };
         file.sync_all().map_err(|e| io("sync", &f.tmp, e))?;
-        let name = format!("{}-{:012}-{:012}.{}", self.prefix, f.first_epoch, f.last_epoch, self.extension());
+        let name = self.final_name(f.first_epoch, f.last_epoch);
+        if self.transactional {
+            let pending = self.dir.join(format!(".{name}.pending"));
+            std::fs::rename(&f.tmp, &pending).map_err(|e| io("pre-commit", &pending, e))?;
+            self.sync_dir();
+            self.pending.push((f.first_epoch, f.last_epoch, pending));
+            return Ok(());
+        }
         let dest = self.dir.join(name);
         std::fs::rename(&f.tmp, &dest).map_err(|e| io("commit", &dest, e))?;
+        self.sync_dir();
+        self.committed.push(dest);
+        Ok(())
+    }
+
+    fn sync_dir(&self) {
         if let Ok(d) = File::open(&self.dir) {
             let _ = d.sync_all();
         }
+    }
+
+    /// Pending files of this sink in the directory: (first epoch, last epoch, path).
+    fn pending_files(&self) -> Vec<(u64, u64, PathBuf)> {
+        let head = format!(".{}-", self.prefix);
+        let tail = format!(".{}.pending", self.extension());
+        let Ok(rd) = std::fs::read_dir(&self.dir) else { return Vec::new() };
+        rd.flatten()
+            .filter_map(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                let epochs = n.strip_prefix(&head)?.strip_suffix(&tail)?;
+                let (a, b) = epochs.split_once('-')?;
+                Some((a.parse().ok()?, b.parse().ok()?, e.path()))
+            })
+            .collect()
+    }
+
+    /// Publishes a pending file under its final name.
+    fn publish(&mut self, first: u64, last: u64, pending: &std::path::Path) -> Result<()> {
+        let dest = self.dir.join(self.final_name(first, last));
+        std::fs::rename(pending, &dest).map_err(|e| io("commit", &dest, e))?;
         self.committed.push(dest);
         Ok(())
     }
@@ -166,7 +214,7 @@ impl FileSink {
 #[async_trait]
 impl SinkConnector for FileSink {
     fn capabilities(&self) -> SinkCapabilities {
-        SinkCapabilities { upsert: false, changelog: self.changelog, exactly_once: false }
+        SinkCapabilities { upsert: false, changelog: self.changelog, exactly_once: true }
     }
 
     async fn open(&mut self) -> Result<()> {
@@ -215,6 +263,10 @@ impl SinkConnector for FileSink {
     }
 
     async fn pre_commit(&mut self, _epoch: u64) -> Result<()> {
+        if self.transactional {
+            // A checkpoint barrier: everything written so far must survive a crash.
+            return self.commit_file();
+        }
         let due = self
             .open
             .as_ref()
@@ -225,7 +277,42 @@ impl SinkConnector for FileSink {
         Ok(())
     }
 
+    async fn commit(&mut self, epoch: u64) -> Result<()> {
+        if !self.transactional {
+            return Ok(());
+        }
+        let ready: Vec<(u64, u64, PathBuf)> = self.pending.iter().filter(|p| p.1 <= epoch).cloned().collect();
+        self.pending.retain(|p| p.1 > epoch);
+        for (first, last, path) in ready {
+            self.publish(first, last, &path)?;
+        }
+        self.sync_dir();
+        Ok(())
+    }
+
+    async fn recover(&mut self, checkpoint: u64) -> Result<()> {
+        // Files pre-committed for epochs the checkpoint covers are published; later ones are
+        // discarded, since the pipeline writes those epochs again.
+        for (first, last, path) in self.pending_files() {
+            if last <= checkpoint {
+                self.publish(first, last, &path)?;
+            } else {
+                std::fs::remove_file(&path).map_err(|e| io("discard", &path, e))?;
+            }
+        }
+        self.sync_dir();
+        Ok(())
+    }
+
     async fn close(&mut self) -> Result<()> {
+        if self.transactional {
+            // Epochs after the last checkpoint are not kept (the next run writes them again);
+            // pending files stay for the recovery of the next run.
+            if let Some(f) = self.open.take() {
+                let _ = std::fs::remove_file(&f.tmp);
+            }
+            return Ok(());
+        }
         if self.open.as_ref().is_some_and(|f| f.rows == 0) {
             if let Some(f) = self.open.take() {
                 let _ = std::fs::remove_file(&f.tmp);
