@@ -1243,7 +1243,7 @@ impl Database {
             }
             let Some(inner) = weak.upgrade() else { return };
             let db = Database { inner };
-            if db.pipeline_state() != PipelineState::Running {
+            if !matches!(db.pipeline_state(), PipelineState::Running | PipelineState::Failed) {
                 return;
             }
             if let Err(e) = db.checkpoint() {
@@ -1920,7 +1920,11 @@ impl Database {
 
     /// Current pipeline state.
     pub fn pipeline_state(&self) -> PipelineState {
-        self.inner.state.lock().pipeline
+        let st = self.inner.state.lock();
+        if st.pipeline == PipelineState::Running && !connector_failures(&st).is_empty() {
+            return PipelineState::Failed;
+        }
+        st.pipeline
     }
 
     /// Minimum event-time watermark over sources that declare one (milliseconds).
@@ -1957,7 +1961,11 @@ impl Database {
             total_cycles: rt.map(|r| r.current_epoch().saturating_sub(1)).unwrap_or(0),
             total_batches: self.inner.batches.load(Ordering::Relaxed),
             uptime_secs: st.started_at.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0),
-            state: st.pipeline.name().to_string(),
+            state: if st.pipeline == PipelineState::Running && !connector_failures(&st).is_empty() {
+                PipelineState::Failed.name().to_string()
+            } else {
+                st.pipeline.name().to_string()
+            },
             source_count: st.sources.len(),
             stream_count: st.streams.len(),
             sink_count: st.sinks.len(),

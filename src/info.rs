@@ -186,6 +186,9 @@ pub enum PipelineState {
     ShuttingDown,
     /// Stopped after `shutdown()`.
     Stopped,
+    /// Running, but a connector failed for good (see the source and sink metrics; `shutdown()`
+    /// raises the failure).
+    Failed,
 }
 
 impl PipelineState {
@@ -197,6 +200,7 @@ impl PipelineState {
             PipelineState::Running => "Running",
             PipelineState::ShuttingDown => "ShuttingDown",
             PipelineState::Stopped => "Stopped",
+            PipelineState::Failed => "Failed",
         }
     }
 }

@@ -781,7 +781,7 @@ class Connection:
 
     @property
     def pipeline_state(self) -> str:
-        """Created, Starting, Running, ShuttingDown or Stopped."""
+        """Created, Starting, Running, ShuttingDown, Stopped, or Failed (running, but a connector failed for good)."""
         return self._raw().pipeline_state
 
     @property

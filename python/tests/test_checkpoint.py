@@ -91,3 +91,18 @@ def test_checkpoint_errors(tmp_path: pathlib.Path):
                 f"'{tmp_path / 'out'}', 'delivery.guarantee' = 'exactly-once')"
             )
         assert db.list_sinks() == []
+    # Storage that cannot be written (a file where the checkpoint directory must go).
+    blocker = tmp_path / "blocked"
+    blocker.write_text("not a directory")
+    cfg = laminardb.LaminarConfig(storage_dir=str(blocker))
+    with laminardb.open(str(tmp_path / "db2"), config=cfg) as db:
+        db.execute("CREATE SOURCE s (x BIGINT)")
+        db.execute("CREATE STREAM c AS SELECT COUNT(*) AS n FROM s")
+        db.start()
+        db.insert("s", [{"x": 1}])
+        with pytest.raises(laminardb.CheckpointError, match="cannot create"):
+            db.checkpoint()
+        # The pipeline goes on.
+        db.insert("s", [{"x": 2}])
+        db.flush()
+        assert db.query("SELECT n FROM c").to_dicts() == [{"n": 2}]

@@ -154,6 +154,8 @@ def test_generator_errors_fail_the_source_with_its_traceback_and_others_keep_run
         assert "raise ValueError" in m.last_error, "the traceback shows the failing line"
         wait_for(lambda: state(db, "healthy") == "finished")
         assert db.source_metrics("healthy").total_events == 1000
+        # The pipeline reports the failure.
+        assert db.pipeline_state == "Failed" and db.metrics().state == "Failed"
         # A subscription blocked on the failed source's stream raises.
         first = sub.next_timeout(5000)
         assert first.to_dicts() == [{"k": "x", "v": 1}]
