@@ -48,7 +48,8 @@ impl GroupTable {
             converter,
             table: HashTable::new(),
             keys,
-            hasher: ahash::RandomState::with_seeds(7, 11, 13, 17),
+            // The routing hash's seeds: a single VARCHAR key's routing hash is its grouping hash.
+            hasher: ahash::RandomState::with_seeds(1, 2, 3, 4),
             len: 0,
         })
     }
@@ -63,17 +64,22 @@ impl GroupTable {
         self.len == 0
     }
 
-    /// Group id of every row, creating groups as needed.
-    pub fn intern(&mut self, key_columns: &[ArrayRef], num_rows: usize) -> Result<Vec<u32>> {
+    /// Group id of every row, creating groups as needed. `hashes`: the rows' routing hashes
+    /// ([`key_hashes`]), usable for a single VARCHAR key.
+    pub fn intern(&mut self, key_columns: &[ArrayRef], num_rows: usize, hashes: Option<&[u64]>) -> Result<Vec<u32>> {
         if let Some(strings) = self.strings.as_mut() {
             let arr = key_columns
                 .first()
                 .and_then(|c| c.as_string_opt::<i32>())
                 .ok_or_else(|| DataflowError::Internal("VARCHAR key expected".into()))?;
+            let hashes = hashes.filter(|h| h.len() == num_rows);
             let mut out = Vec::with_capacity(num_rows);
             for i in 0..num_rows {
                 let key: Option<&[u8]> = arr.is_valid(i).then(|| arr.value(i).as_bytes());
-                let hash = key.map_or(NULL_KEY_HASH, |b| self.hasher.hash_one(b));
+                let hash = match hashes {
+                    Some(h) => h[i],
+                    None => key.map_or(NULL_KEY_HASH, |b| self.hasher.hash_one(b)),
+                };
                 let found = self.table.find(hash, |&(h, g)| h == hash && strings.get(g as usize) == key);
                 let g = match found {
                     Some(&(_, g)) => g,
@@ -319,6 +325,12 @@ impl GroupedAggregate {
 
     /// Folds a batch of signed rows into the state.
     pub fn apply(&mut self, batch: &DiffBatch) -> Result<()> {
+        self.apply_hashed(batch, None)
+    }
+
+    /// [`GroupedAggregate::apply`] with the rows' routing hashes, if the partitioner computed
+    /// them.
+    pub fn apply_hashed(&mut self, batch: &DiffBatch, hashes: Option<&[u64]>) -> Result<()> {
         let n = batch.num_rows();
         if n == 0 {
             return Ok(());
@@ -332,7 +344,7 @@ impl GroupedAggregate {
                 None => None,
             });
         }
-        let groups = self.groups.intern(keys.columns(), n)?;
+        let groups = self.groups.intern(keys.columns(), n, hashes)?;
         let ng = self.groups.len();
         self.grow(ng);
         for (i, &g) in groups.iter().enumerate() {
@@ -341,10 +353,6 @@ impl GroupedAggregate {
             if !self.is_changed[g] {
                 self.is_changed[g] = true;
                 self.changed.push(g as u32);
-            }
-            if !self.is_dirty[g] {
-                self.is_dirty[g] = true;
-                self.dirty.push(g as u32);
             }
         }
         for (values, acc) in args.iter().zip(self.accs.iter_mut()) {
@@ -362,6 +370,11 @@ impl GroupedAggregate {
         changed.sort_unstable();
         for &g in &changed {
             self.is_changed[g as usize] = false;
+            // Changed since the last snapshot (marked per group and epoch, not per row).
+            if !self.is_dirty[g as usize] {
+                self.is_dirty[g as usize] = true;
+                self.dirty.push(g);
+            }
         }
         for &g in &changed {
             if self.row_counts[g as usize] < 0 {
@@ -447,12 +460,20 @@ impl GroupedAggregate {
 
     /// True when groups changed since the last snapshot.
     pub fn is_dirty(&self) -> bool {
-        !self.dirty.is_empty()
+        !self.dirty.is_empty() || !self.changed.is_empty()
     }
 
     /// The state of every group (`full`) or of the groups changed since the last snapshot, in
     /// a form [`GroupedAggregate::restore`] reads; call between epochs (after `emit`).
     pub fn snapshot(&mut self, full: bool) -> Vec<u8> {
+        // Groups changed but not emitted yet (a window waiting for its close) count too.
+        for i in 0..self.changed.len() {
+            let g = self.changed[i];
+            if !self.is_dirty[g as usize] {
+                self.is_dirty[g as usize] = true;
+                self.dirty.push(g);
+            }
+        }
         let groups: Vec<u32> =
             if full { (0..self.groups.len() as u32).collect() } else { std::mem::take(&mut self.dirty) };
         self.dirty.clear();

@@ -205,6 +205,10 @@ pub struct Routed {
     pub target: u32,
     /// The rows.
     pub batch: DiffBatch,
+    /// Hash of each row's key, when the key is a single VARCHAR column (the grouping hash table
+    /// uses the same hash, so the receiving aggregate need not hash the rows again).
+    #[serde(default)]
+    pub hashes: Option<Vec<u64>>,
 }
 
 #[cfg(test)]

@@ -8,12 +8,6 @@
 
 mod custom;
 
-/// The engine allocates many small rows (join and aggregate state); mimalloc serves them
-/// several times faster than the system allocator. Without transparent huge pages: the state
-/// grows in small steps and zeroing 2 MB pages on every fault cost more than it saved.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -54,11 +54,11 @@ impl<'scope> AggregateExt<'scope> for BatchStream<'scope> {
                         }
                     }
                 }
-                let mut pending: PendingEpochs<Vec<DiffBatch>> = BTreeMap::new();
+                let mut pending: PendingEpochs<Vec<(DiffBatch, Option<Vec<u64>>)>> = BTreeMap::new();
                 move |(input, frontier), output| {
                     input.for_each(|cap, data| {
                         if let Some(batches) = epoch_slot(&mut pending, &cap) {
-                            batches.extend(data.drain(..).map(|r| r.batch));
+                            batches.extend(data.drain(..).map(|r| (r.batch, r.hashes)));
                         }
                     });
                     let Ok(state) = state.as_mut() else {
@@ -75,8 +75,17 @@ impl<'scope> AggregateExt<'scope> for BatchStream<'scope> {
                             ckpt.deliver(&req, state.snapshot(req.full));
                         }
                         let Some((_, (cap, batches))) = pending.pop_first() else { break };
-                        for b in &batches {
-                            b.isolate(|part| state.apply(part), |rows, e| stats.record_error("aggregate", rows, e));
+                        for (b, hashes) in &batches {
+                            // Whole batches use the routing hashes; rows isolated after an error
+                            // are hashed again.
+                            let whole = std::cell::Cell::new(true);
+                            b.isolate(
+                                |part| {
+                                    let h = if whole.replace(false) { hashes.as_deref() } else { None };
+                                    state.apply_hashed(part, h)
+                                },
+                                |rows, e| stats.record_error("aggregate", rows, e),
+                            );
                         }
                         match state.emit() {
                             Ok(Some(out)) => output.session(&cap).give(out),

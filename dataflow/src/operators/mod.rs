@@ -31,10 +31,12 @@ pub type BatchStream<'scope> = Stream<'scope, u64, Vec<DiffBatch>>;
 /// Splits a batch by the hash of its keys into one batch per worker that owns them.
 fn partition(batch: &DiffBatch, keys: &dyn BatchFn, converter: &RowConverter, peers: usize) -> Result<Vec<Routed>> {
     if peers == 1 {
-        return Ok(vec![Routed { target: 0, batch: batch.clone() }]);
+        return Ok(vec![Routed { target: 0, batch: batch.clone(), hashes: None }]);
     }
     let keys = keys.eval(&batch.data)?;
     let hashes = key_hashes(converter, keys.columns(), batch.num_rows())?;
+    // A single VARCHAR key's hash is also the grouping hash: pass it on.
+    let single_string = matches!(keys.columns(), [c] if c.data_type() == &arrow::datatypes::DataType::Utf8);
     let mut parts: Vec<Vec<u32>> = vec![Vec::new(); peers];
     for (i, h) in hashes.iter().enumerate() {
         parts[(*h % peers as u64) as usize].push(i as u32);
@@ -44,8 +46,9 @@ fn partition(batch: &DiffBatch, keys: &dyn BatchFn, converter: &RowConverter, pe
         if idx.is_empty() {
             continue;
         }
+        let part_hashes = single_string.then(|| idx.iter().map(|&i| hashes[i as usize]).collect());
         let b = if idx.len() == batch.num_rows() { batch.clone() } else { batch.take(&UInt32Array::from(idx))? };
-        out.push(Routed { target: target as u32, batch: b });
+        out.push(Routed { target: target as u32, batch: b, hashes: part_hashes });
     }
     Ok(out)
 }
