@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/laminardb/target}"
 command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)"; exit 1; }
+scripts/prereqs.sh
 cargo run --locked --bin laminardb -- run examples/demo.sql "$@"

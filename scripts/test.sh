@@ -6,6 +6,12 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/laminardb/target}"
 command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)"; exit 1; }
 command -v python3 >/dev/null || { echo "python3 (>= 3.10) is required"; exit 1; }
 
+scripts/prereqs.sh
+
+# The peers of the integration tests (a Kafka-protocol broker), stopped again on exit.
+eval "$(scripts/services.sh start)"
+trap 'scripts/services.sh stop' EXIT
+
 cargo test --locked --workspace --all-targets
 cargo test --locked --workspace --doc
 

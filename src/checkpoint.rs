@@ -77,6 +77,9 @@ pub struct StreamCheckpoint {
     pub operators: Vec<(u32, usize, String)>,
     /// The queryable contents (Arrow IPC), if the stream keeps any.
     pub output: Option<String>,
+    /// A sink's own state (what it needs to finish this checkpoint's writes after a crash).
+    #[serde(default)]
+    pub sink_state: Option<String>,
 }
 
 /// The description of one checkpoint.
@@ -353,6 +356,8 @@ pub struct Collected {
     pub outputs: HashMap<String, Option<Vec<RecordBatch>>>,
     /// Sinks that pre-committed.
     pub sinks: usize,
+    /// Sink name → the state it keeps in the checkpoint.
+    pub sink_states: HashMap<String, Vec<u8>>,
     /// Failures (a sink that could not pre-commit, contents that could not be read).
     pub errors: Vec<String>,
     arrived: usize,
@@ -382,9 +387,14 @@ impl Collector {
     }
 
     /// A sink's pre-commit outcome.
-    pub fn sink(&self, sink: String, outcome: std::result::Result<(), String>) {
+    pub fn sink(&self, sink: String, outcome: std::result::Result<Option<Vec<u8>>, String>) {
         self.arrive(|st| match outcome {
-            Ok(()) => st.sinks += 1,
+            Ok(state) => {
+                st.sinks += 1;
+                if let Some(state) = state {
+                    st.sink_states.insert(sink, state);
+                }
+            }
             Err(e) => st.errors.push(format!("sink '{sink}' could not pre-commit: {e}")),
         });
     }

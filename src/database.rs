@@ -100,6 +100,8 @@ struct SourceEntry {
     chunk: Arc<tokio::sync::Mutex<()>>,
     /// The connector can seek back to a saved position (a replayable source).
     replayable: bool,
+    /// The connector reports the watermark itself (not derived from the largest event time).
+    connector_watermarks: bool,
     /// The most recent dead letters (the `<source>_errors` collection).
     errors: Mutex<std::collections::VecDeque<DeadLetter>>,
 }
@@ -510,14 +512,15 @@ impl Database {
         let schema = Arc::new(Schema::new(
             def.columns.iter().map(|c| Field::new(&c.name, c.data_type.clone(), c.nullable)).collect::<Vec<_>>(),
         ));
-        let (connector, errors_max, replayable) = if connector_options.is_empty() {
-            (None, 0, false)
+        let (connector, errors_max, replayable, connector_watermarks) = if connector_options.is_empty() {
+            (None, 0, false, false)
         } else {
             let spec = SourceSpec {
                 name: def.name.clone(),
                 schema: schema.clone(),
                 primary_key: def.primary_key.clone(),
                 watermark_column: def.watermark.as_ref().map(|w| w.column.clone()),
+                watermark_delay_ms: def.watermark.as_ref().map_or(0, |w| w.delay_ms),
                 options: connector_options,
             };
             let ctx = BuildContext { callbacks: &self.inner.callbacks, resolve: persist };
@@ -526,7 +529,7 @@ impl Database {
                 DlqTarget::Collection { max_rows } => max_rows,
                 DlqTarget::File(_) => 0,
             };
-            (Some(spec), max, caps.replayable)
+            (Some(spec), max, caps.replayable, caps.watermarks)
         };
         let pk: Vec<usize> =
             def.primary_key.iter().filter_map(|k| def.columns.iter().position(|c| &c.name == k)).collect();
@@ -549,6 +552,7 @@ impl Database {
             position: Mutex::new(None),
             chunk: Arc::new(tokio::sync::Mutex::new(())),
             replayable,
+            connector_watermarks,
             errors: Mutex::new(Default::default()),
             def,
         });
@@ -982,7 +986,14 @@ impl Database {
         let state = Self::restored_state(restore, &sink.def.name, &sink.entry.sql)?;
         if let (Some(_), Some(l)) = (&state, restore) {
             // Writes pre-committed up to the checkpoint become visible; later ones go.
-            open_connector(crt, &what, &peer, connector.recover(l.head().epoch))?;
+            let saved = l.head().streams.get(&sink.def.name).and_then(|s| s.sink_state.as_ref());
+            let sink_state = saved.and_then(|f| l.head_file(f));
+            open_connector(
+                crt,
+                &what,
+                &peer,
+                connector.recover(l.head().epoch, sink_state.as_deref().map(|v| v.as_slice())),
+            )?;
             sink.has_run.store(true, Ordering::Release);
         }
         let status = Arc::new(ConnectorStatus::new(peer));
@@ -1036,7 +1047,7 @@ impl Database {
 
     /// Counts inserted rows and advances the source's watermark.
     fn note_insert(&self, src: &SourceEntry, batch: &RecordBatch) {
-        if let Some(w) = &src.def.watermark {
+        if let Some(w) = src.def.watermark.as_ref().filter(|_| !src.connector_watermarks) {
             if let Some(max) = max_event_time_ms(batch, &w.column) {
                 src.watermark.fetch_max(max.saturating_sub(w.delay_ms), Ordering::AcqRel);
             }
@@ -1155,12 +1166,18 @@ impl Database {
         drop(ingest);
         drop(chunk_guards);
         drop(st);
-        let collected = collector.wait(Duration::from_secs(300))?;
+        let sinks: Vec<Arc<SinkHandle>> = parts.iter().filter_map(|p| p.sink.clone()).collect();
+        let abandon = |e: LaminarError| {
+            // Sinks that pre-committed keep their writes pending for the next checkpoint.
+            sinks.iter().for_each(|h| h.checkpoint_failed());
+            e
+        };
+        let collected = collector.wait(Duration::from_secs(300)).map_err(abandon)?;
         if !collected.errors.is_empty() {
-            return Err(LaminarError::Checkpoint(format!(
+            return Err(abandon(LaminarError::Checkpoint(format!(
                 "checkpoint of epoch {epoch} failed: {}",
                 collected.errors.join("; ")
-            )));
+            ))));
         }
         // The files and the manifest.
         let mut manifest = checkpoint::Manifest {
@@ -1194,6 +1211,11 @@ impl Database {
                     saved.operators.push((ordinal, w, file));
                 }
             }
+            if let Some(state) = collected.sink_states.get(&p.name) {
+                let file = format!("sink-{}.bin", safe(&p.name));
+                files.push((file.clone(), state.clone()));
+                saved.sink_state = Some(file);
+            }
             if let Some(Some(contents)) = collected.outputs.get(&p.name) {
                 let file = format!("out-{}.arrow", safe(&p.name));
                 let schema = contents.first().map(|b| b.schema()).unwrap_or_else(|| p.output.image_schema());
@@ -1204,20 +1226,31 @@ impl Database {
         }
         let nfiles = files.len();
         let store = checkpoint::Store::new(&root);
-        let (path, bytes) = store.write(manifest.clone(), files)?;
-        store.prune(&manifest)?;
+        let (path, bytes) = store.write(manifest.clone(), files).map_err(abandon)?;
+        // A failure to prune leaves old files behind; the checkpoint itself is durable.
+        let _ = store.prune(&manifest);
         if full {
             *chain = CheckpointChain { epochs: vec![epoch], full_bytes: op_bytes, delta_bytes: 0 };
         } else {
             chain.epochs.push(epoch);
             chain.delta_bytes += op_bytes;
         }
-        // Durable: exactly-once sinks make the covered epochs visible.
+        // Durable: exactly-once sinks make the covered epochs visible, sources acknowledge what
+        // it covers to their peers.
         for p in &parts {
             if let Some(h) = &p.sink {
                 h.commit(epoch);
             }
         }
+        let st = self.inner.state.lock();
+        for (name, saved) in &manifest.sources {
+            if let (Some(src), Some(pos)) = (st.sources.get(name), &saved.position) {
+                if let Some(run) = src.run.lock().as_ref() {
+                    run.handle.commit(pos.clone());
+                }
+            }
+        }
+        drop(st);
         Ok(CheckpointResult { epoch, full, bytes, files: nfiles, duration: started.elapsed(), path })
     }
 
@@ -1497,7 +1530,7 @@ impl Database {
     fn send_change(&self, src: &SourceEntry, change: DiffBatch) -> Result<()> {
         let Some(rt) = self.inner.runtime.read().clone() else { return Ok(()) };
         let n = change.num_rows();
-        let watermark = src.def.watermark.as_ref().and_then(|w| {
+        let watermark = src.def.watermark.as_ref().filter(|_| !src.connector_watermarks).and_then(|w| {
             let col = change.data.column_by_name(&w.column)?;
             laminar_dataflow::watermark::max_event_time_ms(col).map(|m| m.saturating_sub(w.delay_ms))
         });

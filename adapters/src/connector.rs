@@ -27,6 +27,8 @@ pub struct SourceSpec {
     pub primary_key: Vec<String>,
     /// The `WATERMARK FOR` column, if any.
     pub watermark_column: Option<String>,
+    /// The `WATERMARK FOR … AS col - INTERVAL …` delay (ms).
+    pub watermark_delay_ms: i64,
     /// The `WITH` options meant for the connector (`connector` included).
     pub options: Options,
 }
@@ -53,6 +55,7 @@ impl std::fmt::Debug for SourceSpec {
             .field("schema", &self.schema)
             .field("primary_key", &self.primary_key)
             .field("watermark_column", &self.watermark_column)
+            .field("watermark_delay_ms", &self.watermark_delay_ms)
             .field("options", &Redacted(&self.options))
             .finish()
     }
@@ -79,6 +82,9 @@ pub struct SourceCapabilities {
     pub changelog: bool,
     /// Ends by itself (a bounded input).
     pub bounded: bool,
+    /// Reports the event-time watermark itself ([`SourceChunk::watermark`], e.g. the minimum over
+    /// partitions); the engine then does not derive it from the largest event time seen.
+    pub watermarks: bool,
 }
 
 /// What a sink can do.
@@ -184,6 +190,12 @@ pub trait SourceConnector: Send {
         Ok(())
     }
 
+    /// The source's buffer is full (`true`) or has room again (`false`): a connector that can,
+    /// stops fetching from the peer meanwhile (Kafka pauses its partitions).
+    async fn backpressure(&mut self, _full: bool) -> Result<()> {
+        Ok(())
+    }
+
     /// Disconnects.
     async fn close(&mut self) -> Result<()> {
         Ok(())
@@ -227,10 +239,23 @@ pub trait SinkConnector: Send {
         Ok(())
     }
 
+    /// State to keep in the checkpoint whose barrier just passed (called right after
+    /// `pre_commit` at a barrier): what `recover` needs to finish that checkpoint's writes.
+    fn checkpoint_state(&mut self) -> Option<Vec<u8>> {
+        None
+    }
+
+    /// The checkpoint whose barrier passed could not be completed: the writes since the previous
+    /// checkpoint stay pending and the next checkpoint covers them.
+    async fn checkpoint_failed(&mut self) -> Result<()> {
+        Ok(())
+    }
+
     /// Called after `open` when the pipeline resumes from the checkpoint of `checkpoint` (two-
-    /// phase commit recovery): writes pre-committed for epochs up to it become visible, later
-    /// ones are discarded, since the pipeline produces them again.
-    async fn recover(&mut self, _checkpoint: u64) -> Result<()> {
+    /// phase commit recovery), with the state [`SinkConnector::checkpoint_state`] gave for it:
+    /// writes pre-committed for epochs up to it become visible, later ones are discarded, since
+    /// the pipeline produces them again.
+    async fn recover(&mut self, _checkpoint: u64, _state: Option<&[u8]>) -> Result<()> {
         Ok(())
     }
 

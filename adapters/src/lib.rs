@@ -26,6 +26,8 @@ pub mod console;
 pub mod datagen;
 #[cfg(feature = "file")]
 pub mod file;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 
 pub use callback::Callbacks;
 pub use connector::{

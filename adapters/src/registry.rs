@@ -90,6 +90,8 @@ fn sources() -> Vec<&'static SourceFactory> {
         &crate::datagen::SOURCE,
         #[cfg(feature = "file")]
         &crate::file::SOURCE,
+        #[cfg(feature = "kafka")]
+        &crate::kafka::SOURCE,
     ]
 }
 
@@ -101,6 +103,8 @@ fn sinks() -> Vec<&'static SinkFactory> {
         &crate::console::SINK,
         #[cfg(feature = "file")]
         &crate::file::SINK,
+        #[cfg(feature = "kafka")]
+        &crate::kafka::SINK,
     ]
 }
 

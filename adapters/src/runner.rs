@@ -133,9 +133,16 @@ pub trait SourceTarget: Send + Sync {
 pub struct SourceHandle {
     stop: watch::Sender<bool>,
     join: Option<JoinHandle<Option<serde_json::Value>>>,
+    commits: mpsc::UnboundedSender<serde_json::Value>,
 }
 
 impl SourceHandle {
+    /// Tells the connector that a checkpoint holding `position` is durable (it acknowledges it
+    /// to the peer: Kafka offsets committed to the group, …).
+    pub fn commit(&self, position: serde_json::Value) {
+        let _ = self.commits.send(position);
+    }
+
     /// Stops the source and waits for it on `rt` (bounded by `timeout`); returns its position.
     pub fn stop(mut self, rt: &tokio::runtime::Handle, timeout: Duration) -> Option<serde_json::Value> {
         let _ = self.stop.send(true);
@@ -189,6 +196,7 @@ pub fn spawn_source(
     status: Arc<ConnectorStatus>,
 ) -> SourceHandle {
     let (stop_tx, mut stop) = watch::channel(false);
+    let (commits, mut commit_rx) = mpsc::unbounded_channel::<serde_json::Value>();
     let join = rt.spawn(async move {
         status.set_state(ConnectorState::Running);
         let mut backoff = INITIAL_BACKOFF;
@@ -196,8 +204,21 @@ pub fn spawn_source(
             if *stop.borrow() {
                 break;
             }
+            while let Ok(position) = commit_rx.try_recv() {
+                if let Err(e) = connector.commit_position(&position).await {
+                    // The next checkpoint commits a later position; nothing is lost meanwhile.
+                    *status.last_error.lock() = Some(format!("committing a checkpointed position failed: {e}"));
+                }
+            }
+            let full = !target.has_capacity();
+            if full {
+                let _ = connector.backpressure(true).await;
+            }
             if !wait_for_capacity(&*target, &status, &mut stop).await {
                 break;
+            }
+            if full {
+                let _ = connector.backpressure(false).await;
             }
             let polled = tokio::select! {
                 p = connector.poll() => p,
@@ -219,9 +240,16 @@ pub fn spawn_source(
                     let mut stopped = false;
                     for change in chunk.changes {
                         // Once stopping, the rest of the chunk goes in without waiting (nothing
-                        // read from the peer is lost at shutdown).
+                        // read from the peer is lost at shutdown). A full buffer pauses the peer.
+                        let full = !stopped && !target.has_capacity();
+                        if full {
+                            let _ = connector.backpressure(true).await;
+                        }
                         if !stopped && !wait_for_capacity(&*target, &status, &mut stop).await {
                             stopped = true;
+                        }
+                        if full {
+                            let _ = connector.backpressure(false).await;
                         }
                         let n = change.num_rows() as u64;
                         match target.apply(change.clone()) {
@@ -281,7 +309,7 @@ pub fn spawn_source(
         }
         connector.checkpoint().ok()
     });
-    SourceHandle { stop: stop_tx, join: Some(join) }
+    SourceHandle { stop: stop_tx, join: Some(join), commits }
 }
 
 /// A change the engine refused (e.g. a NULL primary key), as one dead letter holding its rows.
@@ -324,10 +352,13 @@ enum SinkItem {
     PreCommit(u64, CheckpointAck),
     /// The checkpoint of this epoch is durable: make its writes visible (`commit`).
     Commit(u64),
+    /// The checkpoint whose barrier passed last failed: its writes stay pending.
+    CheckpointFailed,
 }
 
-/// Receives the outcome of a sink's pre-commit for a checkpoint.
-pub type CheckpointAck = Box<dyn FnOnce(Result<(), String>) + Send>;
+/// Receives the outcome of a sink's pre-commit for a checkpoint: the state to keep in the
+/// checkpoint, if any.
+pub type CheckpointAck = Box<dyn FnOnce(Result<Option<Vec<u8>>, String>) + Send>;
 
 /// A running sink (shared by the engine's delivery path and its shutdown path).
 pub struct SinkHandle {
@@ -367,6 +398,13 @@ impl SinkHandle {
     pub fn commit(&self, epoch: u64) {
         if let Some(tx) = &*self.tx.lock() {
             let _ = tx.send(SinkItem::Commit(epoch));
+        }
+    }
+
+    /// Tells the sink that the checkpoint whose barrier it passed last failed.
+    pub fn checkpoint_failed(&self) {
+        if let Some(tx) = &*self.tx.lock() {
+            let _ = tx.send(SinkItem::CheckpointFailed);
         }
     }
 
@@ -437,14 +475,25 @@ pub fn spawn_sink(
                     let r = if status.state() == ConnectorState::Failed {
                         Err(status.last_error().unwrap_or_else(|| "the sink has failed".into()))
                     } else if transactional {
-                        connector.pre_commit(e).await.map_err(|err| {
-                            status.fail(ConnectorState::Failed, &err);
-                            err.to_string()
-                        })
+                        match connector.pre_commit(e).await {
+                            Ok(()) => Ok(connector.checkpoint_state()),
+                            Err(err) => {
+                                status.fail(ConnectorState::Failed, &err);
+                                Err(err.to_string())
+                            }
+                        }
                     } else {
-                        Ok(())
+                        Ok(None)
                     };
                     ack(r);
+                    continue;
+                }
+                Some(SinkItem::CheckpointFailed) => {
+                    if transactional && status.state() != ConnectorState::Failed {
+                        if let Err(err) = connector.checkpoint_failed().await {
+                            status.fail(ConnectorState::Failed, &err);
+                        }
+                    }
                     continue;
                 }
                 Some(SinkItem::Commit(e)) => {

@@ -291,7 +291,7 @@ fn convert(py: Python<'_>, def: &SourceDef, items: Vec<Item>) -> PyResult<(Vec<R
 #[async_trait::async_trait]
 impl SourceConnector for PySource {
     fn capabilities(&self) -> SourceCapabilities {
-        SourceCapabilities { replayable: false, changelog: false, bounded: false }
+        SourceCapabilities { replayable: false, changelog: false, bounded: false, watermarks: false }
     }
 
     async fn open(&mut self) -> Result<(), ConnectorError> {

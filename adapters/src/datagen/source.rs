@@ -116,7 +116,7 @@ impl DatagenSource {
 #[async_trait]
 impl SourceConnector for DatagenSource {
     fn capabilities(&self) -> SourceCapabilities {
-        SourceCapabilities { replayable: true, changelog: false, bounded: self.max_rows.is_some() }
+        SourceCapabilities { replayable: true, changelog: false, bounded: self.max_rows.is_some(), watermarks: false }
     }
 
     async fn open(&mut self) -> Result<()> {
@@ -186,7 +186,14 @@ mod tests {
         ]));
         let mut options: Options = opts.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         options.insert("connector".into(), "datagen".into());
-        SourceSpec { name: "g".into(), schema, primary_key: vec![], watermark_column: None, options }
+        SourceSpec {
+            name: "g".into(),
+            schema,
+            primary_key: vec![],
+            watermark_column: None,
+            watermark_delay_ms: 0,
+            options,
+        }
     }
 
     async fn collect(spec: &SourceSpec) -> Vec<RecordBatch> {

@@ -290,7 +290,7 @@ impl SinkConnector for FileSink {
         Ok(())
     }
 
-    async fn recover(&mut self, checkpoint: u64) -> Result<()> {
+    async fn recover(&mut self, checkpoint: u64, _state: Option<&[u8]>) -> Result<()> {
         // Files pre-committed for epochs the checkpoint covers are published; later ones are
         // discarded, since the pipeline writes those epochs again.
         for (first, last, path) in self.pending_files() {

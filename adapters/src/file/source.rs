@@ -295,6 +295,7 @@ impl SourceConnector for FileSource {
             replayable: true,
             changelog: self.decoder.as_ref().is_some_and(Decoder::is_changelog),
             bounded: !self.watch,
+            watermarks: false,
         }
     }
 

@@ -1,0 +1,318 @@
+//! The Kafka source and sink against a real Kafka-protocol broker (started by
+//! `scripts/services.sh`; its address in `LAMINAR_TEST_KAFKA_BOOTSTRAP`): every source format,
+//! Debezium changes and tombstones, dead letters, per-key order over partitions, resuming a
+//! consumer group, keyed upserts with tombstones from an updating query, and errors.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::kafka::{bootstrap, consume, create_topic, produce, unique, Out};
+use laminardb::{Database, LaminarError};
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn kafka_with(topic: &str, group: &str, extra: &str) -> String {
+    format!(
+        "connector = 'kafka', 'bootstrap.servers' = '{}', 'topic' = '{topic}', 'group.id' = '{group}', \
+         'auto.offset.reset' = 'earliest'{extra}",
+        bootstrap()
+    )
+}
+
+fn count(db: &Database, sql: &str) -> i64 {
+    let r = db.query(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let b = &r.batches[0];
+    arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(b.column(0)).value(0)
+}
+
+#[test]
+fn json_csv_and_raw_messages_flow_into_sql() {
+    let (tj, tc, tr) = (unique("json"), unique("csv"), unique("raw"));
+    for t in [&tj, &tc, &tr] {
+        create_topic(t, 3);
+    }
+    let json: Vec<String> = (0..300).map(|i| format!(r#"{{"sym": "S{}", "px": {i}.5}}"#, i % 7)).collect();
+    let spread: Vec<Out<'_>> =
+        json.iter().enumerate().map(|(i, j)| (Some((i % 3) as i32), None, Some(j.as_bytes()))).collect();
+    produce(&tj, &spread);
+    produce(&tc, &[(None, None, Some(b"A,1.5".as_slice())), (None, None, Some(b"B,2.5".as_slice()))]);
+    produce(&tr, &[(None, None, Some(b"hello".as_slice())), (None, None, Some(b"world".as_slice()))]);
+
+    let db = common::db_with_workers(2);
+    db.execute(&format!("CREATE SOURCE js (sym VARCHAR, px DOUBLE) WITH ({})", kafka_with(&tj, "g1", "")))
+        .expect("json source");
+    db.execute(&format!(
+        "CREATE SOURCE cs (sym VARCHAR, px DOUBLE) WITH ({})",
+        kafka_with(&tc, "g1", ", 'format' = 'csv', 'csv.header' = 'false'")
+    ))
+    .expect("csv source");
+    db.execute(&format!("CREATE SOURCE rs (line VARCHAR) WITH ({})", kafka_with(&tr, "g1", ", 'format' = 'raw'")))
+        .expect("raw source");
+    db.execute("CREATE STREAM per_sym AS SELECT sym, COUNT(*) AS n FROM js GROUP BY sym").expect("stream");
+    db.start().expect("start");
+    wait_for("all messages", Duration::from_secs(30), || {
+        db.source_metrics("js").is_some_and(|m| m.total_events == 300)
+            && db.source_metrics("cs").is_some_and(|m| m.total_events == 2)
+            && db.source_metrics("rs").is_some_and(|m| m.total_events == 2)
+    });
+    db.flush().expect("flush");
+    assert_eq!(count(&db, "SELECT SUM(n) FROM per_sym"), 300);
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM per_sym"), 7);
+    assert_eq!(common::sorted_query(&db, "SELECT * FROM cs"), vec!["A|1.5", "B|2.5"]);
+    assert_eq!(common::sorted_query(&db, "SELECT * FROM rs"), vec!["hello", "world"]);
+    let m = db.source_metrics("js").expect("metrics");
+    assert_eq!(m.connector_state.as_deref(), Some("running"));
+    let topo = db.topology();
+    assert!(topo.nodes.iter().any(|n| n.name == "js" && n.node_type == "source"));
+    db.shutdown().expect("shutdown");
+}
+
+#[test]
+fn debezium_changes_and_tombstones_update_a_keyed_source() {
+    let t = unique("cdc");
+    create_topic(&t, 1);
+    let env = |op: &str, before: &str, after: &str| {
+        format!(r#"{{"payload": {{"op": "{op}", "before": {before}, "after": {after}}}}}"#)
+    };
+    let msgs = [
+        env("r", "null", r#"{"id": 1, "name": "ann"}"#),
+        env("c", "null", r#"{"id": 2, "name": "bob"}"#),
+        env("u", r#"{"id": 1, "name": "ann"}"#, r#"{"id": 1, "name": "anne"}"#),
+        env("d", r#"{"id": 2, "name": "bob"}"#, "null"),
+    ];
+    let mut batch: Vec<Out<'_>> = msgs.iter().map(|m| (None, Some("k"), Some(m.as_bytes()))).collect();
+    batch.push((None, Some("k"), None)); // the tombstone after the delete
+    produce(&t, &batch);
+    let db = common::db_with_workers(1);
+    db.execute(&format!(
+        "CREATE SOURCE users (id BIGINT, name VARCHAR, PRIMARY KEY (id)) WITH ({})",
+        kafka_with(&t, "cdc", ", 'format' = 'debezium'")
+    ))
+    .expect("source");
+    db.execute("CREATE STREAM n AS SELECT COUNT(*) AS users FROM users").expect("stream");
+    db.start().expect("start");
+    wait_for("the changes", Duration::from_secs(30), || {
+        db.flush().ok();
+        common::sorted_query(&db, "SELECT * FROM users") == vec!["1|anne"]
+    });
+    assert_eq!(count(&db, "SELECT users FROM n"), 1);
+    assert!(db.dead_letters("users").expect("letters").is_empty(), "the tombstone is not an error");
+    db.shutdown().expect("shutdown");
+}
+
+#[test]
+fn malformed_messages_become_dead_letters_with_their_position() {
+    let (t, dlq) = (unique("bad"), unique("dlq"));
+    create_topic(&t, 1);
+    create_topic(&dlq, 1);
+    produce(
+        &t,
+        &[
+            (None, None, Some(br#"{"x": 1}"#.as_slice())),
+            (None, None, Some(b"{not json".as_slice())),
+            (None, None, Some(br#"{"x": "seven"}"#.as_slice())),
+            (None, None, Some(br#"{"x": 3}"#.as_slice())),
+            (None, None, None),
+        ],
+    );
+    let db = common::db_with_workers(1);
+    db.execute(&format!("CREATE SOURCE a (x BIGINT) WITH ({})", kafka_with(&t, "dl", ""))).expect("a");
+    db.execute(&format!(
+        "CREATE SOURCE b (x BIGINT) WITH ({})",
+        kafka_with(&t, "dl2", &format!(", 'dlq.topic' = '{dlq}'"))
+    ))
+    .expect("b");
+    db.start().expect("start");
+    wait_for("the good rows", Duration::from_secs(30), || {
+        db.flush().ok();
+        common::sorted_query(&db, "SELECT * FROM a") == vec!["1", "3"]
+            && common::sorted_query(&db, "SELECT * FROM b") == vec!["1", "3"]
+    });
+    let letters = db.dead_letters("a").expect("letters");
+    let mut positions: Vec<String> = letters.iter().map(|l| l.position.clone()).collect();
+    positions.sort();
+    assert_eq!(positions, vec![format!("{t}/0@1"), format!("{t}/0@2"), format!("{t}/0@4")]);
+    assert_eq!(letters.len(), 3, "{letters:?}");
+    assert!(letters.iter().any(|l| l.position == format!("{t}/0@1") && !l.reason.is_empty()));
+    assert!(letters.iter().any(|l| l.position == format!("{t}/0@4") && l.reason.contains("tombstone")));
+    // With 'dlq.topic' they are produced there, with headers, and not kept locally.
+    let got = consume(&dlq, 3, Duration::from_secs(10), false);
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(got.iter().all(|m| m.headers.iter().any(|(k, v)| k == "laminar.source.position" && v.starts_with(&t))));
+    assert!(got.iter().any(|m| m.value.as_deref() == Some("{not json")));
+    assert!(db.dead_letters("b").expect("letters").is_empty());
+    db.shutdown().expect("shutdown");
+}
+
+#[test]
+fn updates_keep_their_order_per_key_across_partitions() {
+    let t = unique("keyed");
+    create_topic(&t, 4);
+    // 50 keys, 20 versions each, each key always on one partition (keys hash to partitions).
+    let mut msgs = Vec::new();
+    for v in 0..20 {
+        for k in 0..50 {
+            msgs.push((format!("k{k}"), format!(r#"{{"k": "k{k}", "v": {v}}}"#)));
+        }
+    }
+    let refs: Vec<Out<'_>> = msgs.iter().map(|(k, v)| (None, Some(k.as_str()), Some(v.as_bytes()))).collect();
+    produce(&t, &refs);
+    let db = common::db_with_workers(2);
+    db.execute(&format!(
+        "CREATE SOURCE latest (k VARCHAR, v BIGINT, PRIMARY KEY (k)) WITH ({})",
+        kafka_with(&t, "order", "")
+    ))
+    .expect("source");
+    db.start().expect("start");
+    wait_for("every message", Duration::from_secs(30), || {
+        db.source_metrics("latest").is_some_and(|m| m.total_events == 1000)
+    });
+    db.flush().expect("flush");
+    let rows = common::sorted_query(&db, "SELECT DISTINCT v FROM latest");
+    assert_eq!(rows, vec!["19"], "the last version of every key wins");
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM latest"), 50);
+    db.shutdown().expect("shutdown");
+}
+
+#[test]
+fn a_consumer_group_resumes_from_its_committed_offsets() {
+    let t = unique("resume");
+    create_topic(&t, 2);
+    let first: Vec<String> = (0..100).map(|i| format!(r#"{{"i": {i}}}"#)).collect();
+    produce(&t, &first.iter().map(|m| (Some((m.len() % 2) as i32), None, Some(m.as_bytes()))).collect::<Vec<_>>());
+    let group = unique("group");
+    let run = |expect: u64| {
+        let db = common::db_with_workers(1);
+        db.execute(&format!("CREATE SOURCE s (i BIGINT) WITH ({})", kafka_with(&t, &group, ""))).expect("source");
+        db.start().expect("start");
+        wait_for("the messages", Duration::from_secs(30), || {
+            db.source_metrics("s").is_some_and(|m| m.total_events >= expect)
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        db.flush().expect("flush");
+        let n = count(&db, "SELECT COUNT(*) FROM s");
+        db.shutdown().expect("shutdown"); // commits the offsets read
+        n
+    };
+    assert_eq!(run(100), 100);
+    let more: Vec<String> = (100..130).map(|i| format!(r#"{{"i": {i}}}"#)).collect();
+    produce(&t, &more.iter().map(|m| (None, None, Some(m.as_bytes()))).collect::<Vec<_>>());
+    assert_eq!(run(30), 30, "a new pipeline in the same group reads only what came after");
+}
+
+#[test]
+fn sink_writes_rows_with_epoch_headers_and_updates_as_keyed_upserts() {
+    let (out, upserts) = (unique("out"), unique("upserts"));
+    create_topic(&out, 3);
+    create_topic(&upserts, 2);
+    let db = common::db_with_workers(2);
+    db.execute("CREATE SOURCE trades (sym VARCHAR, px DOUBLE)").expect("source");
+    let b = bootstrap();
+    db.execute(&format!(
+        "CREATE SINK big AS SELECT sym, px FROM trades WHERE px > 10 WITH (connector = 'kafka', \
+         'bootstrap.servers' = '{b}', 'topic' = '{out}')"
+    ))
+    .expect("sink");
+    db.execute(&format!(
+        "CREATE SINK counts AS SELECT sym, COUNT(*) AS n FROM trades GROUP BY sym WITH (connector = 'kafka', \
+         'bootstrap.servers' = '{b}', 'topic' = '{upserts}', 'partitioner' = 'key-hash')"
+    ))
+    .expect("upsert sink");
+    db.start().expect("start");
+    db.insert_json("trades", r#"[{"sym": "A", "px": 5}, {"sym": "A", "px": 50}, {"sym": "B", "px": 11}]"#)
+        .expect("insert");
+    db.flush().expect("flush");
+    db.insert_json("trades", r#"[{"sym": "A", "px": 70}]"#).expect("insert");
+    db.flush().expect("flush");
+    let got = consume(&out, 3, Duration::from_secs(10), false);
+    let mut values: Vec<String> = got.iter().filter_map(|m| m.value.clone()).collect();
+    values.sort();
+    assert_eq!(values, vec![r#"{"sym":"A","px":50.0}"#, r#"{"sym":"A","px":70.0}"#, r#"{"sym":"B","px":11.0}"#]);
+    assert!(got.iter().all(|m| m.epoch.is_some()), "every message says which epoch produced it");
+    // Upserts: the latest message per key is the current count.
+    let ups = consume(&upserts, 10, Duration::from_secs(5), false);
+    let mut latest = std::collections::BTreeMap::new();
+    for m in &ups {
+        latest.insert(m.key.clone().expect("keyed"), m.value.clone());
+    }
+    assert_eq!(latest.get(r#"{"sym":"A"}"#).cloned().flatten().as_deref(), Some(r#"{"sym":"A","n":3}"#));
+    assert_eq!(latest.get(r#"{"sym":"B"}"#).cloned().flatten().as_deref(), Some(r#"{"sym":"B","n":1}"#));
+    let m = db.sink_metrics("big").expect("metrics");
+    assert_eq!(m.rows_written, 3);
+    assert!(db.metrics().total_events_emitted >= 3);
+    db.shutdown().expect("shutdown");
+}
+
+#[test]
+fn deleted_keys_become_tombstones() {
+    let t = unique("tomb");
+    create_topic(&t, 1);
+    let db = common::db_with_workers(1);
+    db.execute("CREATE SOURCE users (id BIGINT, name VARCHAR, PRIMARY KEY (id))").expect("source");
+    db.execute(&format!(
+        "CREATE SINK mirror AS SELECT id, name FROM users WITH (connector = 'kafka', 'bootstrap.servers' = '{}', \
+         'topic' = '{t}', 'key.columns' = 'id')",
+        bootstrap()
+    ))
+    .expect("sink");
+    db.start().expect("start");
+    db.insert_json("users", r#"[{"id": 1, "name": "ann"}, {"id": 2, "name": "bob"}]"#).expect("insert");
+    db.flush().expect("flush");
+    let schema = db.schema("users").expect("schema");
+    let keys = laminardb::ingest::batch_from_json_rows(&schema, r#"{"id": 2}"#).expect("keys");
+    db.delete("users", &keys).expect("delete");
+    db.insert_json("users", r#"[{"id": 1, "name": "anne"}]"#).expect("update");
+    db.flush().expect("flush");
+    let got = consume(&t, 4, Duration::from_secs(10), false);
+    let last = |k: &str| got.iter().rev().find(|m| m.key.as_deref() == Some(k)).map(|m| m.value.clone());
+    assert_eq!(last(r#"{"id":1}"#), Some(Some(r#"{"id":1,"name":"anne"}"#.to_string())));
+    assert_eq!(last(r#"{"id":2}"#), Some(None), "a deleted key ends with a tombstone");
+    db.shutdown().expect("shutdown");
+}
+
+#[test]
+fn options_are_checked_at_create_and_a_dead_broker_fails_start() {
+    let db = common::db_with_workers(1);
+    for (opts, key) in [
+        ("'topic' = 't', 'group.id' = 'g'", "bootstrap.servers"),
+        ("'bootstrap.servers' = 'x:1', 'group.id' = 'g'", "topic"),
+        ("'bootstrap.servers' = 'x:1', 'topic' = 't'", "group.id"),
+        ("'bootstrap.servers' = 'x:1', 'topic' = 't', 'group.id' = 'g', 'bootstrap.server' = 'y'", "bootstrap.server"),
+        ("'bootstrap.servers' = 'x:1', 'topic' = 't', 'group.id' = 'g', 'format' = 'avro'", "schema.registry.url"),
+    ] {
+        let e = db.execute(&format!("CREATE SOURCE s (x INT) WITH (connector = 'kafka', {opts})")).expect_err(key);
+        assert!(matches!(e, LaminarError::Connector { .. }), "{e}");
+        assert!(e.to_string().contains(key), "{e} should name {key}");
+        assert!(db.sources().is_empty(), "a failed CREATE leaves nothing behind");
+    }
+    db.execute("CREATE SOURCE src (x INT)").expect("source");
+    let e = db
+        .execute("CREATE SINK k AS SELECT x FROM src WITH (connector = 'kafka', 'topic' = 't')")
+        .expect_err("no brokers");
+    assert!(matches!(e, LaminarError::Connector { .. }) && e.to_string().contains("bootstrap.servers"), "{e}");
+    let e = db
+        .execute("CREATE SINK k AS SELECT x FROM src WITH (connector = 'kafka', 'bootstrap.servers' = 'x:1', 'topic' = 't', 'partitioner' = 'hash')")
+        .expect_err("bad partitioner");
+    assert!(e.to_string().contains("partitioner"), "{e}");
+    assert!(db.sinks().is_empty());
+    db.execute(
+        "CREATE SOURCE dead (x INT) WITH (connector = 'kafka', 'bootstrap.servers' = '127.0.0.1:1', \
+         'topic' = 't', 'group.id' = 'g', 'sasl.password' = 'hunter2')",
+    )
+    .expect("created (no I/O at CREATE)");
+    let shown = common::sorted_query(&db, "SHOW CREATE SOURCE dead").join("\n");
+    assert!(!shown.contains("hunter2"), "secrets are masked: {shown}");
+    let started = Instant::now();
+    let e = db.start().expect_err("no broker there");
+    assert!(started.elapsed() < Duration::from_secs(40), "start() gave up after {:?}", started.elapsed());
+    assert!(matches!(e, LaminarError::Connector { .. }), "{e}");
+    assert!(e.to_string().contains("127.0.0.1:1"), "the error names the brokers: {e}");
+    assert!(!e.to_string().contains("hunter2"));
+}
