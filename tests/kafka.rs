@@ -316,3 +316,47 @@ fn options_are_checked_at_create_and_a_dead_broker_fails_start() {
     assert!(e.to_string().contains("127.0.0.1:1"), "the error names the brokers: {e}");
     assert!(!e.to_string().contains("hunter2"));
 }
+
+#[test]
+fn the_log_reader_hides_aborted_transactions_and_a_zombie_producer_is_fenced() {
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    use rdkafka::ClientConfig;
+    let t = unique("txnlog");
+    create_topic(&t, 1);
+    let txn = unique("zombie");
+    let producer = |id: &str| -> ThreadedProducer<DefaultProducerContext> {
+        let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap())
+            .set("transactional.id", id)
+            .create()
+            .expect("producer");
+        p.init_transactions(Duration::from_secs(30)).expect("init");
+        p
+    };
+    let send = |p: &ThreadedProducer<DefaultProducerContext>, v: &str| {
+        p.send(BaseRecord::<str, str>::to(&t).payload(v)).map_err(|(e, _)| e).expect("send");
+        p.flush(Duration::from_secs(30)).expect("flush");
+    };
+    // A writes into a transaction and then "hangs"; B takes over the same transactional.id.
+    let zombie = producer(&txn);
+    zombie.begin_transaction().expect("begin");
+    send(&zombie, "from the zombie");
+    let fresh = producer(&txn);
+    fresh.begin_transaction().expect("begin");
+    send(&fresh, "committed");
+    fresh.commit_transaction(Duration::from_secs(30)).expect("commit");
+    // Apache Kafka answers PRODUCER_FENCED; any answer but success will do here: what matters is
+    // that nothing of the zombie becomes visible.
+    zombie.commit_transaction(Duration::from_secs(5)).expect_err("the zombie cannot commit");
+    // An explicit abort by another producer.
+    let other = producer(&unique("other"));
+    other.begin_transaction().expect("begin");
+    send(&other, "aborted");
+    other.abort_transaction(Duration::from_secs(30)).expect("abort");
+    let plain: ThreadedProducer<DefaultProducerContext> =
+        ClientConfig::new().set("bootstrap.servers", bootstrap()).create().expect("producer");
+    send(&plain, "plain");
+
+    let got: Vec<String> = common::kafka::committed_messages(&t).into_iter().filter_map(|m| m.value).collect();
+    assert_eq!(got, vec!["committed", "plain"]);
+}

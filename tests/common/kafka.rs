@@ -146,3 +146,57 @@ pub fn consume(topic: &str, want: usize, quiet: Duration, committed: bool) -> Ve
     }
     out
 }
+
+/// Every message of `topic` whose transaction committed (and every non-transactional one), read
+/// from the raw log with its transaction markers, so that aborted transactions stay hidden even
+/// on brokers whose read_committed consumers would show them. Nothing is deduplicated.
+pub fn committed_messages(topic: &str) -> Vec<Consumed> {
+    use laminar_adapters::kafka::txnlog;
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap()).create().expect("client");
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let t = md.topics().iter().find(|t| t.name() == topic).expect("topic");
+    let mut out = Vec::new();
+    for p in t.partitions() {
+        let b = md.brokers().iter().find(|b| b.id() == p.leader()).expect("leader");
+        let log = txnlog::read_partition(&format!("{}:{}", b.host(), b.port()), topic, p.id(), 0).expect("read log");
+        for r in txnlog::committed(&log) {
+            let headers: Vec<(String, String)> = r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v.as_deref().unwrap_or_default()).into_owned()))
+                .collect();
+            out.push(Consumed {
+                partition: p.id(),
+                offset: r.offset,
+                key: r.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned()),
+                value: r.value.as_deref().map(|v| String::from_utf8_lossy(v).into_owned()),
+                epoch: r.header("laminar.epoch").and_then(|v| v.parse().ok()),
+                headers,
+            });
+        }
+    }
+    out
+}
+
+/// Whether the broker hides aborted transactions from read_committed consumers (Apache Kafka
+/// does; some Kafka-protocol brokers do not), found out with a probe topic.
+pub fn broker_hides_aborted() -> bool {
+    use rdkafka::producer::ThreadedProducer;
+    let topic = unique("probe");
+    create_topic(&topic, 1);
+    let p: ThreadedProducer<rdkafka::producer::DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("transactional.id", unique("probe-txn"))
+        .create()
+        .expect("producer");
+    p.init_transactions(Duration::from_secs(30)).expect("init");
+    p.begin_transaction().expect("begin");
+    p.send(BaseRecord::<str, str>::to(&topic).payload("aborted")).map_err(|(e, _)| e).expect("send");
+    p.flush(Duration::from_secs(30)).expect("flush");
+    p.abort_transaction(Duration::from_secs(30)).expect("abort");
+    p.begin_transaction().expect("begin");
+    p.send(BaseRecord::<str, str>::to(&topic).payload("committed")).map_err(|(e, _)| e).expect("send");
+    p.commit_transaction(Duration::from_secs(30)).expect("commit");
+    let seen = consume(&topic, 2, Duration::from_secs(3), true);
+    seen.iter().all(|m| m.value.as_deref() != Some("aborted"))
+}

@@ -39,8 +39,12 @@
 //! pipeline drains. Sink, at-least-once: an epoch counts as written once every message of it is
 //! acknowledged. Exactly-once: each checkpoint interval is one Kafka transaction, committed when
 //! the checkpoint is durable; the messages of the interval are kept in the checkpoint, and a
-//! restart that finds the transaction not committed (the epochs in the topic's headers tell)
-//! writes them again in a new one, so a read_committed consumer sees every message once.
+//! restart that finds the transaction not committed (the epochs in the headers of the topic's
+//! committed messages tell; over plain connections the log is read with its transaction markers,
+//! see [`txnlog`], so this holds also on brokers that show aborted records to read_committed
+//! consumers) writes them again in a new one, so a read_committed consumer sees every message
+//! once. A producer still running with the same `transactional.id` (a zombie) is fenced when the
+//! new one starts.
 //!
 //! # Error handling
 //! Unreachable brokers fail `start()` after 10 s with the brokers named (and are retried with
@@ -51,6 +55,7 @@ mod config;
 mod pending;
 mod sink;
 mod source;
+pub mod txnlog;
 mod watermark;
 
 pub use sink::SINK;

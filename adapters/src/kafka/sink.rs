@@ -245,8 +245,69 @@ impl KafkaSink {
     }
 
     /// The largest epoch in the `laminar.epoch` headers of the last committed messages of each
-    /// partition (what a previous run's transactions made visible).
+    /// partition (what a previous run's transactions made visible). Over plain connections the
+    /// log is read with its transaction markers ([`super::txnlog`]), which is right on every
+    /// broker; otherwise (or if that fails) a read_committed consumer asks the broker.
     fn last_committed_epoch(&self) -> Result<Option<u64>> {
+        let plain = self
+            .config
+            .client
+            .settings
+            .iter()
+            .all(|(k, v)| k != "security.protocol" || v.eq_ignore_ascii_case("plaintext"));
+        if plain {
+            // A broker or log the reader cannot handle (e.g. compressed batches) falls through.
+            if let Ok(e) = self.last_committed_epoch_from_markers() {
+                return Ok(e);
+            }
+        }
+        self.last_committed_epoch_read_committed()
+    }
+
+    fn last_committed_epoch_from_markers(&self) -> Result<Option<u64>> {
+        let c: BaseConsumer =
+            self.config.client.client().create().map_err(|e| ConnectorError::Config(e.to_string()))?;
+        let topic = &self.config.topic;
+        let md = c
+            .fetch_metadata(Some(topic), TIMEOUT)
+            .map_err(|e| unavailable("metadata request failed", self.brokers(), e))?;
+        let t = md
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic)
+            .ok_or_else(|| ConnectorError::Failed(format!("topic '{topic}' has no metadata")))?;
+        let mut best: Option<u64> = None;
+        for p in t.partitions() {
+            let leader = md
+                .brokers()
+                .iter()
+                .find(|b| b.id() == p.leader())
+                .map(|b| format!("{}:{}", b.host(), b.port()))
+                .ok_or_else(|| ConnectorError::Failed(format!("partition {} of '{topic}' has no leader", p.id())))?;
+            let (low, high) = c
+                .fetch_watermarks(topic, p.id(), TIMEOUT)
+                .map_err(|e| unavailable("offset request failed", self.brokers(), e))?;
+            // Look back from the end until a committed message turns up.
+            let mut back = 256;
+            loop {
+                let from = (high - back).max(low);
+                let log = super::txnlog::read_partition(&leader, topic, p.id(), from)
+                    .map_err(|e| ConnectorError::Failed(format!("reading {topic}/{}: {e}", p.id())))?;
+                let last = super::txnlog::committed(&log)
+                    .iter()
+                    .filter_map(|r| r.header(EPOCH_HEADER).and_then(|v| v.parse::<u64>().ok()))
+                    .max();
+                if last.is_some() || from == low {
+                    best = best.max(last);
+                    break;
+                }
+                back *= 8;
+            }
+        }
+        Ok(best)
+    }
+
+    fn last_committed_epoch_read_committed(&self) -> Result<Option<u64>> {
         let mut c = self.config.client.client();
         c.set("group.id", format!("{}-recovery", self.transactional_id))
             .set("enable.auto.commit", "false")
