@@ -360,3 +360,170 @@ fn the_log_reader_hides_aborted_transactions_and_a_zombie_producer_is_fenced() {
     let got: Vec<String> = common::kafka::committed_messages(&t).into_iter().filter_map(|m| m.value).collect();
     assert_eq!(got, vec!["committed", "plain"]);
 }
+
+/// Avro binary encoding, written by hand for the test (independent of the connector's codec).
+mod avro_by_hand {
+    pub fn long(out: &mut Vec<u8>, v: i64) {
+        let mut z = ((v << 1) ^ (v >> 63)) as u64;
+        while z >= 0x80 {
+            out.push((z as u8) | 0x80);
+            z >>= 7;
+        }
+        out.push(z as u8);
+    }
+
+    pub fn string(out: &mut Vec<u8>, s: &str) {
+        long(out, s.len() as i64);
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    pub fn read_long(b: &[u8], pos: &mut usize) -> i64 {
+        let (mut z, mut shift) = (0u64, 0);
+        loop {
+            let x = b[*pos];
+            *pos += 1;
+            z |= u64::from(x & 0x7f) << shift;
+            shift += 7;
+            if x & 0x80 == 0 {
+                return (z >> 1) as i64 ^ -((z & 1) as i64);
+            }
+        }
+    }
+
+    /// Decodes one record of `schema` (primitive fields, possibly `["null", T]` unions) to JSON.
+    pub fn decode(schema: &serde_json::Value, b: &[u8]) -> serde_json::Value {
+        let mut pos = 0;
+        let mut row = serde_json::Map::new();
+        for f in schema["fields"].as_array().expect("fields") {
+            let mut ty = f["type"].clone();
+            if let Some(branches) = ty.as_array().cloned() {
+                let i = read_long(b, &mut pos) as usize;
+                ty = branches[i].clone();
+            }
+            let v = match ty.as_str().or_else(|| ty["type"].as_str()).expect("type") {
+                "null" => serde_json::Value::Null,
+                "long" | "int" => read_long(b, &mut pos).into(),
+                "double" => {
+                    let v = f64::from_le_bytes(b[pos..pos + 8].try_into().expect("8 bytes"));
+                    pos += 8;
+                    v.into()
+                }
+                "string" => {
+                    let n = read_long(b, &mut pos) as usize;
+                    let s = String::from_utf8(b[pos..pos + n].to_vec()).expect("utf8");
+                    pos += n;
+                    s.into()
+                }
+                other => panic!("type {other} is not handled by the test decoder"),
+            };
+            row.insert(f["name"].as_str().expect("name").to_string(), v);
+        }
+        assert_eq!(pos, b.len(), "the whole record was read");
+        serde_json::Value::Object(row)
+    }
+}
+
+#[test]
+fn avro_with_a_schema_registry_flows_in_and_out() {
+    let reg = common::registry::Registry::start();
+    let (input, output) = (unique("avro-in"), unique("avro-out"));
+    create_topic(&input, 2);
+    create_topic(&output, 1);
+    let writer = r#"{"type":"record","name":"trade","fields":[{"name":"sym","type":"string"},{"name":"qty","type":"long"},{"name":"px","type":"double"}]}"#;
+    let id = reg.register(&format!("{input}-value"), writer);
+    let mut msgs = Vec::new();
+    for i in 0..200i64 {
+        let mut m = vec![0u8];
+        m.extend_from_slice(&id.to_be_bytes());
+        avro_by_hand::string(&mut m, &format!("S{}", i % 5));
+        avro_by_hand::long(&mut m, i);
+        m.extend_from_slice(&(i as f64 / 4.0).to_le_bytes());
+        msgs.push(m);
+    }
+    msgs.push(vec![0, 0, 0, 0, 99, 1, 2]); // an unknown schema id: a dead letter
+    produce(&input, &msgs.iter().map(|m| (None, None, Some(m.as_slice()))).collect::<Vec<_>>());
+
+    let db = common::db_with_workers(2);
+    let avro = format!(", 'format' = 'avro', 'schema.registry.url' = '{}'", reg.url);
+    db.execute(&format!(
+        "CREATE SOURCE trades (sym VARCHAR, qty BIGINT, px DOUBLE) WITH ({})",
+        kafka_with(&input, "avro", &avro)
+    ))
+    .expect("avro source");
+    db.execute(&format!(
+        "CREATE SINK doubled AS SELECT sym, qty * 2 AS qty2, px FROM trades WHERE qty % 10 = 0 WITH (connector = 'kafka', \
+         'bootstrap.servers' = '{}', 'topic' = '{output}'{avro})",
+        bootstrap()
+    ))
+    .expect("avro sink");
+    db.start().expect("start");
+    wait_for("every message", Duration::from_secs(30), || {
+        db.source_metrics("trades").is_some_and(|m| m.total_events == 200 && m.dead_letters == 1)
+    });
+    db.flush().expect("flush");
+    assert_eq!(count(&db, "SELECT SUM(qty) FROM trades"), (0..200).sum::<i64>());
+    assert_eq!(common::sorted_query(&db, "SELECT sym, qty, px FROM trades WHERE qty = 13"), vec!["S3|13|3.25"]);
+    let letters = common::sorted_query(&db, "SELECT reason FROM trades_errors");
+    assert!(letters.len() == 1 && letters[0].contains("99"), "{letters:?}");
+
+    // The sink registered its value schema and framed every record with its id.
+    let ids = reg.versions(&format!("{output}-value"));
+    assert_eq!(ids.len(), 1, "one registered value schema");
+    let schema: serde_json::Value = serde_json::from_str(&reg.schema(ids[0]).expect("schema")).expect("json");
+    let decoded: Vec<serde_json::Value> = common::kafka::committed_records(&output)
+        .iter()
+        .map(|(_, r)| {
+            let b = r.value.as_deref().expect("value");
+            assert_eq!(b[0], 0, "Confluent magic byte");
+            assert_eq!(u32::from_be_bytes(b[1..5].try_into().expect("id")), ids[0]);
+            avro_by_hand::decode(&schema, &b[5..])
+        })
+        .collect();
+    assert_eq!(decoded.len(), 20);
+    let mut want: Vec<serde_json::Value> = (0..200i64)
+        .filter(|i| i % 10 == 0)
+        .map(|i| serde_json::json!({"sym": format!("S{}", i % 5), "qty2": i * 2, "px": i as f64 / 4.0}))
+        .collect();
+    let key = |v: &serde_json::Value| v["qty2"].as_i64();
+    want.sort_by_key(key);
+    let mut decoded = decoded;
+    decoded.sort_by_key(key);
+    assert_eq!(decoded, want);
+    db.shutdown().expect("shutdown");
+}
+
+#[test]
+fn a_slow_sink_pauses_the_partitions_and_nothing_is_lost() {
+    let t = unique("slow");
+    create_topic(&t, 2);
+    let msgs: Vec<String> = (0..40_000).map(|i| format!(r#"{{"i": {i}}}"#)).collect();
+    produce(
+        &t,
+        &msgs.iter().enumerate().map(|(n, m)| (Some((n % 2) as i32), None, Some(m.as_bytes()))).collect::<Vec<_>>(),
+    );
+    let db = Database::open_with_config(
+        ":memory:",
+        laminardb::LaminarConfig { workers: Some(1), buffer_size: 2_000, ..Default::default() },
+    )
+    .expect("open");
+    db.execute(&format!(
+        "CREATE SOURCE s (i BIGINT) WITH ({})",
+        kafka_with(&t, "slow", ", 'batch_size' = '500', 'retention' = '0 rows'")
+    ))
+    .expect("source");
+    db.execute("CREATE SINK slow AS SELECT i FROM s WITH (connector = 'blackhole', 'delay_ms' = '20')").expect("sink");
+    db.start().expect("start");
+    let (mut saw_paused, mut max_pending) = (false, 0);
+    wait_for("every message through the slow sink", Duration::from_secs(60), || {
+        let m = db.source_metrics("s").expect("metrics");
+        max_pending = max_pending.max(m.pending);
+        assert!(m.pending <= m.capacity + 500, "pending {} over capacity {}", m.pending, m.capacity);
+        saw_paused |= m.is_backpressured && m.connector_state.as_deref() == Some("backpressured");
+        db.sink_metrics("slow").is_some_and(|k| k.rows_written == 40_000)
+    });
+    assert!(saw_paused, "the source never reported backpressure");
+    assert!(max_pending > 0, "pending rows were never reported");
+    let m = db.source_metrics("s").expect("metrics");
+    assert_eq!(m.total_events, 40_000, "every message once, none lost while paused");
+    db.shutdown().expect("shutdown");
+}

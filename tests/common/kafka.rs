@@ -147,10 +147,10 @@ pub fn consume(topic: &str, want: usize, quiet: Duration, committed: bool) -> Ve
     out
 }
 
-/// Every message of `topic` whose transaction committed (and every non-transactional one), read
-/// from the raw log with its transaction markers, so that aborted transactions stay hidden even
-/// on brokers whose read_committed consumers would show them. Nothing is deduplicated.
-pub fn committed_messages(topic: &str) -> Vec<Consumed> {
+/// Every record of `topic` whose transaction committed (and every non-transactional one), with
+/// its partition, read from the raw log with its transaction markers, so that aborted
+/// transactions stay hidden even on brokers whose read_committed consumers would show them.
+pub fn committed_records(topic: &str) -> Vec<(i32, laminar_adapters::kafka::txnlog::LogRecord)> {
     use laminar_adapters::kafka::txnlog;
     let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap()).create().expect("client");
     let md = c.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
@@ -159,23 +159,28 @@ pub fn committed_messages(topic: &str) -> Vec<Consumed> {
     for p in t.partitions() {
         let b = md.brokers().iter().find(|b| b.id() == p.leader()).expect("leader");
         let log = txnlog::read_partition(&format!("{}:{}", b.host(), b.port()), topic, p.id(), 0).expect("read log");
-        for r in txnlog::committed(&log) {
-            let headers: Vec<(String, String)> = r
+        out.extend(txnlog::committed(&log).into_iter().map(|r| (p.id(), r.clone())));
+    }
+    out
+}
+
+/// [`committed_records`] as consumed messages (text). Nothing is deduplicated.
+pub fn committed_messages(topic: &str) -> Vec<Consumed> {
+    committed_records(topic)
+        .into_iter()
+        .map(|(partition, r)| Consumed {
+            partition,
+            offset: r.offset,
+            key: r.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned()),
+            value: r.value.as_deref().map(|v| String::from_utf8_lossy(v).into_owned()),
+            epoch: r.header("laminar.epoch").and_then(|v| v.parse().ok()),
+            headers: r
                 .headers
                 .iter()
                 .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v.as_deref().unwrap_or_default()).into_owned()))
-                .collect();
-            out.push(Consumed {
-                partition: p.id(),
-                offset: r.offset,
-                key: r.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned()),
-                value: r.value.as_deref().map(|v| String::from_utf8_lossy(v).into_owned()),
-                epoch: r.header("laminar.epoch").and_then(|v| v.parse().ok()),
-                headers,
-            });
-        }
-    }
-    out
+                .collect(),
+        })
+        .collect()
 }
 
 /// Whether the broker hides aborted transactions from read_committed consumers (Apache Kafka
