@@ -641,7 +641,7 @@ impl Database {
             name: def.name.clone(),
             schema: planned.schema.clone(),
             append_only: planned.plan.is_append_only(),
-            key_columns: Vec::new(),
+            key_columns: sink_key(&planned, &st),
             options: def.options.clone(),
         };
         let (_, guarantee) = laminar_adapters::validate_sink(
@@ -951,8 +951,9 @@ impl Database {
             connector.restore(&pos)?;
         }
         let peer = connector.describe();
+        let status = Arc::new(ConnectorStatus::new(peer.clone()));
+        connector.attach(status.clone());
         open_connector(crt, &format!("source '{}'", src.def.name), &peer, connector.open())?;
-        let status = Arc::new(ConnectorStatus::new(peer));
         let target = Arc::new(EngineTarget { inner: Arc::downgrade(&self.inner), src: src.clone() });
         let handle = spawn_source(crt.handle(), src.def.name.clone(), connector, built.dlq, target, status.clone());
         *src.status.lock() = Some(status);
@@ -982,6 +983,8 @@ impl Database {
         let mut connector = laminar_adapters::build_sink(&sink.spec, &self.build_context())?.connector;
         let peer = connector.describe();
         let what = format!("sink '{}'", sink.def.name);
+        let status = Arc::new(ConnectorStatus::new(peer.clone()));
+        connector.attach(status.clone());
         open_connector(crt, &what, &peer, connector.open())?;
         let state = Self::restored_state(restore, &sink.def.name, &sink.entry.sql)?;
         if let (Some(_), Some(l)) = (&state, restore) {
@@ -996,7 +999,6 @@ impl Database {
             )?;
             sink.has_run.store(true, Ordering::Release);
         }
-        let status = Arc::new(ConnectorStatus::new(peer));
         let transactional = sink.guarantee == DeliveryGuarantee::ExactlyOnce;
         let handle = Arc::new(spawn_sink(crt.handle(), connector, status.clone(), transactional));
         let h = handle.clone();
@@ -2021,6 +2023,8 @@ impl Database {
             },
             last_error: status.as_ref().and_then(|s| s.last_error()),
             dead_letters: status.as_ref().map_or(0, |s| s.dropped.load(Ordering::Relaxed)),
+            retries: status.as_ref().map_or(0, |s| s.retries.load(Ordering::Relaxed)),
+            details: status.as_ref().map(|s| s.counters()).unwrap_or_default(),
             name: s.def.name.clone(),
             total_events: s.total.load(Ordering::Relaxed),
             pending,
@@ -2071,6 +2075,7 @@ impl Database {
             dropped: load(|s| &s.dropped),
             retries: load(|s| &s.retries),
             last_error: status.as_ref().and_then(|s| s.last_error()),
+            details: status.as_ref().map(|s| s.counters()).unwrap_or_default(),
         })
     }
 
@@ -2132,6 +2137,22 @@ impl Database {
 }
 
 /// The `'retention'` of a stream's queryable history (its only `WITH` option).
+/// The key of a sink's query (its GROUP BY columns, or a keyed source's primary key), named as
+/// the query's output names them; empty when unknown.
+fn sink_key(planned: &PlannedQuery, st: &State) -> Vec<String> {
+    let pk = |name: &str| st.sources.get(name).map(|s| s.def.primary_key.clone()).unwrap_or_default();
+    let Some(key) = planned.plan.unique_key(&pk) else { return Vec::new() };
+    let inner = planned.plan.schema();
+    let mut out = Vec::with_capacity(key.len());
+    for k in &key {
+        match inner.index_of(k).ok().and_then(|i| planned.schema.fields().get(i)) {
+            Some(f) => out.push(f.name().clone()),
+            None => return Vec::new(),
+        }
+    }
+    out
+}
+
 fn stream_retention(def: &CreateStream, append_only: bool) -> Result<Retention> {
     let mut retention = Retention::Unbounded;
     for (key, value) in &def.options {

@@ -92,6 +92,10 @@ pub struct SourceMetrics {
     pub last_error: Option<String>,
     /// Records that could not be decoded (sent to the dead-letter target).
     pub dead_letters: u64,
+    /// Transient failures retried (for connectors that keep their own connection: reconnects).
+    pub retries: u64,
+    /// Connector-specific gauges and counters (e.g. `connected`, `clients`, `reconnects`).
+    pub details: std::collections::BTreeMap<String, i64>,
 }
 
 /// Counters of one sink.
@@ -117,6 +121,8 @@ pub struct SinkMetrics {
     pub retries: u64,
     /// The most recent error.
     pub last_error: Option<String>,
+    /// Connector-specific gauges and counters (e.g. `clients`, `slow_client_drops`).
+    pub details: std::collections::BTreeMap<String, i64>,
 }
 
 /// Counters of one stream.

@@ -5,6 +5,7 @@
 //! epoch at a time between [`SinkConnector::begin`] and [`SinkConnector::commit`]; the
 //! `pre_commit`/`commit`/`abort` hooks let exactly-once sinks take part in checkpoints.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
@@ -14,6 +15,7 @@ use laminar_dataflow::batch::DiffBatch;
 
 use crate::dlq::DeadLetter;
 use crate::options::{Options, Redacted};
+use crate::runner::ConnectorStatus;
 use crate::{ConnectorError, Result};
 
 /// What the engine tells a source connector about the source it feeds.
@@ -164,6 +166,10 @@ pub trait SourceConnector: Send {
     /// What this source can do.
     fn capabilities(&self) -> SourceCapabilities;
 
+    /// Hands the connector its live status before `open` (a connector that manages its own
+    /// connections reports their state, reconnects and gauges there).
+    fn attach(&mut self, _status: Arc<ConnectorStatus>) {}
+
     /// Connects to the peer. Errors name the peer's address.
     async fn open(&mut self) -> Result<()> {
         Ok(())
@@ -210,6 +216,9 @@ pub trait SourceConnector: Send {
 pub trait SinkConnector: Send {
     /// What this sink can do.
     fn capabilities(&self) -> SinkCapabilities;
+
+    /// Hands the connector its live status before `open` (see [`SourceConnector::attach`]).
+    fn attach(&mut self, _status: Arc<ConnectorStatus>) {}
 
     /// Connects to the peer. Errors name the peer's address.
     async fn open(&mut self) -> Result<()> {

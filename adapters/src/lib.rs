@@ -28,6 +28,8 @@ pub mod datagen;
 pub mod file;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "websocket")]
+pub mod websocket;
 
 pub use callback::Callbacks;
 pub use connector::{

@@ -92,6 +92,8 @@ fn sources() -> Vec<&'static SourceFactory> {
         &crate::file::SOURCE,
         #[cfg(feature = "kafka")]
         &crate::kafka::SOURCE,
+        #[cfg(feature = "websocket")]
+        &crate::websocket::SOURCE,
     ]
 }
 
@@ -105,6 +107,8 @@ fn sinks() -> Vec<&'static SinkFactory> {
         &crate::file::SINK,
         #[cfg(feature = "kafka")]
         &crate::kafka::SINK,
+        #[cfg(feature = "websocket")]
+        &crate::websocket::SINK,
     ]
 }
 

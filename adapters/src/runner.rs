@@ -2,7 +2,7 @@
 //! backpressure, writes sink epochs in order, retries transient failures with exponential
 //! backoff and keeps each connector's state and counters for metrics.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +20,8 @@ use crate::ConnectorError;
 pub const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest retry delay.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// At most this many rows of queued epochs are written to an at-least-once sink as one.
+const MAX_MERGED_ROWS: usize = 1 << 20;
 
 /// Life-cycle state of a connector.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,6 +72,8 @@ pub struct ConnectorStatus {
     pub epochs: AtomicU64,
     /// The peer, for messages (no secrets).
     pub peer: String,
+    /// Connector-specific gauges and counters (connected clients, reconnects, …).
+    counters: Mutex<BTreeMap<&'static str, i64>>,
 }
 
 impl ConnectorStatus {
@@ -83,6 +87,7 @@ impl ConnectorStatus {
             retries: AtomicU64::new(0),
             epochs: AtomicU64::new(0),
             peer,
+            counters: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -101,7 +106,29 @@ impl ConnectorStatus {
         self.last_error.lock().clone()
     }
 
-    fn fail(&self, state: ConnectorState, e: &ConnectorError) {
+    /// Records an error without changing the state (a connector reporting a problem it
+    /// handles itself, e.g. a lost connection it re-establishes).
+    pub fn set_last_error(&self, e: impl Into<String>) {
+        *self.last_error.lock() = Some(e.into());
+    }
+
+    /// Sets a connector-specific gauge.
+    pub fn set_counter(&self, name: &'static str, value: i64) {
+        self.counters.lock().insert(name, value);
+    }
+
+    /// Adds to a connector-specific counter.
+    pub fn add_counter(&self, name: &'static str, delta: i64) {
+        *self.counters.lock().entry(name).or_insert(0) += delta;
+    }
+
+    /// The connector-specific gauges and counters.
+    pub fn counters(&self) -> BTreeMap<String, i64> {
+        self.counters.lock().iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    /// Records a failure and moves to `state`.
+    pub fn fail(&self, state: ConnectorState, e: &ConnectorError) {
         *self.last_error.lock() = Some(e.to_string());
         self.set_state(state);
     }
@@ -453,22 +480,27 @@ pub fn spawn_sink(
     let join = rt.spawn(async move {
         status.set_state(ConnectorState::Running);
         let tick = connector.tick_interval();
+        // An item taken while gathering epochs, handled next.
+        let mut deferred: Option<SinkItem> = None;
         loop {
-            let next = match tick {
-                Some(every) => match tokio::time::timeout(every, rx.recv()).await {
-                    Ok(item) => item,
-                    Err(_) => {
-                        if status.state() != ConnectorState::Failed {
-                            if let Err(e) = connector.tick().await {
-                                status.fail(ConnectorState::Failed, &e);
+            let next = match (deferred.take(), tick) {
+                (Some(item), _) => Some(item),
+                (None, tick) => match tick {
+                    Some(every) => match tokio::time::timeout(every, rx.recv()).await {
+                        Ok(item) => item,
+                        Err(_) => {
+                            if status.state() != ConnectorState::Failed {
+                                if let Err(e) = connector.tick().await {
+                                    status.fail(ConnectorState::Failed, &e);
+                                }
                             }
+                            continue;
                         }
-                        continue;
-                    }
+                    },
+                    None => rx.recv().await,
                 },
-                None => rx.recv().await,
             };
-            let (epoch, batches) = match next {
+            let (mut epoch, mut batches) = match next {
                 None => break,
                 Some(SinkItem::Epoch(e, b)) => (e, b),
                 Some(SinkItem::PreCommit(e, ack)) => {
@@ -505,10 +537,37 @@ pub fn spawn_sink(
                     continue;
                 }
             };
+            // At-least-once: epochs that queued up while the sink was busy are written as one
+            // (fewer round trips to a slow peer; the changes are the same).
+            let mut merged = 1usize;
+            if !transactional {
+                let mut queued: usize = batches.iter().map(DiffBatch::num_rows).sum();
+                while queued < MAX_MERGED_ROWS {
+                    match rx.try_recv() {
+                        Ok(SinkItem::Epoch(e, more)) => {
+                            queued += more.iter().map(DiffBatch::num_rows).sum::<usize>();
+                            epoch = e;
+                            batches.extend(more);
+                            merged += 1;
+                        }
+                        Ok(other) => {
+                            deferred = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            let done = |p: &Mutex<VecDeque<u64>>| {
+                let mut p = p.lock();
+                for _ in 0..merged {
+                    p.pop_front();
+                }
+            };
             let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
             if status.state() == ConnectorState::Failed {
                 status.dropped.fetch_add(rows, Ordering::Relaxed);
-                p2.lock().pop_front();
+                done(&p2);
                 continue;
             }
             if transactional {
@@ -557,7 +616,7 @@ pub fn spawn_sink(
                     }
                 }
             }
-            p2.lock().pop_front();
+            done(&p2);
         }
         if let Err(e) = connector.close().await {
             status.fail(ConnectorState::Failed, &e);

@@ -317,6 +317,29 @@ impl PlanNode {
         }
     }
 
+    /// Columns that identify a row of the output (no two rows share them), if known: the group
+    /// keys of an aggregate, kept through filters and through projections that keep those
+    /// columns under their names, and a keyed source's primary key (`source_key`).
+    pub fn unique_key(&self, source_key: &dyn Fn(&str) -> Vec<String>) -> Option<Vec<String>> {
+        match self {
+            PlanNode::Source { name, append_only, .. } => {
+                let k = if *append_only { Vec::new() } else { source_key(name) };
+                (!k.is_empty()).then_some(k)
+            }
+            PlanNode::Filter { input, .. } => input.unique_key(source_key),
+            PlanNode::Project { input, map } => {
+                let k = input.unique_key(source_key)?;
+                let out = map.output_schema();
+                k.iter().all(|c| out.field_with_name(c).is_ok()).then_some(k)
+            }
+            PlanNode::Aggregate { plan, .. } | PlanNode::WindowAggregate { plan, .. } => {
+                let n = plan.keys.output_schema().fields().len();
+                (n > 0).then(|| plan.output_schema.fields().iter().take(n).map(|f| f.name().clone()).collect())
+            }
+            PlanNode::WindowAssign { .. } | PlanNode::Join { .. } | PlanNode::Union { .. } => None,
+        }
+    }
+
     /// Number of operators that keep state (aggregates, windows, joins): each delivers one
     /// snapshot per worker and checkpoint.
     pub fn stateful_operators(&self) -> u32 {

@@ -22,7 +22,7 @@ import asyncio
 import threading
 import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, Optional, Sequence
 
 import pyarrow as pa
 
@@ -310,6 +310,10 @@ class SourceMetrics:
     """The connector's most recent error."""
     dead_letters: int = 0
     """Records that could not be decoded (see the ``<source>_errors`` collection)."""
+    retries: int = 0
+    """Transient failures retried (for WebSocket clients: reconnects)."""
+    details: Dict[str, int] = field(default_factory=dict)
+    """Connector-specific gauges and counters (e.g. ``connected``, ``clients``, ``reconnects``)."""
 
 
 @dataclass(frozen=True)
@@ -326,6 +330,8 @@ class SinkMetrics:
     dropped: int
     retries: int
     last_error: Optional[str]
+    details: Dict[str, int] = field(default_factory=dict)
+    """Connector-specific gauges and counters (e.g. ``clients``, ``slow_client_drops``)."""
 
 
 @dataclass(frozen=True)

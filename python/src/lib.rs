@@ -386,6 +386,8 @@ impl PyConnection {
         d.set_item("connector_state", m.connector_state)?;
         d.set_item("last_error", m.last_error)?;
         d.set_item("dead_letters", m.dead_letters)?;
+        d.set_item("retries", m.retries)?;
+        d.set_item("details", m.details)?;
         Ok(Some(d))
     }
 
@@ -403,6 +405,7 @@ impl PyConnection {
         d.set_item("dropped", m.dropped)?;
         d.set_item("retries", m.retries)?;
         d.set_item("last_error", m.last_error)?;
+        d.set_item("details", m.details)?;
         Ok(Some(d))
     }
 

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arrow::array::{RecordBatch, UInt32Array};
+use arrow::array::RecordBatch;
 use async_trait::async_trait;
 use laminar_dataflow::batch::DiffBatch;
 use parking_lot::Mutex;
@@ -430,22 +430,21 @@ impl SinkConnector for KafkaSink {
             }
             return Ok(());
         }
-        // Updating query: the last change of each key in the epoch wins (a retraction followed
-        // by the new row is an upsert; a retraction alone a tombstone).
+        // Updating query: the last change of each key wins (a retraction followed by the new
+        // row is an upsert; a retraction alone a tombstone; the retraction of a row already
+        // replaced changes nothing).
         let keys_all = self.keys(&batch.data)?;
-        let inserted: Vec<u32> = (0..batch.num_rows()).filter(|&i| batch.diff(i) > 0).map(|i| i as u32).collect();
-        let values = if inserted.is_empty() {
-            Vec::new()
-        } else {
-            let ins = arrow::compute::take_record_batch(&batch.data, &UInt32Array::from(inserted.clone()))?;
-            self.encoder.encode_rows(&DiffBatch::inserts(ins))?
-        };
-        let mut next_value = values.into_iter();
-        for (i, key) in keys_all.into_iter().enumerate() {
+        let values = self.encoder.encode_rows(&DiffBatch::inserts(batch.data.clone()))?;
+        for (i, (key, value)) in keys_all.into_iter().zip(values).enumerate() {
             if batch.diff(i) > 0 {
-                self.upserts.insert(key, next_value.next());
+                self.upserts.insert(key, Some(value));
             } else {
-                self.upserts.entry(key).or_insert(None);
+                match self.upserts.get(&key) {
+                    Some(Some(newer)) if *newer != value => {}
+                    _ => {
+                        self.upserts.insert(key, None);
+                    }
+                }
             }
         }
         Ok(())
