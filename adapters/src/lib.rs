@@ -19,6 +19,7 @@ pub mod format;
 pub mod options;
 pub mod registry;
 pub mod runner;
+pub mod upsert;
 
 #[cfg(feature = "console")]
 pub mod console;

@@ -436,16 +436,7 @@ impl SinkConnector for KafkaSink {
         let keys_all = self.keys(&batch.data)?;
         let values = self.encoder.encode_rows(&DiffBatch::inserts(batch.data.clone()))?;
         for (i, (key, value)) in keys_all.into_iter().zip(values).enumerate() {
-            if batch.diff(i) > 0 {
-                self.upserts.insert(key, Some(value));
-            } else {
-                match self.upserts.get(&key) {
-                    Some(Some(newer)) if *newer != value => {}
-                    _ => {
-                        self.upserts.insert(key, None);
-                    }
-                }
-            }
+            crate::upsert::fold(&mut self.upserts, key, value, batch.diff(i) > 0);
         }
         Ok(())
     }

@@ -234,6 +234,7 @@ pub const SINK_KEYS: &[&str] = &[
     "client_queue_size",
     "snapshot_on_connect",
     "buffer_size",
+    "key.columns",
 ];
 
 impl SinkConfig {

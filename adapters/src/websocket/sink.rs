@@ -310,17 +310,7 @@ impl SinkConnector for WebSocketSink {
         let keys = self.rows.keys(&batch.data)?;
         let payloads = self.rows.payloads(&batch.data)?;
         for (i, (key, row)) in keys.into_iter().zip(payloads).enumerate() {
-            if batch.diff(i) > 0 {
-                self.pending.insert(key, Some(row));
-            } else {
-                // A retraction of the row the epoch already replaced changes nothing.
-                match self.pending.get(&key) {
-                    Some(Some(new)) if *new != row => {}
-                    _ => {
-                        self.pending.insert(key, None);
-                    }
-                }
-            }
+            crate::upsert::fold(&mut self.pending, key, row, batch.diff(i) > 0);
         }
         Ok(())
     }

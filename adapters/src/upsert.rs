@@ -1,0 +1,45 @@
+//! Folding an updating query's changes into the last state of each key, for sinks that write
+//! keyed upserts (Kafka keys and tombstones, WebSocket change messages).
+
+use std::collections::HashMap;
+use std::hash::Hash;
+
+/// Folds one change into `pending` (key → its row after the changes so far, `None`: deleted):
+/// an insertion sets the key's row; a retraction deletes the key unless it retracts a row that
+/// a later insertion already replaced (the order within and across batches is free).
+pub fn fold<K: Hash + Eq, V: PartialEq>(pending: &mut HashMap<K, Option<V>>, key: K, row: V, inserted: bool) {
+    if inserted {
+        pending.insert(key, Some(row));
+        return;
+    }
+    match pending.get(&key) {
+        Some(Some(newer)) if *newer != row => {}
+        _ => {
+            pending.insert(key, None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_state_of_each_key_wins_in_any_order() {
+        let mut p = HashMap::new();
+        // An update: the old row retracted after (or before) the new one is inserted.
+        fold(&mut p, "a", 2, true);
+        fold(&mut p, "a", 1, false);
+        fold(&mut p, "b", 1, false);
+        fold(&mut p, "b", 2, true);
+        // Inserted, then deleted again.
+        fold(&mut p, "c", 5, true);
+        fold(&mut p, "c", 5, false);
+        // A plain delete.
+        fold(&mut p, "d", 7, false);
+        assert_eq!(p.get("a"), Some(&Some(2)));
+        assert_eq!(p.get("b"), Some(&Some(2)));
+        assert_eq!(p.get("c"), Some(&None));
+        assert_eq!(p.get("d"), Some(&None));
+    }
+}
