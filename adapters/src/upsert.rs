@@ -1,8 +1,27 @@
-//! Folding an updating query's changes into the last state of each key, for sinks that write
-//! keyed upserts (Kafka keys and tombstones, WebSocket change messages).
+//! Keys of an updating query's rows, and folding its changes into the last state of each key,
+//! for sinks that write keyed upserts (Kafka keys and tombstones, WebSocket change messages).
 
 use std::collections::HashMap;
 use std::hash::Hash;
+
+use arrow::datatypes::Schema;
+
+use crate::{ConnectorError, Result};
+
+/// Positions in `schema` of the key columns `names` (matched case-insensitively); an unknown
+/// name is a [`ConnectorError::Config`] naming the `'key.columns'` option.
+pub fn key_indices(schema: &Schema, names: &[String]) -> Result<Vec<usize>> {
+    names
+        .iter()
+        .map(|n| {
+            schema
+                .fields()
+                .iter()
+                .position(|f| f.name().eq_ignore_ascii_case(n))
+                .ok_or_else(|| ConnectorError::Config(format!("'key.columns': the query has no column '{n}'")))
+        })
+        .collect()
+}
 
 /// Folds one change into `pending` (key → its row after the changes so far, `None`: deleted):
 /// an insertion sets the key's row; a retraction deletes the key unless it retracts a row that

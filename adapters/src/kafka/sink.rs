@@ -45,16 +45,7 @@ fn build(
         None if !spec.key_columns.is_empty() => spec.key_columns.clone(),
         None => spec.schema.fields().first().map(|f| vec![f.name().clone()]).unwrap_or_default(),
     };
-    let mut key = Vec::new();
-    for n in &names {
-        let i = spec
-            .schema
-            .fields()
-            .iter()
-            .position(|f| f.name().eq_ignore_ascii_case(n))
-            .ok_or_else(|| ConnectorError::Config(format!("'key.columns': the query has no column '{n}'")))?;
-        key.push(i);
-    }
+    let key = crate::upsert::key_indices(&spec.schema, &names)?;
     if !spec.append_only && key.is_empty() {
         return Err(ConnectorError::Config("an updating query needs a key for its upserts: set 'key.columns'".into()));
     }

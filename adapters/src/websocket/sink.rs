@@ -93,16 +93,7 @@ impl RowFormat {
             Some(k) => k.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
             None => spec.key_columns.clone(),
         };
-        let mut key = Vec::new();
-        for n in &names {
-            let i = spec
-                .schema
-                .fields()
-                .iter()
-                .position(|f| f.name().eq_ignore_ascii_case(n))
-                .ok_or_else(|| ConnectorError::Config(format!("'key.columns': the query has no column '{n}'")))?;
-            key.push(i);
-        }
+        let mut key = crate::upsert::key_indices(&spec.schema, &names)?;
         if !spec.append_only && key.is_empty() {
             // No key known: the whole row is the key (a change is a delete and an insert).
             key = (0..spec.schema.fields().len()).collect();
