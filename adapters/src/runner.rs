@@ -128,7 +128,7 @@ impl ConnectorStatus {
     }
 
     /// Records a failure and moves to `state`.
-    pub fn fail(&self, state: ConnectorState, e: &ConnectorError) {
+    fn fail(&self, state: ConnectorState, e: &ConnectorError) {
         *self.last_error.lock() = Some(e.to_string());
         self.set_state(state);
     }
@@ -483,9 +483,10 @@ pub fn spawn_sink(
         // An item taken while gathering epochs, handled next.
         let mut deferred: Option<SinkItem> = None;
         loop {
-            let next = match (deferred.take(), tick) {
-                (Some(item), _) => Some(item),
-                (None, tick) => match tick {
+            let next = if let Some(item) = deferred.take() {
+                Some(item)
+            } else {
+                match tick {
                     Some(every) => match tokio::time::timeout(every, rx.recv()).await {
                         Ok(item) => item,
                         Err(_) => {
@@ -498,7 +499,7 @@ pub fn spawn_sink(
                         }
                     },
                     None => rx.recv().await,
-                },
+                }
             };
             let (mut epoch, mut batches) = match next {
                 None => break,
@@ -592,7 +593,7 @@ pub fn spawn_sink(
                 match write_epoch(&mut *connector, epoch, &batches).await {
                     Ok(()) => {
                         status.rows.fetch_add(rows, Ordering::Relaxed);
-                        status.epochs.fetch_add(1, Ordering::Relaxed);
+                        status.epochs.fetch_add(merged as u64, Ordering::Relaxed);
                         if status.state() == ConnectorState::Retrying {
                             status.set_state(ConnectorState::Running);
                         }
