@@ -450,3 +450,55 @@ fn websocket_options_are_checked_at_create_and_peers_at_start() {
     }
     assert!(started.elapsed() < Duration::from_secs(15));
 }
+
+#[test]
+fn raw_and_csv_sinks_send_the_values_themselves() {
+    let rt = runtime();
+    let (raw_port, csv_port) = (free_port(), free_port());
+    let db = common::db_with_workers(1);
+    db.execute("CREATE SOURCE lines (id BIGINT, text VARCHAR)").expect("source");
+    db.execute(&format!(
+        "CREATE SINK raw_out AS SELECT text FROM lines WITH (connector = 'websocket', \
+         'bind_address' = '127.0.0.1:{raw_port}', 'format' = 'raw')"
+    ))
+    .expect("raw sink");
+    db.execute(&format!(
+        "CREATE SINK csv_out AS SELECT id, COUNT(*) AS n FROM lines GROUP BY id WITH (connector = 'websocket', \
+         'bind_address' = '127.0.0.1:{csv_port}', 'format' = 'csv')"
+    ))
+    .expect("csv sink");
+    db.start().expect("start");
+    let read = |port: u16, n: usize| {
+        rt.spawn(async move {
+            let (mut ws, _) =
+                tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/")).await.expect("connect");
+            let mut got = Vec::new();
+            while got.len() < n {
+                match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("message") {
+                    Some(Ok(Message::Text(t))) => got.push(t.as_str().to_string()),
+                    Some(Ok(_)) => {}
+                    other => panic!("connection ended: {other:?}"),
+                }
+            }
+            got
+        })
+    };
+    let raw = read(raw_port, 3);
+    let csv = read(csv_port, 3);
+    wait_for("both clients", Duration::from_secs(10), || {
+        ["raw_out", "csv_out"]
+            .iter()
+            .all(|s| db.sink_metrics(s).and_then(|m| m.details.get("clients").copied()) == Some(1))
+    });
+    db.insert_json("lines", r#"[{"id":1,"text":"hello, world"},{"id":2,"text":"ünïcode"}]"#).expect("insert");
+    db.flush().expect("flush");
+    db.insert_json("lines", r#"{"id":1,"text":"again"}"#).expect("insert");
+    db.flush().expect("flush");
+    let mut raw = rt.block_on(raw).expect("raw client");
+    raw.sort();
+    assert_eq!(raw, vec!["again", "hello, world", "ünïcode"]);
+    let mut csv = rt.block_on(csv).expect("csv client");
+    csv.sort();
+    assert_eq!(csv, vec!["1,1,insert", "1,2,update", "2,1,insert"]);
+    db.shutdown().expect("shutdown");
+}

@@ -150,11 +150,12 @@ impl RowFormat {
         Message::Text(Utf8Bytes::from(text))
     }
 
+    /// A text message, or a binary one for a payload that is not UTF-8 (raw BYTEA values).
     fn message(&self, payload: Bytes) -> Message {
-        match Utf8Bytes::try_from(payload) {
-            Ok(t) => Message::Text(t),
-            Err(_) => Message::Binary(Bytes::new()),
+        if std::str::from_utf8(&payload).is_err() {
+            return Message::Binary(payload);
         }
+        Utf8Bytes::try_from(payload).map_or_else(|_| Message::Binary(Bytes::new()), Message::Text)
     }
 }
 
@@ -184,15 +185,18 @@ pub struct WebSocketSink {
 }
 
 impl WebSocketSink {
-    async fn send(&mut self, messages: Vec<Message>) -> Result<()> {
-        if messages.is_empty() {
+    /// Sends `messages`; in server mode `table` updates the snapshot new clients receive, in
+    /// the same step under the hub's lock (a client connecting meanwhile gets either the table
+    /// before these changes and then them, or the table after).
+    async fn send(&mut self, messages: Vec<Message>, table: Vec<(String, Option<Message>)>) -> Result<()> {
+        if messages.is_empty() && table.is_empty() {
             return Ok(());
         }
         self.status.add_counter("messages", messages.len() as i64);
         match &self.out {
             Out::Closed => Err(ConnectorError::Failed("the WebSocket sink is not open".into())),
             Out::Server { hub, .. } => {
-                hub.broadcast(messages, Vec::new());
+                hub.broadcast(messages, table);
                 Ok(())
             }
             Out::Client { tx, failed, .. } => {
@@ -296,7 +300,7 @@ impl SinkConnector for WebSocketSink {
             let expanded = expand_inserts(batch)?;
             let messages: Vec<Message> =
                 self.rows.payloads(&expanded)?.into_iter().map(|p| self.rows.message(p)).collect();
-            return self.send(messages).await;
+            return self.send(messages, Vec::new()).await;
         }
         let keys = self.rows.keys(&batch.data)?;
         let payloads = self.rows.payloads(&batch.data)?;
@@ -309,14 +313,7 @@ impl SinkConnector for WebSocketSink {
     async fn commit(&mut self, _epoch: u64) -> Result<()> {
         if !self.rows.append_only {
             let (messages, table) = self.settle();
-            if let Out::Server { hub, .. } = &self.out {
-                // One step under the hub's lock: a client connecting meanwhile gets either the
-                // table before these changes and then them, or the table after.
-                self.status.add_counter("messages", messages.len() as i64);
-                hub.broadcast(messages, table);
-                return Ok(());
-            }
-            self.send(messages).await?;
+            self.send(messages, table).await?;
         }
         if let Out::Client { tx, failed, .. } = &self.out {
             // The epoch is delivered once every message of it is written to the socket.

@@ -53,6 +53,7 @@ fn build(
         stop: None,
         tasks: Vec::new(),
         local_addr: None,
+        failed: None,
     }))
 }
 
@@ -75,6 +76,8 @@ pub struct WebSocketSource {
     stop: Option<watch::Sender<bool>>,
     tasks: Vec<JoinHandle<()>>,
     local_addr: Option<SocketAddr>,
+    /// The client gave up reconnecting: reported by the next poll.
+    failed: Option<ConnectorError>,
 }
 
 impl WebSocketSource {
@@ -158,6 +161,9 @@ impl SourceConnector for WebSocketSource {
     }
 
     async fn poll(&mut self) -> Result<Poll> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
         let Some(rx) = self.rx.as_mut() else {
             return Err(ConnectorError::Failed("the WebSocket source is not open".into()));
         };
@@ -178,10 +184,7 @@ impl SourceConnector for WebSocketSource {
                         return Err(e);
                     }
                     // Deliver what came before; the error comes with the next poll.
-                    self.rx = None;
-                    let (tx, rx) = mpsc::channel(1);
-                    let _ = tx.try_send(Incoming::Fatal(e));
-                    self.rx = Some(rx);
+                    self.failed = Some(e);
                     break;
                 }
                 Incoming::Message { from, seq, payload } => {
