@@ -61,7 +61,9 @@ async fn receive(port: u16, n: usize, origin: Instant, ready: Arc<tokio::sync::B
 
 /// Sends `n` messages, paced to `rate` per second if given.
 async fn send(port: u16, first_id: usize, n: usize, rate: Option<f64>, origin: Instant) {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/")).await.expect("connect");
+    // Nagle off, as a latency-minded sender would have it.
+    let url = format!("ws://127.0.0.1:{port}/");
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(url, None, true).await.expect("connect");
     let start = Instant::now();
     for i in 0..n {
         if let Some(r) = rate {

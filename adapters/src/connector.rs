@@ -196,8 +196,9 @@ pub trait SourceConnector: Send {
         Ok(())
     }
 
-    /// The source's buffer is full (`true`) or has room again (`false`): a connector that can,
-    /// stops fetching from the peer meanwhile (Kafka pauses its partitions).
+    /// The source's buffer has stayed full for [`crate::runner::PAUSE_AFTER`] (`true`) or has
+    /// room again (`false`): a connector that can, stops fetching from the peer meanwhile (Kafka
+    /// pauses its partitions).
     async fn backpressure(&mut self, _full: bool) -> Result<()> {
         Ok(())
     }

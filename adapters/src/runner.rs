@@ -20,6 +20,8 @@ use crate::ConnectorError;
 pub const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest retry delay.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long a source's buffer stays full before the connector is told to pause its peer.
+pub const PAUSE_AFTER: Duration = Duration::from_millis(250);
 /// At most this many rows of queued epochs are written to an at-least-once sink as one.
 const MAX_MERGED_ROWS: usize = 1 << 20;
 
@@ -196,21 +198,35 @@ async fn wait_for_capacity(
     target: &dyn SourceTarget,
     status: &ConnectorStatus,
     stop: &mut watch::Receiver<bool>,
+    connector: &mut dyn SourceConnector,
 ) -> bool {
     if target.has_capacity() {
         return !*stop.borrow();
     }
     let before = status.state();
     status.set_state(ConnectorState::Backpressured);
+    // A buffer full for a moment (epochs waiting for a sink's round trip) is not worth stopping
+    // the peer (a paused Kafka consumer drops what it had fetched ahead); one that stays full is.
+    let pause_at = tokio::time::Instant::now() + PAUSE_AFTER;
+    let mut paused = false;
+    let mut stopped = false;
     while !target.has_capacity() {
-        if sleep_or_stop(Duration::from_micros(500), stop).await {
-            return false;
+        if !paused && tokio::time::Instant::now() >= pause_at {
+            let _ = connector.backpressure(true).await;
+            paused = true;
         }
+        if sleep_or_stop(Duration::from_micros(500), stop).await {
+            stopped = true;
+            break;
+        }
+    }
+    if paused {
+        let _ = connector.backpressure(false).await;
     }
     if status.state() == ConnectorState::Backpressured {
         status.set_state(if before == ConnectorState::Backpressured { ConnectorState::Running } else { before });
     }
-    !*stop.borrow()
+    !stopped && !*stop.borrow()
 }
 
 /// Starts polling an opened source on `rt`.
@@ -237,15 +253,8 @@ pub fn spawn_source(
                     *status.last_error.lock() = Some(format!("committing a checkpointed position failed: {e}"));
                 }
             }
-            let full = !target.has_capacity();
-            if full {
-                let _ = connector.backpressure(true).await;
-            }
-            if !wait_for_capacity(&*target, &status, &mut stop).await {
+            if !wait_for_capacity(&*target, &status, &mut stop, &mut *connector).await {
                 break;
-            }
-            if full {
-                let _ = connector.backpressure(false).await;
             }
             let polled = tokio::select! {
                 p = connector.poll() => p,
@@ -268,15 +277,8 @@ pub fn spawn_source(
                     for change in chunk.changes {
                         // Once stopping, the rest of the chunk goes in without waiting (nothing
                         // read from the peer is lost at shutdown). A full buffer pauses the peer.
-                        let full = !stopped && !target.has_capacity();
-                        if full {
-                            let _ = connector.backpressure(true).await;
-                        }
-                        if !stopped && !wait_for_capacity(&*target, &status, &mut stop).await {
+                        if !stopped && !wait_for_capacity(&*target, &status, &mut stop, &mut *connector).await {
                             stopped = true;
-                        }
-                        if full {
-                            let _ = connector.backpressure(false).await;
                         }
                         let n = change.num_rows() as u64;
                         match target.apply(change.clone()) {
