@@ -502,3 +502,106 @@ fn raw_and_csv_sinks_send_the_values_themselves() {
     assert_eq!(csv, vec!["1,1,insert", "1,2,update", "2,1,insert"]);
     db.shutdown().expect("shutdown");
 }
+
+#[test]
+fn event_time_from_the_payload_closes_windows() {
+    let rt = runtime();
+    let port = free_port();
+    let db = common::db_with_workers(2);
+    db.execute(&format!(
+        "CREATE SOURCE clicks (page VARCHAR, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) \
+         WITH (connector = 'websocket', 'mode' = 'server', 'bind_address' = '127.0.0.1:{port}')"
+    ))
+    .expect("source");
+    db.execute(
+        "CREATE STREAM per_window AS SELECT window_start, COUNT(*) AS n FROM clicks \
+         GROUP BY TUMBLE(ts, INTERVAL '10' SECOND) EMIT ON WINDOW CLOSE",
+    )
+    .expect("stream");
+    db.start().expect("start");
+    // 60 clicks one second apart from 2024-01-01T00:00:00Z (epoch ms 1704067200000); then, once
+    // they are in, a late one (behind the watermark).
+    let (mut ws, _) =
+        rt.block_on(tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/"))).expect("connect");
+    rt.block_on(async {
+        for s in 0..60 {
+            ws.feed(Message::text(format!(r#"{{"page":"p","ts":"2024-01-01T00:{:02}:{:02}Z"}}"#, s / 60, s % 60)))
+                .await
+                .expect("send");
+        }
+        ws.flush().await.expect("flush");
+    });
+    wait_for("60 clicks", Duration::from_secs(20), || {
+        db.source_metrics("clicks").is_some_and(|m| m.total_events == 60)
+    });
+    db.flush().expect("flush");
+    rt.block_on(async {
+        ws.send(Message::text(r#"{"page":"late","ts":"2024-01-01T00:00:05Z"}"#)).await.expect("send");
+        ws.close(None).await.expect("close");
+    });
+    wait_for("61 clicks", Duration::from_secs(20), || {
+        db.source_metrics("clicks").is_some_and(|m| m.total_events == 61)
+    });
+    db.flush().expect("flush");
+    let m = db.source_metrics("clicks").expect("metrics");
+    // The largest event time is 00:00:59; the watermark lags it by the declared second.
+    assert_eq!(m.watermark, Some(1_704_067_200_000 + 58_000));
+    // Windows [0,10) … [40,50) are closed (their end is behind 00:00:58); [50,60) is still open.
+    let rows = common::sorted_query(&db, "SELECT n FROM per_window");
+    assert_eq!(rows, vec!["10"; 5], "five closed windows of ten clicks; the late click is not merged");
+    assert_eq!(db.stream_metrics("per_window").expect("metrics").late_rows, 1, "the late click is counted");
+    db.shutdown().expect("shutdown");
+}
+
+#[test]
+fn a_full_pipeline_stops_reading_and_the_sender_waits() {
+    let rt = runtime();
+    let port = free_port();
+    let db = Database::open_with_config(
+        ":memory:",
+        laminardb::LaminarConfig { workers: Some(1), buffer_size: 1_000, ..Default::default() },
+    )
+    .expect("open");
+    db.execute(&format!(
+        "CREATE SOURCE msgs (i BIGINT, pad VARCHAR) WITH (connector = 'websocket', 'mode' = 'server', \
+         'bind_address' = '127.0.0.1:{port}', 'batch_size' = '100')"
+    ))
+    .expect("source");
+    db.execute("CREATE SINK slow AS SELECT i FROM msgs WITH (connector = 'blackhole', 'delay_ms' = '20')")
+        .expect("sink");
+    db.start().expect("start");
+    // 20,000 messages of ~1 KB: far more than the buffer (1,000 rows) and the socket buffers.
+    let sent = Arc::new(AtomicUsize::new(0));
+    let s2 = sent.clone();
+    let sender = rt.spawn(async move {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/")).await.expect("connect");
+        let pad = "x".repeat(1000);
+        for i in 0..20_000 {
+            ws.send(Message::text(format!(r#"{{"i":{i},"pad":"{pad}"}}"#))).await.expect("send");
+            s2.store(i + 1, Ordering::SeqCst);
+        }
+        ws.close(None).await.expect("close");
+    });
+    // While the sink is slow, the source holds at most its buffer (plus one poll) and the
+    // sender is held back by TCP rather than running ahead.
+    let mut saw_held_back = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = db.source_metrics("msgs").expect("metrics");
+        assert!(m.pending <= m.capacity + 100, "pending {} over capacity {}", m.pending, m.capacity);
+        let s = sent.load(Ordering::SeqCst);
+        if m.is_backpressured && s < 20_000 {
+            saw_held_back = true;
+        }
+        if m.total_events == 20_000 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "stuck at {} of 20,000 ({s} sent)", m.total_events);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    rt.block_on(sender).expect("sender");
+    assert!(saw_held_back, "the sender was never held back while the pipeline was full");
+    db.flush().expect("flush");
+    assert_eq!(count(&db, "SELECT COUNT(DISTINCT i) FROM msgs"), 20_000, "nothing lost");
+    db.shutdown().expect("shutdown");
+}
