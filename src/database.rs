@@ -955,7 +955,16 @@ impl Database {
         connector.attach(status.clone());
         open_connector(crt, &format!("source '{}'", src.def.name), &peer, connector.open())?;
         let target = Arc::new(EngineTarget { inner: Arc::downgrade(&self.inner), src: src.clone() });
-        let handle = spawn_source(crt.handle(), src.def.name.clone(), connector, built.dlq, target, status.clone());
+        let commit_on_apply = !self.is_checkpoint_enabled();
+        let handle = spawn_source(
+            crt.handle(),
+            src.def.name.clone(),
+            connector,
+            built.dlq,
+            target,
+            status.clone(),
+            commit_on_apply,
+        );
         *src.status.lock() = Some(status);
         *src.run.lock() = Some(SourceRun { handle });
         Ok(())
@@ -966,6 +975,18 @@ impl Database {
         let run = src.run.lock().take();
         if let (Some(run), Some(crt)) = (run, self.inner.connector_rt.get()) {
             if let Some(pos) = run.handle.stop(crt.handle(), Duration::from_secs(10)) {
+                *src.position.lock() = Some(pos);
+            }
+        }
+    }
+
+    /// Stops a source's polling but keeps its connection until [`Database::stop_source`], so
+    /// that a last checkpoint is still acknowledged to its peer. Call without the state lock.
+    fn halt_source(&self, src: &SourceEntry) {
+        let Some(crt) = self.inner.connector_rt.get() else { return };
+        let mut run = src.run.lock();
+        if let Some(run) = run.as_mut() {
+            if let Some(pos) = run.handle.halt(crt.handle(), Duration::from_secs(10)) {
                 *src.position.lock() = Some(pos);
             }
         }
@@ -1305,14 +1326,18 @@ impl Database {
             stop.store(true, Ordering::Release);
         }
         for src in &sources {
-            self.stop_source(src);
+            self.halt_source(src);
         }
         let drained = self.flush_inner();
-        // A last checkpoint: the next run resumes exactly here (and exactly-once sinks commit).
+        // A last checkpoint: the next run resumes exactly here (and exactly-once sinks commit);
+        // the sources, still connected, acknowledge it to their peers.
         if drained.is_ok() && self.is_checkpoint_enabled() {
             if let Err(e) = self.take_checkpoint() {
                 *self.inner.last_checkpoint_error.lock() = Some(e.to_string());
             }
+        }
+        for src in &sources {
+            self.stop_source(src);
         }
         for sink in &sinks {
             self.stop_sink(sink);

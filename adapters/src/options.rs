@@ -235,14 +235,19 @@ impl<'a> OptionReader<'a> {
     }
 }
 
-/// The known key closest to `key` by edit distance, if reasonably close.
+/// The known key closest to `key` by edit distance, if reasonably close, else a known key that
+/// `key` (of at least 4 characters) begins, e.g. `prefetch` for `prefetch_count`.
 pub fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
-    known
+    let by_distance = known
         .iter()
         .map(|k| (levenshtein(key, k), *k))
         .filter(|(d, k)| *d <= (k.len() / 3).max(2))
         .min_by_key(|(d, _)| *d)
-        .map(|(_, k)| k)
+        .map(|(_, k)| k);
+    by_distance.or_else(|| {
+        let lower = key.to_ascii_lowercase();
+        (lower.len() >= 4).then(|| known.iter().find(|k| k.starts_with(lower.as_str())).copied()).flatten()
+    })
 }
 
 fn levenshtein(a: &str, b: &str) -> usize {
@@ -272,6 +277,8 @@ mod tests {
             e.to_string(),
             "unknown option 'bootstrap.server' for connector 'kafka' (did you mean 'bootstrap.servers'?)"
         );
+        assert_eq!(closest("prefetch", &["uri", "prefetch_count"]), Some("prefetch_count"));
+        assert_eq!(closest("xyzw", &["uri", "prefetch_count"]), None);
     }
 
     #[test]

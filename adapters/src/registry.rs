@@ -94,6 +94,8 @@ fn sources() -> Vec<&'static SourceFactory> {
         &crate::kafka::SOURCE,
         #[cfg(feature = "websocket")]
         &crate::websocket::SOURCE,
+        #[cfg(feature = "rabbitmq")]
+        &crate::rabbitmq::SOURCE,
     ]
 }
 
@@ -109,6 +111,8 @@ fn sinks() -> Vec<&'static SinkFactory> {
         &crate::kafka::SINK,
         #[cfg(feature = "websocket")]
         &crate::websocket::SINK,
+        #[cfg(feature = "rabbitmq")]
+        &crate::rabbitmq::SINK,
     ]
 }
 

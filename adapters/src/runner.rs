@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use laminar_dataflow::batch::DiffBatch;
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::connector::{Change, Poll, SinkConnector, SourceConnector};
@@ -162,23 +162,43 @@ pub trait SourceTarget: Send + Sync {
 pub struct SourceHandle {
     stop: watch::Sender<bool>,
     join: Option<JoinHandle<Option<serde_json::Value>>>,
-    commits: mpsc::UnboundedSender<serde_json::Value>,
+    commits: Option<mpsc::UnboundedSender<serde_json::Value>>,
+    halted: Option<oneshot::Receiver<Option<serde_json::Value>>>,
+    /// The position reported when polling stopped.
+    halted_at: Option<serde_json::Value>,
 }
 
 impl SourceHandle {
     /// Tells the connector that a checkpoint holding `position` is durable (it acknowledges it
-    /// to the peer: Kafka offsets committed to the group, …).
+    /// to the peer: Kafka offsets committed to the group, RabbitMQ deliveries acked, …); also
+    /// after [`SourceHandle::halt`], until [`SourceHandle::stop`].
     pub fn commit(&self, position: serde_json::Value) {
-        let _ = self.commits.send(position);
+        if let Some(c) = &self.commits {
+            let _ = c.send(position);
+        }
     }
 
-    /// Stops the source and waits for it on `rt` (bounded by `timeout`); returns its position.
-    pub fn stop(mut self, rt: &tokio::runtime::Handle, timeout: Duration) -> Option<serde_json::Value> {
+    /// Stops polling (what was read is applied) but keeps the connection, so that a last
+    /// checkpoint can still be acknowledged to the peer; returns the position.
+    pub fn halt(&mut self, rt: &tokio::runtime::Handle, timeout: Duration) -> Option<serde_json::Value> {
         let _ = self.stop.send(true);
+        if let Some(rx) = self.halted.take() {
+            if let Ok(Ok(pos)) = rt.block_on(async { tokio::time::timeout(timeout, rx).await }) {
+                self.halted_at = pos;
+            }
+        }
+        self.halted_at.clone()
+    }
+
+    /// Stops the source, disconnects and waits for it on `rt` (bounded by `timeout`); returns
+    /// its position.
+    pub fn stop(mut self, rt: &tokio::runtime::Handle, timeout: Duration) -> Option<serde_json::Value> {
+        let halted = self.halt(rt, timeout);
+        self.commits.take();
         let j = self.join.take()?;
         match rt.block_on(async { tokio::time::timeout(timeout, j).await }) {
-            Ok(Ok(pos)) => pos,
-            _ => None,
+            Ok(Ok(pos)) => pos.or(halted),
+            _ => halted,
         }
     }
 }
@@ -229,7 +249,10 @@ async fn wait_for_capacity(
     !stopped && !*stop.borrow()
 }
 
-/// Starts polling an opened source on `rt`.
+/// Starts polling an opened source on `rt`. With `commit_on_apply` (no periodic checkpoints),
+/// the position after each applied chunk is acknowledged to the peer right away
+/// ([`SourceConnector::commit_position`]); otherwise when a checkpoint holding it is durable
+/// ([`SourceHandle::commit`]).
 pub fn spawn_source(
     rt: &tokio::runtime::Handle,
     source: String,
@@ -237,13 +260,17 @@ pub fn spawn_source(
     dlq: DlqTarget,
     target: Arc<dyn SourceTarget>,
     status: Arc<ConnectorStatus>,
+    commit_on_apply: bool,
 ) -> SourceHandle {
     let (stop_tx, mut stop) = watch::channel(false);
     let (commits, mut commit_rx) = mpsc::unbounded_channel::<serde_json::Value>();
+    let (halted_tx, halted) = oneshot::channel();
     let join = rt.spawn(async move {
         status.set_state(ConnectorState::Running);
         let mut backoff = INITIAL_BACKOFF;
-        loop {
+        // True once the connector has closed itself (finished or failed).
+        let mut closed = false;
+        'run: loop {
             if *stop.borrow() {
                 break;
             }
@@ -289,6 +316,11 @@ pub fn spawn_source(
                         }
                     }
                     if let Some(p) = position {
+                        if commit_on_apply {
+                            if let Err(e) = connector.commit_position(&p).await {
+                                *status.last_error.lock() = Some(format!("acknowledging a position failed: {e}"));
+                            }
+                        }
                         target.set_position(p);
                     }
                     drop(guard);
@@ -311,7 +343,8 @@ pub fn spawn_source(
                 Ok(Poll::Finished) => {
                     status.set_state(ConnectorState::Finished);
                     let _ = connector.close().await;
-                    return connector.checkpoint().ok();
+                    closed = true;
+                    break 'run;
                 }
                 Err(e) if e.is_transient() => {
                     status.fail(ConnectorState::Retrying, &e);
@@ -328,8 +361,20 @@ pub fn spawn_source(
                 Err(e) => {
                     status.fail(ConnectorState::Failed, &e);
                     let _ = connector.close().await;
-                    return connector.checkpoint().ok();
+                    closed = true;
+                    break 'run;
                 }
+            }
+        }
+        let _ = halted_tx.send(connector.checkpoint().ok());
+        if closed {
+            return connector.checkpoint().ok();
+        }
+        // Halted: positions of a last checkpoint are still acknowledged, until the handle
+        // lets go.
+        while let Some(position) = commit_rx.recv().await {
+            if let Err(e) = connector.commit_position(&position).await {
+                *status.last_error.lock() = Some(format!("committing a checkpointed position failed: {e}"));
             }
         }
         let _ = connector.close().await;
@@ -338,7 +383,7 @@ pub fn spawn_source(
         }
         connector.checkpoint().ok()
     });
-    SourceHandle { stop: stop_tx, join: Some(join), commits }
+    SourceHandle { stop: stop_tx, join: Some(join), commits: Some(commits), halted: Some(halted), halted_at: None }
 }
 
 /// A change the engine refused (e.g. a NULL primary key), as one dead letter holding its rows.

@@ -4,7 +4,9 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 
+use arrow::array::{RecordBatch, UInt32Array};
 use arrow::datatypes::Schema;
+use laminar_dataflow::batch::DiffBatch;
 
 use crate::{ConnectorError, Result};
 
@@ -21,6 +23,33 @@ pub fn key_indices(schema: &Schema, names: &[String]) -> Result<Vec<usize>> {
                 .ok_or_else(|| ConnectorError::Config(format!("'key.columns': the query has no column '{n}'")))
         })
         .collect()
+}
+
+/// The key of each row as a JSON object of the columns at `key` (one string per row).
+pub fn key_strings(rows: &RecordBatch, key: &[usize]) -> Result<Vec<String>> {
+    let projected = rows.project(key)?;
+    let mut out = Vec::new();
+    {
+        let mut w = arrow::json::LineDelimitedWriter::new(&mut out);
+        w.write(&projected)?;
+        w.finish()?;
+    }
+    let text = String::from_utf8(out).map_err(|e| ConnectorError::Failed(e.to_string()))?;
+    Ok(text.lines().filter(|l| !l.is_empty()).map(str::to_string).collect())
+}
+
+/// The inserted rows of an append-only batch, each as often as its multiplicity.
+pub fn expand_inserts(batch: &DiffBatch) -> Result<RecordBatch> {
+    if batch.diffs.is_none() {
+        return Ok(batch.data.clone());
+    }
+    let mut idx = Vec::with_capacity(batch.num_rows());
+    for i in 0..batch.num_rows() {
+        for _ in 0..batch.diff(i).max(0) {
+            idx.push(i as u32);
+        }
+    }
+    Ok(arrow::compute::take_record_batch(&batch.data, &UInt32Array::from(idx))?)
 }
 
 /// Folds one change into `pending` (key → its row after the changes so far, `None`: deleted):

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod kafka;
+pub mod rabbitmq;
 pub mod registry;
 
 use arrow::array::RecordBatch;

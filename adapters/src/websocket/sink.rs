@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{Array, RecordBatch, UInt32Array};
+use arrow::array::{Array, RecordBatch};
 use arrow::datatypes::DataType;
 use async_trait::async_trait;
 use futures_util::{SinkExt, StreamExt};
@@ -130,15 +130,7 @@ impl RowFormat {
 
     /// The key of each row as a JSON object of the key columns.
     fn keys(&self, rows: &RecordBatch) -> Result<Vec<String>> {
-        let projected = rows.project(&self.key)?;
-        let mut out = Vec::new();
-        {
-            let mut w = arrow::json::LineDelimitedWriter::new(&mut out);
-            w.write(&projected)?;
-            w.finish()?;
-        }
-        let text = String::from_utf8(out).map_err(|e| ConnectorError::Failed(e.to_string()))?;
-        Ok(text.lines().filter(|l| !l.is_empty()).map(str::to_string).collect())
+        crate::upsert::key_strings(rows, &self.key)
     }
 
     /// The message of one change of an updating query.
@@ -297,7 +289,7 @@ impl SinkConnector for WebSocketSink {
             return Ok(());
         }
         if self.rows.append_only {
-            let expanded = expand_inserts(batch)?;
+            let expanded = crate::upsert::expand_inserts(batch)?;
             let messages: Vec<Message> =
                 self.rows.payloads(&expanded)?.into_iter().map(|p| self.rows.message(p)).collect();
             return self.send(messages, Vec::new()).await;
@@ -348,20 +340,6 @@ impl SinkConnector for WebSocketSink {
     fn describe(&self) -> String {
         self.config.endpoint.describe()
     }
-}
-
-/// The inserted rows of an append-only batch, each as often as its multiplicity.
-fn expand_inserts(batch: &DiffBatch) -> Result<RecordBatch> {
-    if batch.diffs.is_none() {
-        return Ok(batch.data.clone());
-    }
-    let mut idx = Vec::with_capacity(batch.num_rows());
-    for i in 0..batch.num_rows() {
-        for _ in 0..batch.diff(i).max(0) {
-            idx.push(i as u32);
-        }
-    }
-    Ok(arrow::compute::take_record_batch(&batch.data, &UInt32Array::from(idx))?)
 }
 
 /// The connected clients of the server mode.
