@@ -3,15 +3,15 @@
 //! letters with `auto` acknowledgements; `manual` acknowledgements held until a checkpoint,
 //! the prefetch limit, and a restart that gets back what was not acknowledged; the sink to a
 //! bound exchange (fixed and per-row routing keys, changes of an updating query with their
-//! `op`, CSV); `mandatory` with nowhere to go; a broker that drops every connection; and
-//! errors at CREATE and at `start()`.
+//! `op`, CSV); `mandatory` with nowhere to go; a broker that drops the pipeline's connections;
+//! amqps with a private CA; and errors at CREATE and at `start()`.
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::rabbitmq::{ctl, unique, uri, Client};
+use common::rabbitmq::{close_connections_named, unique, uri, Client};
 use laminardb::{Database, LaminarConfig, LaminarError};
 use lapin::ExchangeKind;
 
@@ -19,6 +19,20 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !f() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until the broker reports `want` (ready, unacknowledged) for `q`; the panic says what
+/// it reported last.
+fn wait_depth(amqp: &Client, q: &str, want: (u64, u64), what: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let got = amqp.depth(q);
+        if got == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}: (ready, unacked) = {got:?}, want {want:?}");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -114,7 +128,7 @@ fn manual_mode_holds_acknowledgements_for_checkpoints_and_a_restart_gets_the_res
     wait_for("the first 50", Duration::from_secs(20), || events(&db, "tasks") == 50);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(events(&db, "tasks"), 50, "no more than prefetch_count unacknowledged deliveries");
-    wait_for("the broker's view", Duration::from_secs(10), || amqp.depth(&q) == (100, 50));
+    wait_depth(&amqp, &q, (100, 50), "the broker's view", Duration::from_secs(10));
     assert_eq!(db.source_metrics("tasks").and_then(|m| m.details.get("unacked").copied()), Some(50));
     // A checkpoint acknowledges what it holds, and the next deliveries come.
     db.checkpoint().expect("checkpoint");
@@ -122,7 +136,7 @@ fn manual_mode_holds_acknowledgements_for_checkpoints_and_a_restart_gets_the_res
     db.checkpoint().expect("checkpoint");
     wait_for("150", Duration::from_secs(20), || events(&db, "tasks") == 150);
     // The last 50 are in the pipeline but no checkpoint holds them: unacknowledged.
-    wait_for("the broker's view", Duration::from_secs(10), || amqp.depth(&q) == (0, 50));
+    wait_depth(&amqp, &q, (0, 50), "the broker's view", Duration::from_secs(10));
     // Publishing goes on while the pipeline is down.
     db.close().expect("close");
     amqp.publish(&q, &payloads[150..]);
@@ -135,7 +149,7 @@ fn manual_mode_holds_acknowledgements_for_checkpoints_and_a_restart_gets_the_res
     assert_eq!(count(&db, "SELECT COUNT(*) FROM tasks"), 200, "no duplicates");
     assert_eq!(count(&db, "SELECT COUNT(DISTINCT id) FROM tasks"), 200, "none lost");
     db.close().expect("close");
-    wait_for("the queue to be empty", Duration::from_secs(10), || amqp.depth(&q) == (0, 0));
+    wait_depth(&amqp, &q, (0, 0), "the queue to be empty", Duration::from_secs(10));
 }
 
 #[test]
@@ -171,15 +185,15 @@ fn unacknowledged_deliveries_come_back_after_a_crash() {
     };
     let mut child = run();
     // Everything delivered, nothing acknowledged (no checkpoint yet).
-    wait_for("all deliveries in flight", Duration::from_secs(30), || amqp.depth(&q) == (0, 300));
+    wait_depth(&amqp, &q, (0, 300), "all deliveries in flight", Duration::from_secs(30));
     child.kill().expect("SIGKILL");
     child.wait().expect("wait");
-    wait_for("the broker to requeue them", Duration::from_secs(10), || amqp.depth(&q) == (300, 0));
+    wait_depth(&amqp, &q, (300, 0), "the broker to requeue them", Duration::from_secs(10));
     let mut child = run();
-    wait_for("all deliveries again", Duration::from_secs(30), || amqp.depth(&q) == (0, 300));
+    wait_depth(&amqp, &q, (0, 300), "all deliveries again", Duration::from_secs(30));
     child.kill().expect("SIGKILL");
     child.wait().expect("wait");
-    wait_for("requeued again", Duration::from_secs(10), || amqp.depth(&q) == (300, 0));
+    wait_depth(&amqp, &q, (300, 0), "requeued again", Duration::from_secs(10));
     // Read by a database of our own: every message is still there.
     let check =
         Database::open_with_config(":memory:", LaminarConfig { workers: Some(1), ..Default::default() }).expect("open");
@@ -314,33 +328,34 @@ fn mandatory_messages_with_no_queue_are_counted_and_the_pipeline_goes_on() {
 }
 
 #[test]
-fn source_and_sink_reconnect_when_the_broker_drops_every_connection() {
+fn source_and_sink_reconnect_when_the_broker_drops_their_connections() {
     let amqp = Client::new();
     let (q_in, q_out) = (unique("in"), unique("out"));
     amqp.queue(&q_in);
     amqp.queue(&q_out);
     let db = common::db_with_workers(1);
-    db.execute(&format!("CREATE SOURCE ev (id BIGINT) WITH ({})", source_with(&q_in, ""))).expect("source");
+    db.execute(&format!("CREATE SOURCE ev_dropped (id BIGINT) WITH ({})", source_with(&q_in, ""))).expect("source");
     db.execute(&format!(
-        "CREATE SINK copy AS SELECT id FROM ev WITH (connector = 'rabbitmq', 'uri' = '{}', 'routing_key' = '{q_out}')",
+        "CREATE SINK copy_dropped AS SELECT id FROM ev_dropped WITH (connector = 'rabbitmq', 'uri' = '{}', 'routing_key' = '{q_out}')",
         uri()
     ))
     .expect("sink");
     db.start().expect("start");
     let first: Vec<String> = (0..100).map(|i| format!(r#"{{"id": {i}}}"#)).collect();
     amqp.publish(&q_in, &first);
-    wait_for("the first 100", Duration::from_secs(20), || events(&db, "ev") == 100);
+    wait_for("the first 100", Duration::from_secs(20), || events(&db, "ev_dropped") == 100);
     db.flush().expect("flush");
     let before = amqp.get(&q_out, 100, Duration::from_secs(20));
     assert_eq!(before.len(), 100);
-    drop(amqp);
-    // Every client connection is closed by the broker (our test client's too).
-    ctl(&["close_all_connections", "test: dropped on purpose"]);
-    let amqp = Client::new();
+    // The broker closes both of the pipeline's connections.
+    assert_eq!(
+        close_connections_named("laminardb source ev_dropped") + close_connections_named("laminardb sink copy_dropped"),
+        2
+    );
     let more: Vec<String> = (100..200).map(|i| format!(r#"{{"id": {i}}}"#)).collect();
     amqp.publish(&q_in, &more);
     wait_for("the next 100", Duration::from_secs(60), || {
-        db.query("SELECT COUNT(DISTINCT id) FROM ev").is_ok_and(|r| {
+        db.query("SELECT COUNT(DISTINCT id) FROM ev_dropped").is_ok_and(|r| {
             arrow::array::AsArray::as_primitive::<arrow::datatypes::Int64Type>(r.batches[0].column(0)).value(0) == 200
         })
     });
@@ -351,10 +366,10 @@ fn source_and_sink_reconnect_when_the_broker_drops_every_connection() {
         .map(|g| serde_json::from_str::<serde_json::Value>(&g.payload).expect("json")["id"].as_i64().expect("id"))
         .collect();
     assert!((100..200).all(|i| ids.contains(&i)), "every later row reached the queue: {} of 100", ids.len());
-    let src = db.source_metrics("ev").expect("metrics");
+    let src = db.source_metrics("ev_dropped").expect("metrics");
     assert!(src.details.get("connections").copied().unwrap_or(0) >= 2, "{:?}", src.details);
     assert!(src.retries >= 1, "{src:?}");
-    let sink = db.sink_metrics("copy").expect("metrics");
+    let sink = db.sink_metrics("copy_dropped").expect("metrics");
     assert!(sink.details.get("connections").copied().unwrap_or(0) >= 2, "{:?}", sink.details);
     assert_eq!(sink.state, "running");
     db.shutdown().expect("shutdown");

@@ -25,6 +25,21 @@ pub fn key_indices(schema: &Schema, names: &[String]) -> Result<Vec<usize>> {
         .collect()
 }
 
+/// The key columns of a sink's rows: `'key.columns'` (comma-separated) if given, else the
+/// query's key; for an updating query with neither, the whole row (a change is then a delete and
+/// an insert).
+pub fn sink_key(spec: &crate::connector::SinkSpec, key_columns: Option<String>) -> Result<Vec<usize>> {
+    let names: Vec<String> = match key_columns {
+        Some(k) => k.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+        None => spec.key_columns.clone(),
+    };
+    let mut key = key_indices(&spec.schema, &names)?;
+    if !spec.append_only && key.is_empty() {
+        key = (0..spec.schema.fields().len()).collect();
+    }
+    Ok(key)
+}
+
 /// The key of each row as a JSON object of the columns at `key` (one string per row).
 pub fn key_strings(rows: &RecordBatch, key: &[usize]) -> Result<Vec<String>> {
     let projected = rows.project(key)?;

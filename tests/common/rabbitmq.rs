@@ -32,6 +32,22 @@ pub fn ctl(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Closes, from the broker's side, every connection whose client-given name contains `name`
+/// (LaminarDB names its connections `laminardb source <name>` / `laminardb sink <name>`);
+/// returns how many. Connections of other tests running meanwhile are left alone.
+pub fn close_connections_named(name: &str) -> usize {
+    let mut n = 0;
+    for line in ctl(&["list_connections", "pid", "client_properties"]).lines() {
+        if !line.contains(name) {
+            continue;
+        }
+        let Some(pid) = line.split_whitespace().next() else { continue };
+        ctl(&["close_connection", pid, "test: dropped on purpose"]);
+        n += 1;
+    }
+    n
+}
+
 /// A message read back: payload and headers (as text).
 #[derive(Debug, Clone)]
 pub struct Got {

@@ -12,7 +12,7 @@ mod csv;
 mod debezium;
 mod encode;
 mod json;
-mod raw;
+pub mod raw;
 pub mod registry;
 
 use arrow::array::{new_null_array, ArrayRef, RecordBatch};

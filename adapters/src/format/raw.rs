@@ -52,3 +52,37 @@ impl RawDecoder {
         (RecordBatch::try_new(self.schema.clone(), vec![col]).ok(), failures)
     }
 }
+
+/// Checks that a sink writing `format = 'raw'` has one text or binary column and an append-only
+/// query (a raw value cannot say whether it was updated or deleted).
+pub fn check_sink(schema: &SchemaRef, append_only: bool) -> Result<()> {
+    let ok = schema.fields().len() == 1
+        && matches!(
+            schema.field(0).data_type(),
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Binary | DataType::LargeBinary
+        );
+    if !ok {
+        return Err(ConnectorError::Config("format 'raw' writes a query of one VARCHAR or BYTEA column".into()));
+    }
+    if !append_only {
+        return Err(ConnectorError::Config(
+            "format 'raw' cannot say which rows are updated or deleted: use 'json' or 'csv' for an updating query"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The values of a raw sink's single column as payloads (NULL: empty).
+pub fn payloads(col: &ArrayRef) -> Result<Vec<Vec<u8>>> {
+    use arrow::array::Array;
+    if let Some(b) = col.as_any().downcast_ref::<arrow::array::BinaryArray>() {
+        return Ok((0..b.len()).map(|i| if b.is_null(i) { Vec::new() } else { b.value(i).to_vec() }).collect());
+    }
+    let s = arrow::compute::cast(col, &DataType::Utf8)?;
+    let s = s
+        .as_any()
+        .downcast_ref::<arrow::array::StringArray>()
+        .ok_or_else(|| ConnectorError::Failed("raw output column is not text".into()))?;
+    Ok((0..s.len()).map(|i| if s.is_null(i) { Vec::new() } else { s.value(i).as_bytes().to_vec() }).collect())
+}

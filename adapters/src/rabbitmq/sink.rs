@@ -37,26 +37,7 @@ fn build(
     let kind = config.format.kind;
     let encoder = match kind {
         FormatKind::Raw => {
-            let ok = spec.schema.fields().len() == 1
-                && matches!(
-                    spec.schema.field(0).data_type(),
-                    DataType::Utf8
-                        | DataType::LargeUtf8
-                        | DataType::Utf8View
-                        | DataType::Binary
-                        | DataType::LargeBinary
-                );
-            if !ok {
-                return Err(ConnectorError::Config(
-                    "format 'raw' writes a query of one VARCHAR or BYTEA column".into(),
-                ));
-            }
-            if !spec.append_only {
-                return Err(ConnectorError::Config(
-                    "format 'raw' cannot say which rows are updated or deleted: use 'json' or 'csv' for an updating query"
-                        .into(),
-                ));
-            }
+            crate::format::raw::check_sink(&spec.schema, spec.append_only)?;
             None
         }
         _ => Some(Encoder::new(kind, &spec.schema, false, config.format.csv_delimiter)?),
@@ -69,15 +50,7 @@ fn build(
         }
         RoutingKey::Fixed(_) => None,
     };
-    let names: Vec<String> = match key_names {
-        Some(k) => k.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
-        None => spec.key_columns.clone(),
-    };
-    let mut key = crate::upsert::key_indices(&spec.schema, &names)?;
-    if !spec.append_only && key.is_empty() {
-        // No key known: the whole row is the key (a change is a delete and an insert).
-        key = (0..spec.schema.fields().len()).collect();
-    }
+    let key = crate::upsert::sink_key(spec, key_names)?;
     let content_type = match kind {
         FormatKind::Csv => "text/csv",
         FormatKind::Raw if matches!(spec.schema.field(0).data_type(), DataType::Binary | DataType::LargeBinary) => {
@@ -160,16 +133,7 @@ impl RabbitMqSink {
         if let Some(e) = self.encoder.as_mut() {
             return e.encode_rows(&DiffBatch::inserts(rows.clone()));
         }
-        let col = rows.column(0);
-        if let Some(b) = col.as_any().downcast_ref::<arrow::array::BinaryArray>() {
-            return Ok((0..b.len()).map(|i| if b.is_null(i) { Vec::new() } else { b.value(i).to_vec() }).collect());
-        }
-        let s = arrow::compute::cast(col, &DataType::Utf8)?;
-        let s = s
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .ok_or_else(|| ConnectorError::Failed("raw output column is not text".into()))?;
-        Ok((0..s.len()).map(|i| if s.is_null(i) { Vec::new() } else { s.value(i).as_bytes().to_vec() }).collect())
+        crate::format::raw::payloads(rows.column(0))
     }
 
     /// The routing key of every row.

@@ -6,8 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{Array, RecordBatch};
-use arrow::datatypes::DataType;
+use arrow::array::RecordBatch;
 use async_trait::async_trait;
 use futures_util::{SinkExt, StreamExt};
 use laminar_dataflow::batch::DiffBatch;
@@ -66,38 +65,12 @@ impl RowFormat {
     fn new(kind: FormatKind, spec: &SinkSpec, key_names: Option<String>) -> Result<Self> {
         let encoder = match kind {
             FormatKind::Raw => {
-                let ok = spec.schema.fields().len() == 1
-                    && matches!(
-                        spec.schema.field(0).data_type(),
-                        DataType::Utf8
-                            | DataType::LargeUtf8
-                            | DataType::Utf8View
-                            | DataType::Binary
-                            | DataType::LargeBinary
-                    );
-                if !ok {
-                    return Err(ConnectorError::Config(
-                        "format 'raw' writes a query of one VARCHAR or BYTEA column".into(),
-                    ));
-                }
-                if !spec.append_only {
-                    return Err(ConnectorError::Config(
-                        "format 'raw' cannot say which rows are updated or deleted: use 'json' or 'csv' for an updating query".into(),
-                    ));
-                }
+                crate::format::raw::check_sink(&spec.schema, spec.append_only)?;
                 None
             }
             _ => Some(Encoder::new(kind, &spec.schema, false, b',')?),
         };
-        let names: Vec<String> = match key_names {
-            Some(k) => k.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
-            None => spec.key_columns.clone(),
-        };
-        let mut key = crate::upsert::key_indices(&spec.schema, &names)?;
-        if !spec.append_only && key.is_empty() {
-            // No key known: the whole row is the key (a change is a delete and an insert).
-            key = (0..spec.schema.fields().len()).collect();
-        }
+        let key = crate::upsert::sink_key(spec, key_names)?;
         Ok(Self { kind, encoder, append_only: spec.append_only, key })
     }
 
@@ -105,26 +78,7 @@ impl RowFormat {
     fn payloads(&mut self, rows: &RecordBatch) -> Result<Vec<Bytes>> {
         match self.encoder.as_mut() {
             Some(e) => Ok(e.encode_rows(&DiffBatch::inserts(rows.clone()))?.into_iter().map(Bytes::from).collect()),
-            None => {
-                let col = rows.column(0);
-                let mut out = Vec::with_capacity(rows.num_rows());
-                if let Some(s) = col.as_any().downcast_ref::<arrow::array::BinaryArray>() {
-                    out.extend(
-                        (0..s.len()).map(|i| Bytes::copy_from_slice(if s.is_null(i) { b"" } else { s.value(i) })),
-                    );
-                } else {
-                    let s = arrow::compute::cast(col, &DataType::Utf8)?;
-                    let s = s
-                        .as_any()
-                        .downcast_ref::<arrow::array::StringArray>()
-                        .ok_or_else(|| ConnectorError::Failed("raw output column is not text".into()))?;
-                    out.extend(
-                        (0..s.len())
-                            .map(|i| Bytes::copy_from_slice(if s.is_null(i) { b"" } else { s.value(i).as_bytes() })),
-                    );
-                }
-                Ok(out)
-            }
+            None => Ok(crate::format::raw::payloads(rows.column(0))?.into_iter().map(Bytes::from).collect()),
         }
     }
 
