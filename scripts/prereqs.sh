@@ -2,8 +2,8 @@
 # Checks (and on Debian as root, installs) what building LaminarDB needs besides Rust: the
 # OpenSSL development files and pkg-config (librdkafka, under the Kafka connector, is built with
 # TLS against the system's OpenSSL), and a C toolchain; for the tests also openssl (test
-# certificates), RabbitMQ's server (the RabbitMQ connector's tests run against a private node)
-# and Chromium (the live dashboard example is checked in a headless browser).
+# certificates), RabbitMQ's and Postgres's servers (connector tests run against private
+# instances) and Chromium (the live dashboard example is checked in a headless browser).
 set -euo pipefail
 missing=()
 pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev pkg-config)
@@ -11,6 +11,7 @@ command -v cc >/dev/null || missing+=(gcc)
 command -v make >/dev/null || missing+=(make)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v rabbitmq-server >/dev/null || [ -x /usr/sbin/rabbitmq-server ] || missing+=(rabbitmq-server)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 optional=()
 command -v chromium >/dev/null || command -v chromium-browser >/dev/null || optional+=(chromium)
 [ ${#missing[@]} -eq 0 ] && [ ${#optional[@]} -eq 0 ] && exit 0

@@ -6,7 +6,9 @@
 #   - RabbitMQ (Debian's rabbitmq-server, when installed) with its own node name, data and log
 #     directories, AMQP on 127.0.0.1:$LAMINAR_TEST_RABBITMQ_PORT (default 15673), AMQPS (a
 #     certificate from a test CA made here) on the next port, its Erlang distribution and epmd
-#     ports 10,000 and 10,001 above that.
+#     ports 10,000 and 10,001 above that;
+#   - Postgres (Debian's server) with logical replication, its own data directory, on
+#     127.0.0.1:$LAMINAR_TEST_POSTGRES_PORT (default 15432).
 # Usage: scripts/services.sh start   (prints `export …` lines for the tests; eval them)
 #        scripts/services.sh stop
 #        scripts/services.sh rabbitmqctl list_queues name messages_ready   (the test node)
@@ -20,6 +22,10 @@ rabbit_dist_port=$((amqp_port + 10000))
 rabbit_epmd_port=$((amqp_port + 10001))
 # RabbitMQ's files: outside $HOME, which its user may not be allowed to enter.
 rabbit_dir=${LAMINAR_RABBITMQ_DIR:-/var/tmp/laminardb-test-rabbitmq-$(id -u)}
+
+pg_port=${LAMINAR_TEST_POSTGRES_PORT:-15432}
+pg_dir=${LAMINAR_POSTGRES_DIR:-/var/tmp/laminardb-test-postgres-$(id -u)}
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 
 wait_port() { # port seconds
   local deadline=$((SECONDS + $2))
@@ -134,9 +140,52 @@ CONF
   fi
 }
 
+# Postgres runs as Debian's `postgres` user (it refuses root) with a private data directory,
+# logical replication on (wal_level=logical), listening on 127.0.0.1:$pg_port only. Users:
+# `laminar` (password `laminar`, REPLICATION, owns the database `laminar_test`) and `plain`
+# (password `plain`, no REPLICATION) for the error tests.
+pg_run() { # command args...
+  if [ "$(id -u)" = 0 ]; then
+    (cd / && runuser -u postgres -- "$@")
+  else
+    "$@"
+  fi
+}
+
+stop_postgres() {
+  [ -n "$pg_bin" ] || return 0
+  if [ -f "$pg_dir/data/postmaster.pid" ]; then
+    pg_run "$pg_bin/pg_ctl" -D "$pg_dir/data" -m fast -w -t 20 stop >/dev/null 2>&1 || true
+    local pid; pid=$(head -1 "$pg_dir/data/postmaster.pid" 2>/dev/null || true)
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
+  fi
+}
+
+start_postgres() {
+  [ -n "$pg_bin" ] || { echo "Postgres is not installed (scripts/prereqs.sh installs it): the Postgres CDC tests will fail" >&2; return 0; }
+  stop_postgres
+  rm -rf "$pg_dir"
+  mkdir -p "$pg_dir"
+  if [ "$(id -u)" = 0 ]; then chown postgres "$pg_dir"; fi
+  pg_run "$pg_bin/initdb" -D "$pg_dir/data" -U postgres -E UTF8 --locale=C.UTF-8 --auth-local=trust \
+    --auth-host=scram-sha-256 >"$pg_dir/initdb.log" 2>&1 \
+    || { echo "initdb failed (see $pg_dir/initdb.log)" >&2; exit 1; }
+  echo "host replication all 127.0.0.1/32 scram-sha-256" >>"$pg_dir/data/pg_hba.conf"
+  pg_run "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/postgres.log" -w -t 60 \
+    -o "-c wal_level=logical -c max_replication_slots=32 -c max_wal_senders=32 -p $pg_port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$pg_dir" \
+    start >/dev/null || { echo "Postgres did not start (see $pg_dir/postgres.log)" >&2; exit 1; }
+  pg_run "$pg_bin/psql" -q -h "$pg_dir" -p "$pg_port" -U postgres -d postgres -v ON_ERROR_STOP=1 >/dev/null <<SQL
+CREATE ROLE laminar LOGIN REPLICATION PASSWORD 'laminar';
+CREATE ROLE plain LOGIN PASSWORD 'plain';
+CREATE DATABASE laminar_test OWNER laminar;
+GRANT CONNECT ON DATABASE laminar_test TO plain;
+SQL
+  echo "export LAMINAR_TEST_POSTGRES_URI=postgres://laminar:laminar@127.0.0.1:$pg_port/laminar_test"
+}
+
 case "${1:-}" in
-  start) start_kafka; start_rabbitmq ;;
-  stop) stop_pid "$state/kafka.pid"; stop_rabbitmq ;;
+  start) start_kafka; start_rabbitmq; start_postgres ;;
+  stop) stop_pid "$state/kafka.pid"; stop_rabbitmq; stop_postgres ;;
   # rabbitmqctl against the test node (tests close connections and inspect queues with it).
   rabbitmqctl) shift; rabbit_run rabbitmqctl -n laminar-test@localhost -q "$@" ;;
   *) echo "usage: $0 start|stop|rabbitmqctl <args>" >&2; exit 2 ;;

@@ -29,6 +29,8 @@ pub mod datagen;
 pub mod file;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "postgres-cdc")]
+pub mod postgres;
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
 #[cfg(feature = "websocket")]
