@@ -135,14 +135,24 @@ fn exactly_once_file_sinks_survive_twenty_kills() {
         let want = published(&a.join(sink));
         let got = published(&b.join(sink));
         assert!(!want.is_empty(), "{sink}: the clean run wrote nothing");
-        assert_eq!(
-            got.len(),
-            want.len(),
-            "{sink}: {} rows after {kills} kills, {} in the clean run",
-            got.len(),
-            want.len()
-        );
-        assert!(got == want, "{sink}: the rows differ from the clean run");
+        if got != want {
+            // Which rows differ (as multisets), and in which published files they are.
+            let mut count: BTreeMap<&String, i64> = BTreeMap::new();
+            got.iter().for_each(|r| *count.entry(r).or_default() += 1);
+            want.iter().for_each(|r| *count.entry(r).or_default() -= 1);
+            let extra: Vec<_> = count.iter().filter(|(_, n)| **n > 0).take(5).collect();
+            let missing: Vec<_> = count.iter().filter(|(_, n)| **n < 0).take(5).collect();
+            let mut files: Vec<String> = std::fs::read_dir(b.join(sink))
+                .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                .unwrap_or_default();
+            files.sort();
+            panic!(
+                "{sink}: {} rows after {kills} kills, {} in the clean run; extra {extra:?}, missing {missing:?}; \
+                 files {files:?}",
+                got.len(),
+                want.len()
+            );
+        }
     }
     let want = consolidated(&published(&a.join("totals")));
     let got = consolidated(&published(&b.join("totals")));
