@@ -25,7 +25,7 @@ rabbit_dir=${LAMINAR_RABBITMQ_DIR:-/var/tmp/laminardb-test-rabbitmq-$(id -u)}
 
 pg_port=${LAMINAR_TEST_POSTGRES_PORT:-15432}
 pg_dir=${LAMINAR_POSTGRES_DIR:-/var/tmp/laminardb-test-postgres-$(id -u)}
-pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
 
 wait_port() { # port seconds
   local deadline=$((SECONDS + $2))
