@@ -275,10 +275,7 @@ pub fn spawn_source(
                 break;
             }
             while let Ok(position) = commit_rx.try_recv() {
-                if let Err(e) = connector.commit_position(&position).await {
-                    // The next checkpoint commits a later position; nothing is lost meanwhile.
-                    *status.last_error.lock() = Some(format!("committing a checkpointed position failed: {e}"));
-                }
+                acknowledge(&mut *connector, &status, &position).await;
             }
             if !wait_for_capacity(&*target, &status, &mut stop, &mut *connector).await {
                 break;
@@ -317,9 +314,7 @@ pub fn spawn_source(
                     }
                     if let Some(p) = position {
                         if commit_on_apply {
-                            if let Err(e) = connector.commit_position(&p).await {
-                                *status.last_error.lock() = Some(format!("acknowledging a position failed: {e}"));
-                            }
+                            acknowledge(&mut *connector, &status, &p).await;
                         }
                         target.set_position(p);
                     }
@@ -373,9 +368,7 @@ pub fn spawn_source(
         // Halted: positions of a last checkpoint are still acknowledged, until the handle
         // lets go.
         while let Some(position) = commit_rx.recv().await {
-            if let Err(e) = connector.commit_position(&position).await {
-                *status.last_error.lock() = Some(format!("committing a checkpointed position failed: {e}"));
-            }
+            acknowledge(&mut *connector, &status, &position).await;
         }
         let _ = connector.close().await;
         if status.state() != ConnectorState::Failed {
@@ -384,6 +377,14 @@ pub fn spawn_source(
         connector.checkpoint().ok()
     });
     SourceHandle { stop: stop_tx, join: Some(join), commits: Some(commits), halted: Some(halted), halted_at: None }
+}
+
+/// Acknowledges `position` to the source's peer; a failure is reported, not fatal (a later
+/// position covers it, and nothing is lost meanwhile).
+async fn acknowledge(connector: &mut dyn SourceConnector, status: &ConnectorStatus, position: &serde_json::Value) {
+    if let Err(e) = connector.commit_position(position).await {
+        status.set_last_error(format!("acknowledging a position to the peer failed: {e}"));
+    }
 }
 
 /// A change the engine refused (e.g. a NULL primary key), as one dead letter holding its rows.

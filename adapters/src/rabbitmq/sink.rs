@@ -42,13 +42,13 @@ fn build(
         }
         _ => Some(Encoder::new(kind, &spec.schema, false, config.format.csv_delimiter)?),
     };
-    let routing_column = match &config.routing_key {
+    let route = match &config.routing_key {
         RoutingKey::Column(c) => {
-            Some(spec.schema.fields().iter().position(|f| f.name().eq_ignore_ascii_case(c)).ok_or_else(|| {
-                ConnectorError::Config(format!("'routing_key.column': the query has no column '{c}'"))
-            })?)
+            Route::Column(spec.schema.fields().iter().position(|f| f.name().eq_ignore_ascii_case(c)).ok_or_else(
+                || ConnectorError::Config(format!("'routing_key.column': the query has no column '{c}'")),
+            )?)
         }
-        RoutingKey::Fixed(_) => None,
+        RoutingKey::Fixed(k) => Route::Fixed(k.clone()),
     };
     let key = crate::upsert::sink_key(spec, key_names)?;
     let content_type = match kind {
@@ -66,7 +66,7 @@ fn build(
         kind,
         append_only: spec.append_only,
         key,
-        routing_column,
+        route,
         content_type,
         status: Arc::new(ConnectorStatus::new(String::new())),
         session: None,
@@ -74,6 +74,14 @@ fn build(
         in_flight: VecDeque::new(),
         pending: HashMap::new(),
     }))
+}
+
+/// Where each message is routed, resolved against the query's columns.
+enum Route {
+    /// The same routing key for every message.
+    Fixed(String),
+    /// The value of this column.
+    Column(usize),
 }
 
 /// A publish on its way: resolves when the broker confirms it (or returns or refuses it).
@@ -117,7 +125,7 @@ pub struct RabbitMqSink {
     kind: FormatKind,
     append_only: bool,
     key: Vec<usize>,
-    routing_column: Option<usize>,
+    route: Route,
     content_type: &'static str,
     status: Arc<ConnectorStatus>,
     session: Option<Session>,
@@ -138,17 +146,16 @@ impl RabbitMqSink {
 
     /// The routing key of every row.
     fn routing_keys(&self, rows: &RecordBatch) -> Result<Vec<String>> {
-        match (self.routing_column, &self.config.routing_key) {
-            (Some(c), _) => {
-                let col = arrow::compute::cast(rows.column(c), &DataType::Utf8)?;
+        match &self.route {
+            Route::Column(c) => {
+                let col = arrow::compute::cast(rows.column(*c), &DataType::Utf8)?;
                 let s = col
                     .as_any()
                     .downcast_ref::<StringArray>()
                     .ok_or_else(|| ConnectorError::Failed("routing key column is not text".into()))?;
                 Ok((0..s.len()).map(|i| if s.is_null(i) { String::new() } else { s.value(i).to_string() }).collect())
             }
-            (None, RoutingKey::Fixed(k)) => Ok(vec![k.clone(); rows.num_rows()]),
-            (None, RoutingKey::Column(_)) => Err(ConnectorError::Failed("routing key column not resolved".into())),
+            Route::Fixed(k) => Ok(vec![k.clone(); rows.num_rows()]),
         }
     }
 
