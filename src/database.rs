@@ -512,8 +512,8 @@ impl Database {
         let schema = Arc::new(Schema::new(
             def.columns.iter().map(|c| Field::new(&c.name, c.data_type.clone(), c.nullable)).collect::<Vec<_>>(),
         ));
-        let (connector, errors_max, replayable, connector_watermarks) = if connector_options.is_empty() {
-            (None, 0, false, false)
+        let (connector, errors_max, replayable, connector_watermarks, key_from_peer) = if connector_options.is_empty() {
+            (None, 0, false, false, false)
         } else {
             let spec = SourceSpec {
                 name: def.name.clone(),
@@ -529,15 +529,30 @@ impl Database {
                 DlqTarget::Collection { max_rows } => max_rows,
                 DlqTarget::File(_) => 0,
             };
-            (Some(spec), max, caps.replayable, caps.watermarks)
+            (Some(spec), max, caps.replayable, caps.watermarks, caps.key_from_peer)
         };
         let pk: Vec<usize> =
             def.primary_key.iter().filter_map(|k| def.columns.iter().position(|c| &c.name == k)).collect();
-        let data = SourceData::new(&schema, &pk, retention)?;
+        // A CDC source without a declared key is keyed by the upstream table's key at start.
+        let unkeyed = pk.is_empty() && key_from_peer;
+        let data = if unkeyed {
+            if retention != Retention::Unbounded {
+                return Err(LaminarError::Schema {
+                    code: codes::INVALID_SCHEMA,
+                    message: format!(
+                        "'retention' applies to append-only sources; '{}' receives updates and deletes",
+                        def.name
+                    ),
+                });
+            }
+            SourceData::unkeyed(&schema)
+        } else {
+            SourceData::new(&schema, &pk, retention)?
+        };
         let entry = Arc::new(SourceEntry {
             name: Arc::from(def.name.as_str()),
             sql: sql.trim().to_string(),
-            append_only: pk.is_empty(),
+            append_only: pk.is_empty() && !unkeyed,
             schema,
             data: Mutex::new(data),
             total: AtomicU64::new(0),
@@ -954,6 +969,21 @@ impl Database {
         let status = Arc::new(ConnectorStatus::new(peer.clone()));
         connector.attach(status.clone());
         open_connector(crt, &format!("source '{}'", src.def.name), &peer, connector.open())?;
+        if let Some(key) = connector.key_columns().filter(|_| src.def.primary_key.is_empty()) {
+            let idx: Vec<usize> = key.iter().filter_map(|k| src.schema.index_of(k).ok()).collect();
+            let keyed = if idx.len() == key.len() && !idx.is_empty() {
+                let _g = self.inner.ingest.lock();
+                src.data.lock().set_key(&idx)
+            } else {
+                Err(LaminarError::Internal(format!("source '{}': key {key:?} is not among its columns", src.def.name)))
+            };
+            if let Err(e) = keyed {
+                if let Some(crt) = self.inner.connector_rt.get() {
+                    let _ = crt.block_on(connector.close());
+                }
+                return Err(e);
+            }
+        }
         let target = Arc::new(EngineTarget { inner: Arc::downgrade(&self.inner), src: src.clone() });
         let commit_on_apply = !self.is_checkpoint_enabled();
         let handle = spawn_source(
@@ -1060,6 +1090,14 @@ impl Database {
             Change::Delete(keys) => {
                 let _g = self.inner.ingest.lock();
                 let change = src.data.lock().delete(&src.def.name, &keys)?;
+                match change {
+                    Some(c) => self.send_change(src, c),
+                    None => Ok(()),
+                }
+            }
+            Change::Clear => {
+                let _g = self.inner.ingest.lock();
+                let change = src.data.lock().clear(&src.def.name)?;
                 match change {
                     Some(c) => self.send_change(src, c),
                     None => Ok(()),

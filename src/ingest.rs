@@ -146,6 +146,9 @@ pub enum SourceData {
     Append(History),
     /// The current row of each primary key.
     Upsert(UpsertState),
+    /// An updating source whose key its connector learns from the peer at start (a CDC source
+    /// without a PRIMARY KEY in its DDL): rows as inserted until [`SourceData::set_key`].
+    Unkeyed(SchemaRef, Vec<RecordBatch>),
 }
 
 /// Keyed state of an upsert source.
@@ -171,6 +174,15 @@ impl SourceData {
                         .into(),
             });
         }
+        Self::keyed(schema, primary_key)
+    }
+
+    /// Empty contents for an updating source whose key is learnt from its peer at start.
+    pub fn unkeyed(schema: &SchemaRef) -> Self {
+        SourceData::Unkeyed(schema.clone(), Vec::new())
+    }
+
+    fn keyed(schema: &SchemaRef, primary_key: &[usize]) -> Result<Self> {
         let sort = |i: &usize| SortField::new(schema.field(*i).data_type().clone());
         Ok(SourceData::Upsert(UpsertState {
             schema: schema.clone(),
@@ -186,7 +198,47 @@ impl SourceData {
         match self {
             SourceData::Append(h) => h.num_rows(),
             SourceData::Upsert(u) => u.rows.len(),
+            SourceData::Unkeyed(_, b) => b.iter().map(RecordBatch::num_rows).sum(),
         }
+    }
+
+    /// Keys the rows by `key` (column indices), learnt from the source's peer; rows already
+    /// held (restored from a checkpoint) are kept. No effect on a source keyed already.
+    pub fn set_key(&mut self, key: &[usize]) -> Result<()> {
+        let SourceData::Unkeyed(schema, batches) = self else { return Ok(()) };
+        let batches = std::mem::take(batches);
+        let mut keyed = Self::keyed(schema, key)?;
+        for b in batches {
+            keyed.insert(b)?;
+        }
+        *self = keyed;
+        Ok(())
+    }
+
+    /// Removes every row; returns their retraction (None when there were none).
+    pub fn clear(&mut self, source: &str) -> Result<Option<DiffBatch>> {
+        let old = match self {
+            SourceData::Append(_) => {
+                return Err(LaminarError::ingestion(format!(
+                    "source '{source}' is append-only: only a source with a PRIMARY KEY can be cleared"
+                )))
+            }
+            SourceData::Upsert(_) => {
+                let old = self.snapshot()?;
+                if let SourceData::Upsert(u) = self {
+                    u.rows.clear();
+                }
+                old
+            }
+            SourceData::Unkeyed(_, b) => std::mem::take(b),
+        };
+        let Some(first) = old.first() else { return Ok(None) };
+        let all = concat_or_empty(&first.schema(), &old)?;
+        if all.num_rows() == 0 {
+            return Ok(None);
+        }
+        let n = all.num_rows();
+        Ok(Some(DiffBatch::with_diffs(all, Int64Array::from(vec![-1i64; n]))?))
     }
 
     /// Applies inserted rows; returns the change to send downstream.
@@ -197,6 +249,10 @@ impl SourceData {
                 Ok(DiffBatch::inserts(batch))
             }
             SourceData::Upsert(u) => u.upsert(batch),
+            SourceData::Unkeyed(_, b) => {
+                b.push(batch.clone());
+                Ok(DiffBatch::inserts(batch))
+            }
         }
     }
 
@@ -207,6 +263,10 @@ impl SourceData {
                 "source '{source}' is append-only: declare a PRIMARY KEY to delete or update rows"
             ))),
             SourceData::Upsert(u) => u.delete(keys),
+            SourceData::Unkeyed(..) => Err(LaminarError::ingestion(format!(
+                "source '{source}' takes its key from its connector when it starts: rows can be deleted once \
+                 it has started"
+            ))),
         }
     }
 
@@ -221,6 +281,7 @@ impl SourceData {
                 let cols = u.row_converter.convert_rows(u.rows.values().map(|r| r.row()))?;
                 Ok(vec![RecordBatch::try_new(u.schema.clone(), cols)?])
             }
+            SourceData::Unkeyed(_, b) => Ok(b.clone()),
         }
     }
 }

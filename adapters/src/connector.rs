@@ -87,6 +87,10 @@ pub struct SourceCapabilities {
     /// Reports the event-time watermark itself ([`SourceChunk::watermark`], e.g. the minimum over
     /// partitions); the engine then does not derive it from the largest event time seen.
     pub watermarks: bool,
+    /// Learns the key of its changes from the peer when it opens (a CDC source reads the
+    /// upstream table's primary key), so the DDL need not declare a PRIMARY KEY; see
+    /// [`SourceConnector::key_columns`].
+    pub key_from_peer: bool,
 }
 
 /// What a sink can do.
@@ -107,20 +111,25 @@ impl SinkCapabilities {
     }
 }
 
-/// One change of a source: rows inserted, or rows deleted (matched by primary key).
+/// One change of a source: rows inserted, rows deleted (matched by primary key), or all rows
+/// removed.
 #[derive(Clone, Debug)]
 pub enum Change {
     /// Rows to insert (replacing the current row of their key on PRIMARY KEY sources).
     Insert(RecordBatch),
     /// Rows whose primary key is to be deleted.
     Delete(RecordBatch),
+    /// Every current row is deleted (an upstream TRUNCATE, or a CDC source starting a fresh
+    /// snapshot); keyed sources only.
+    Clear,
 }
 
 impl Change {
-    /// Number of rows.
+    /// Number of rows carried (0 for [`Change::Clear`]).
     pub fn num_rows(&self) -> usize {
         match self {
             Change::Insert(b) | Change::Delete(b) => b.num_rows(),
+            Change::Clear => 0,
         }
     }
 }
@@ -189,6 +198,13 @@ pub trait SourceConnector: Send {
             return Err(ConnectorError::Failed("restore is not implemented for this connector".into()));
         }
         Err(ConnectorError::Failed("this source cannot replay from a checkpoint".into()))
+    }
+
+    /// The key columns learnt from the peer in `open` (sources with
+    /// [`SourceCapabilities::key_from_peer`]); the engine keys the source's rows by them when
+    /// the DDL declares no PRIMARY KEY.
+    fn key_columns(&self) -> Option<Vec<String>> {
+        None
     }
 
     /// Called once the checkpoint holding `position` is durable (acknowledge to the peer).

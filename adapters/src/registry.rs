@@ -96,6 +96,8 @@ fn sources() -> Vec<&'static SourceFactory> {
         &crate::websocket::SOURCE,
         #[cfg(feature = "rabbitmq")]
         &crate::rabbitmq::SOURCE,
+        #[cfg(feature = "postgres-cdc")]
+        &crate::postgres::SOURCE,
     ]
 }
 
@@ -178,7 +180,7 @@ pub fn build_source(spec: &SourceSpec, ctx: &BuildContext<'_>) -> Result<BuiltSo
 pub fn validate_source(spec: &SourceSpec, ctx: &BuildContext<'_>) -> Result<SourceCapabilities> {
     let built = build_source(spec, ctx)?;
     let caps = built.connector.capabilities();
-    if caps.changelog && spec.primary_key.is_empty() {
+    if caps.changelog && spec.primary_key.is_empty() && !caps.key_from_peer {
         return Err(ConnectorError::Config(format!(
             "source '{}' receives updates and deletes: declare a PRIMARY KEY",
             spec.name

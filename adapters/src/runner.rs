@@ -389,7 +389,10 @@ async fn acknowledge(connector: &mut dyn SourceConnector, status: &ConnectorStat
 
 /// A change the engine refused (e.g. a NULL primary key), as one dead letter holding its rows.
 fn rejected(change: &Change, reason: String) -> DeadLetter {
-    let (Change::Insert(b) | Change::Delete(b)) = change;
+    let b = match change {
+        Change::Insert(b) | Change::Delete(b) => b,
+        Change::Clear => return DeadLetter::new("clear", reason, b""),
+    };
     let mut payload = Vec::new();
     {
         let mut w = arrow::json::LineDelimitedWriter::new(&mut payload);

@@ -291,7 +291,13 @@ fn convert(py: Python<'_>, def: &SourceDef, items: Vec<Item>) -> PyResult<(Vec<R
 #[async_trait::async_trait]
 impl SourceConnector for PySource {
     fn capabilities(&self) -> SourceCapabilities {
-        SourceCapabilities { replayable: false, changelog: false, bounded: false, watermarks: false }
+        SourceCapabilities {
+            replayable: false,
+            changelog: false,
+            bounded: false,
+            watermarks: false,
+            key_from_peer: false,
+        }
     }
 
     async fn open(&mut self) -> Result<(), ConnectorError> {

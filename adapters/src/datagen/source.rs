@@ -116,7 +116,13 @@ impl DatagenSource {
 #[async_trait]
 impl SourceConnector for DatagenSource {
     fn capabilities(&self) -> SourceCapabilities {
-        SourceCapabilities { replayable: true, changelog: false, bounded: self.max_rows.is_some(), watermarks: false }
+        SourceCapabilities {
+            replayable: true,
+            changelog: false,
+            bounded: self.max_rows.is_some(),
+            watermarks: false,
+            key_from_peer: false,
+        }
     }
 
     async fn open(&mut self) -> Result<()> {
@@ -204,7 +210,7 @@ mod tests {
             match s.poll().await.expect("poll") {
                 Poll::Data(c) => out.extend(c.changes.into_iter().map(|c| match c {
                     crate::Change::Insert(b) => b,
-                    crate::Change::Delete(_) => panic!("datagen only inserts"),
+                    crate::Change::Delete(_) | crate::Change::Clear => panic!("datagen only inserts"),
                 })),
                 Poll::Idle(d) => tokio::time::sleep(d).await,
                 Poll::Finished => return out,

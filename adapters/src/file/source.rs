@@ -296,6 +296,7 @@ impl SourceConnector for FileSource {
             changelog: self.decoder.as_ref().is_some_and(Decoder::is_changelog),
             bounded: !self.watch,
             watermarks: false,
+            key_from_peer: false,
         }
     }
 

@@ -24,7 +24,7 @@ fn inserted(changes: &[Change]) -> Vec<i64> {
         .iter()
         .flat_map(|c| match c {
             Change::Insert(b) => b.column(0).as_primitive::<Int64Type>().values().to_vec(),
-            Change::Delete(_) => Vec::new(),
+            Change::Delete(_) | Change::Clear => Vec::new(),
         })
         .collect()
 }
@@ -97,6 +97,7 @@ fn debezium_envelopes_become_inserts_and_deletes() {
         .map(|c| match c {
             Change::Insert(b) => format!("+{}", b.num_rows()),
             Change::Delete(b) => format!("-{}", b.num_rows()),
+            Change::Clear => "clear".into(),
         })
         .collect();
     assert_eq!(kinds, vec!["+2", "-1", "+1", "-1"]);

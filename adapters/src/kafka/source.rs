@@ -167,6 +167,7 @@ impl SourceConnector for KafkaSource {
             changelog: self.decoder.is_changelog(),
             bounded: false,
             watermarks: self.watermark_column.is_some(),
+            key_from_peer: false,
         }
     }
 
@@ -262,7 +263,7 @@ impl SourceConnector for KafkaSource {
                     .iter()
                     .filter_map(|c| match c {
                         Change::Insert(b) => laminar_dataflow::watermark::max_event_time_ms(b.column(col)),
-                        Change::Delete(_) => None,
+                        Change::Delete(_) | Change::Clear => None,
                     })
                     .max();
                 if let Some(max) = max {

@@ -94,6 +94,7 @@ impl SourceConnector for RabbitMqSource {
             changelog: self.decoder.is_changelog(),
             bounded: false,
             watermarks: false,
+            key_from_peer: false,
         }
     }
 

@@ -114,7 +114,13 @@ fn records(payload: &Bytes, json: bool, out: &mut Vec<Bytes>) {
 #[async_trait]
 impl SourceConnector for WebSocketSource {
     fn capabilities(&self) -> SourceCapabilities {
-        SourceCapabilities { replayable: false, changelog: false, bounded: false, watermarks: false }
+        SourceCapabilities {
+            replayable: false,
+            changelog: false,
+            bounded: false,
+            watermarks: false,
+            key_from_peer: false,
+        }
     }
 
     fn attach(&mut self, status: Arc<ConnectorStatus>) {
