@@ -170,16 +170,42 @@ start_postgres() {
   pg_run "$pg_bin/initdb" -D "$pg_dir/data" -U postgres -E UTF8 --locale=C.UTF-8 --auth-local=trust \
     --auth-host=scram-sha-256 >"$pg_dir/initdb.log" 2>&1 \
     || { echo "initdb failed (see $pg_dir/initdb.log)" >&2; exit 1; }
-  echo "host replication all 127.0.0.1/32 scram-sha-256" >>"$pg_dir/data/pg_hba.conf"
+  # Users for the TLS and password-method tests come first (pg_hba.conf: first match wins):
+  # `tlsonly` may connect only over TLS, `md5user` authenticates with MD5.
+  local hba="$pg_dir/data/pg_hba.conf"
+  { printf 'hostssl all tlsonly 127.0.0.1/32 scram-sha-256\nhostnossl all tlsonly 127.0.0.1/32 reject\n'
+    printf 'host all md5user 127.0.0.1/32 md5\n'
+    cat "$hba"
+    echo "host replication all 127.0.0.1/32 scram-sha-256"; } >"$hba.new"
+  mv "$hba.new" "$hba"
+  # TLS with a certificate for 127.0.0.1 from a test CA.
+  local tls="$pg_dir/tls" ssl_opts=""
+  if command -v openssl >/dev/null; then
+    mkdir -p "$tls"
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n' >"$tls/leaf.ext"
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout "$tls/ca.key" -out "$tls/ca.pem" -days 30 \
+      -subj "/CN=laminardb test CA" >/dev/null 2>&1
+    openssl req -newkey rsa:2048 -nodes -keyout "$tls/server.key" -out "$tls/server.csr" \
+      -subj "/CN=127.0.0.1" >/dev/null 2>&1
+    openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAcreateserial \
+      -out "$tls/server.pem" -days 30 -extfile "$tls/leaf.ext" >/dev/null 2>&1
+    chmod 600 "$tls/server.key"
+    if [ "$(id -u)" = 0 ]; then chown -R postgres "$tls"; fi
+    ssl_opts="-c ssl=on -c ssl_cert_file=$tls/server.pem -c ssl_key_file=$tls/server.key"
+  fi
   pg_run "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/postgres.log" -w -t 60 \
-    -o "-c wal_level=logical -c max_replication_slots=32 -c max_wal_senders=32 -p $pg_port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$pg_dir" \
+    -o "-c wal_level=logical -c max_replication_slots=32 -c max_wal_senders=32 -p $pg_port -c listen_addresses=127.0.0.1 -c unix_socket_directories=$pg_dir $ssl_opts" \
     start >/dev/null || { echo "Postgres did not start (see $pg_dir/postgres.log)" >&2; exit 1; }
   pg_run "$pg_bin/psql" -q -h "$pg_dir" -p "$pg_port" -U postgres -d postgres -v ON_ERROR_STOP=1 >/dev/null <<SQL
 CREATE ROLE laminar LOGIN REPLICATION PASSWORD 'laminar';
 CREATE ROLE plain LOGIN PASSWORD 'plain';
+CREATE ROLE tlsonly LOGIN REPLICATION PASSWORD 'tlsonly';
+SET password_encryption = 'md5';
+CREATE ROLE md5user LOGIN REPLICATION PASSWORD 'md5user';
 CREATE DATABASE laminar_test OWNER laminar;
 GRANT CONNECT ON DATABASE laminar_test TO plain;
 SQL
+  [ -f "$tls/ca.pem" ] && echo "export LAMINAR_TEST_POSTGRES_CA=$tls/ca.pem"
   echo "export LAMINAR_TEST_POSTGRES_URI=postgres://laminar:laminar@127.0.0.1:$pg_port/laminar_test"
 }
 

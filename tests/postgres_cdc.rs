@@ -69,12 +69,20 @@ fn cdc(table: &str, tag: &str) -> String {
     )
 }
 
-/// Drops what a test made upstream (slots first: they hold the publications' WAL).
+/// Drops what a test made upstream (slots first, once their sessions are gone: they hold WAL).
 fn cleanup(tags: &[&str], tables: &[&str]) {
     for s in tags {
-        let _ = std::process::Command::new("psql")
-            .args([&uri(), "-X", "-q", "-c", &format!("SELECT pg_drop_replication_slot('{s}') WHERE EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = '{s}' AND NOT active)")])
-            .output();
+        for _ in 0..100 {
+            let state = psql(&format!("SELECT active FROM pg_replication_slots WHERE slot_name = '{s}'"));
+            match state.trim() {
+                "" => break,
+                "f" => {
+                    psql(&format!("SELECT pg_drop_replication_slot('{s}')"));
+                    break;
+                }
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
     }
     for p in tags {
         psql(&format!("DROP PUBLICATION IF EXISTS {p}"));
@@ -383,4 +391,171 @@ fn errors_name_the_problem_and_how_to_fix_it() {
     converge(&ok, "SELECT a, b FROM s", || vec!["2|z".into()], "full identity changes");
     ok.shutdown().expect("shutdown");
     cleanup(&[&e7], &[&t, &nokey]);
+}
+
+/// Published rows of a changelog file sink, consolidated (inserts minus deletes), as canonical
+/// JSON without the `op` field.
+fn consolidated_sink(dir: &std::path::Path) -> std::collections::BTreeMap<String, i64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(rd) = std::fs::read_dir(dir) else { return out };
+    for e in rd.flatten() {
+        if e.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        for line in std::fs::read_to_string(e.path()).unwrap_or_default().lines().filter(|l| !l.trim().is_empty()) {
+            let mut v: serde_json::Value = serde_json::from_str(line).expect("json line");
+            let op = v.as_object_mut().and_then(|o| o.remove("op")).and_then(|o| o.as_str().map(String::from));
+            *out.entry(v.to_string()).or_default() += if op.as_deref() == Some("delete") { -1 } else { 1 };
+        }
+    }
+    out.retain(|_, c| *c != 0);
+    out
+}
+
+#[test]
+fn a_pipeline_killed_mid_stream_restarts_without_loss_or_duplicates() {
+    let t = unique("killed");
+    let tag = unique("killed_cdc");
+    psql(&format!("CREATE TABLE {t} (id INT PRIMARY KEY, grp INT NOT NULL, v BIGINT NOT NULL)"));
+    psql(&format!("INSERT INTO {t} SELECT i, i % 10, i FROM generate_series(1, 2000) i"));
+    let dir = tempfile::tempdir().expect("dir");
+    let out = dir.path().join("out");
+    let sql = dir.path().join("pipeline.sql");
+    std::fs::write(
+        &sql,
+        format!(
+            "CREATE SOURCE src (id INT, grp INT, v BIGINT) WITH ({});\n\
+             CREATE SINK totals AS SELECT grp, COUNT(*) AS n, SUM(v) AS s FROM src GROUP BY grp WITH (connector = \
+             'file', 'path' = '{}', 'format' = 'json', 'changelog' = 'true', 'delivery.guarantee' = 'exactly-once');",
+            cdc(&t, &tag),
+            out.display()
+        ),
+    )
+    .expect("sql");
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_laminardb"))
+            .args(["run", &sql.display().to_string(), "--db", &dir.path().join("db").display().to_string(), "--quiet"])
+            .args(["--checkpoint-interval", "200", "--workers", "1"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn laminardb")
+    };
+    // Upstream keeps changing while the pipeline is killed and restarted.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (stop, t) = (stop.clone(), t.clone());
+        std::thread::spawn(move || {
+            let mut rng = StdRng::seed_from_u64(9);
+            let mut s = Session::new();
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let id = rng.random_range(1..=2500);
+                s.send(&match rng.random_range(0..4) {
+                    0 => format!("DELETE FROM {t} WHERE id = {id};"),
+                    1 => format!("UPDATE {t} SET grp = {} WHERE id = {id};", rng.random_range(0..10)),
+                    _ => format!(
+                        "INSERT INTO {t} VALUES ({id}, {}, {}) ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v;",
+                        rng.random_range(0..10),
+                        rng.random_range(0..100_000)
+                    ),
+                });
+                n += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            s.finish();
+            n
+        })
+    };
+    let mut rng = StdRng::seed_from_u64(10);
+    for _ in 0..6 {
+        let mut child = run();
+        std::thread::sleep(Duration::from_millis(rng.random_range(600..1800)));
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let changes = writer.join().expect("writer");
+    assert!(changes > 500, "only {changes} upstream changes");
+    let want = || -> std::collections::BTreeMap<String, i64> {
+        psql_rows(&format!("SELECT grp, count(*), sum(v) FROM {t} GROUP BY grp"))
+            .iter()
+            .map(|r| {
+                let f: Vec<i64> = r.split('|').map(|x| x.parse().expect("number")).collect();
+                (serde_json::json!({"grp": f[0], "n": f[1], "s": f[2]}).to_string(), 1)
+            })
+            .collect()
+    };
+    let mut child = run();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let expected = want();
+    loop {
+        let got = consolidated_sink(&out);
+        if got == expected {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("after 6 kills and {changes} upstream changes the sink holds {got:?}, upstream {expected:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    // Nothing was written twice: every key's rows consolidate to exactly one current row.
+    assert_eq!(consolidated_sink(&out).values().sum::<i64>(), 10);
+    cleanup(&[&tag], &[&t]);
+}
+
+#[test]
+fn tls_per_sslmode_and_every_password_method() {
+    let ca = std::env::var("LAMINAR_TEST_POSTGRES_CA").expect("LAMINAR_TEST_POSTGRES_CA (scripts/services.sh)");
+    let t = unique("secure");
+    let tag = unique("secure_cdc");
+    psql(&format!(
+        "CREATE TABLE {t} (id INT PRIMARY KEY, name TEXT);
+         INSERT INTO {t} VALUES (1, 'one'), (2, 'two');
+         GRANT SELECT ON {t} TO tlsonly, md5user;
+         CREATE PUBLICATION {tag} FOR TABLE {t}"
+    ));
+    let source = |connection: &str, slot: &str| {
+        format!(
+            "CREATE SOURCE s (id INT, name VARCHAR) WITH (connector = 'postgres-cdc', 'connection' = '{connection}', \
+             'table' = '{t}', 'slot.name' = '{slot}', 'publication.name' = '{tag}')"
+        )
+    };
+    let works = |connection: String, slot: &str| {
+        let db = memory_db();
+        db.execute(&source(&connection, slot)).expect("create");
+        db.start().unwrap_or_else(|e| panic!("{connection}: {e}"));
+        converge(&db, "SELECT id, name FROM s", || vec!["1|one".into(), "2|two".into()], &connection);
+        db.shutdown().expect("shutdown");
+    };
+    let fails = |connection: String| {
+        let db = memory_db();
+        db.execute(&source(&connection, &format!("{tag}_x"))).expect("create");
+        let e = db.start().expect_err(&connection).to_string();
+        let _ = db.shutdown();
+        e
+    };
+    let tls_user = uri_as("tlsonly", "tlsonly");
+    // The server's certificate checked against the test CA, host name included.
+    works(format!("{tls_user}?sslmode=verify-full&sslrootcert={ca}"), &format!("{tag}_1"));
+    // Encrypted without checking the certificate (libpq's `require`).
+    works(format!("{tls_user}?sslmode=require"), &format!("{tag}_2"));
+    // `prefer` (the default) takes TLS when offered: this user may only connect over TLS.
+    works(tls_user.clone(), &format!("{tag}_3"));
+    let e = fails(format!("{tls_user}?sslmode=disable"));
+    assert!(e.contains("pg_hba.conf"), "{e}");
+    // Without the CA the certificate is not trusted.
+    let e = fails(format!("{tls_user}?sslmode=verify-full"));
+    assert!(e.contains("TLS") && e.to_lowercase().contains("certificate"), "{e}");
+    // MD5 password authentication.
+    works(uri_as("md5user", "md5user"), &format!("{tag}_4"));
+    let e = fails(uri_as("md5user", "nope"));
+    assert!(e.contains("password authentication failed"), "{e}");
+    let tags: Vec<String> = (1..=4).map(|i| format!("{tag}_{i}")).collect();
+    let mut all: Vec<&str> = tags.iter().map(String::as_str).collect();
+    all.push(&tag);
+    cleanup(&all, &[&t]);
 }
