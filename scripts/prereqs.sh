@@ -2,7 +2,7 @@
 # Checks (and on Debian as root, installs) what building LaminarDB needs besides Rust: the
 # OpenSSL development files and pkg-config (librdkafka, under the Kafka connector, is built with
 # TLS against the system's OpenSSL), and a C toolchain; for the tests also openssl (test
-# certificates), RabbitMQ's and Postgres's servers (connector tests run against private
+# certificates), the RabbitMQ, Postgres and MariaDB servers (connector tests run against private
 # instances) and Chromium (the live dashboard example is checked in a headless browser).
 set -euo pipefail
 missing=()
@@ -12,6 +12,7 @@ command -v make >/dev/null || missing+=(make)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v rabbitmq-server >/dev/null || [ -x /usr/sbin/rabbitmq-server ] || missing+=(rabbitmq-server)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
 optional=()
 command -v chromium >/dev/null || command -v chromium-browser >/dev/null || optional+=(chromium)
 [ ${#missing[@]} -eq 0 ] && [ ${#optional[@]} -eq 0 ] && exit 0

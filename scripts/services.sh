@@ -8,7 +8,9 @@
 #     certificate from a test CA made here) on the next port, its Erlang distribution and epmd
 #     ports 10,000 and 10,001 above that;
 #   - Postgres (Debian's server) with logical replication, its own data directory, on
-#     127.0.0.1:$LAMINAR_TEST_POSTGRES_PORT (default 15432).
+#     127.0.0.1:$LAMINAR_TEST_POSTGRES_PORT (default 15432), TLS with a test CA;
+#   - MariaDB (Debian's server) with a row-based binary log, its own data directory, on
+#     127.0.0.1:$LAMINAR_TEST_MYSQL_PORT (default 13306), TLS with a test CA.
 # Usage: scripts/services.sh start   (prints `export …` lines for the tests; eval them)
 #        scripts/services.sh stop
 #        scripts/services.sh rabbitmqctl list_queues name messages_ready   (the test node)
@@ -26,6 +28,24 @@ rabbit_dir=${LAMINAR_RABBITMQ_DIR:-/var/tmp/laminardb-test-rabbitmq-$(id -u)}
 pg_port=${LAMINAR_TEST_POSTGRES_PORT:-15432}
 pg_dir=${LAMINAR_POSTGRES_DIR:-/var/tmp/laminardb-test-postgres-$(id -u)}
 pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
+my_port=${LAMINAR_TEST_MYSQL_PORT:-13306}
+my_dir=${LAMINAR_MYSQL_DIR:-/var/tmp/laminardb-test-mariadb-$(id -u)}
+
+# A test CA and a certificate for 127.0.0.1 signed by it, in $1 (ca.pem, server.pem,
+# server.key); nothing when openssl is missing.
+make_test_ca() { # dir
+  command -v openssl >/dev/null || return 0
+  local tls=$1
+  mkdir -p "$tls"
+  printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n' >"$tls/leaf.ext"
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$tls/ca.key" -out "$tls/ca.pem" -days 30 \
+    -subj "/CN=laminardb test CA" >/dev/null 2>&1
+  openssl req -newkey rsa:2048 -nodes -keyout "$tls/server.key" -out "$tls/server.csr" \
+    -subj "/CN=127.0.0.1" >/dev/null 2>&1
+  openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAcreateserial \
+    -out "$tls/server.pem" -days 30 -extfile "$tls/leaf.ext" >/dev/null 2>&1
+  chmod 600 "$tls/server.key"
+}
 
 wait_port() { # port seconds
   local deadline=$((SECONDS + $2))
@@ -105,15 +125,8 @@ start_rabbitmq() {
   printf 'loopback_users = none\n' >"$rabbit_dir/rabbitmq.conf"
   # amqps:// on the next port, with a certificate for 127.0.0.1 from a test CA.
   local tls="$rabbit_dir/tls"
-  if command -v openssl >/dev/null; then
-    mkdir -p "$tls"
-    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n' >"$tls/leaf.ext"
-    openssl req -x509 -newkey rsa:2048 -nodes -keyout "$tls/ca.key" -out "$tls/ca.pem" -days 30 \
-      -subj "/CN=laminardb test CA" >/dev/null 2>&1
-    openssl req -newkey rsa:2048 -nodes -keyout "$tls/server.key" -out "$tls/server.csr" \
-      -subj "/CN=127.0.0.1" >/dev/null 2>&1
-    openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAcreateserial \
-      -out "$tls/server.pem" -days 30 -extfile "$tls/leaf.ext" >/dev/null 2>&1
+  make_test_ca "$tls"
+  if [ -f "$tls/ca.pem" ]; then
     cat >>"$rabbit_dir/rabbitmq.conf" <<CONF
 listeners.ssl.default = $amqps_port
 ssl_options.cacertfile = $tls/ca.pem
@@ -180,16 +193,8 @@ start_postgres() {
   mv "$hba.new" "$hba"
   # TLS with a certificate for 127.0.0.1 from a test CA.
   local tls="$pg_dir/tls" ssl_opts=""
-  if command -v openssl >/dev/null; then
-    mkdir -p "$tls"
-    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n' >"$tls/leaf.ext"
-    openssl req -x509 -newkey rsa:2048 -nodes -keyout "$tls/ca.key" -out "$tls/ca.pem" -days 30 \
-      -subj "/CN=laminardb test CA" >/dev/null 2>&1
-    openssl req -newkey rsa:2048 -nodes -keyout "$tls/server.key" -out "$tls/server.csr" \
-      -subj "/CN=127.0.0.1" >/dev/null 2>&1
-    openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAcreateserial \
-      -out "$tls/server.pem" -days 30 -extfile "$tls/leaf.ext" >/dev/null 2>&1
-    chmod 600 "$tls/server.key"
+  make_test_ca "$tls"
+  if [ -f "$tls/ca.pem" ]; then
     if [ "$(id -u)" = 0 ]; then chown -R postgres "$tls"; fi
     ssl_opts="-c ssl=on -c ssl_cert_file=$tls/server.pem -c ssl_key_file=$tls/server.key"
   fi
@@ -209,9 +214,72 @@ SQL
   echo "export LAMINAR_TEST_POSTGRES_URI=postgres://laminar:laminar@127.0.0.1:$pg_port/laminar_test"
 }
 
+# MariaDB runs as Debian's `mysql` user with a private data directory, a row-based binary log
+# (the CDC source reads it as a replica), listening on 127.0.0.1:$my_port only. Users (TCP, from
+# 127.0.0.1): `laminar` (password `laminar`, replication privileges, all on `laminar_test`) and
+# `plain` (password `plain`, only `laminar_test`) for the error tests.
+my_run() { # command args...
+  if [ "$(id -u)" = 0 ]; then
+    (cd / && runuser -u mysql -- "$@")
+  else
+    "$@"
+  fi
+}
+
+stop_mariadb() {
+  [ -f "$my_dir/mariadbd.pid" ] || return 0
+  local pid; pid=$(cat "$my_dir/mariadbd.pid" 2>/dev/null || true)
+  [ -n "$pid" ] || return 0
+  kill "$pid" 2>/dev/null || true
+  local deadline=$((SECONDS + 20))
+  while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
+  kill -9 "$pid" 2>/dev/null || true
+  rm -f "$my_dir/mariadbd.pid"
+}
+
+start_mariadb() {
+  local mariadbd; mariadbd=$(command -v mariadbd || echo /usr/sbin/mariadbd)
+  [ -x "$mariadbd" ] || { echo "MariaDB is not installed (scripts/prereqs.sh installs it): the MySQL CDC tests will fail" >&2; return 0; }
+  stop_mariadb
+  rm -rf "$my_dir"
+  mkdir -p "$my_dir"
+  local tls="$my_dir/tls" ssl_opts=()
+  make_test_ca "$tls"
+  [ -f "$tls/ca.pem" ] && ssl_opts=(--ssl-ca="$tls/ca.pem" --ssl-cert="$tls/server.pem" --ssl-key="$tls/server.key")
+  if [ "$(id -u)" = 0 ]; then chown -R mysql "$my_dir"; fi
+  my_run mariadb-install-db --no-defaults --datadir="$my_dir/data" --skip-test-db \
+    --auth-root-authentication-method=normal >"$my_dir/install.log" 2>&1 \
+    || { echo "mariadb-install-db failed (see $my_dir/install.log)" >&2; exit 1; }
+  local as_mysql=()
+  [ "$(id -u)" = 0 ] && as_mysql=(runuser -u mysql --)
+  # Detached, with no descriptor of ours kept open (callers capture this script's output).
+  (cd / && exec setsid "${as_mysql[@]}" "$mariadbd" --no-defaults --datadir="$my_dir/data" --port="$my_port" \
+    --bind-address=127.0.0.1 --socket="$my_dir/mariadbd.sock" --pid-file="$my_dir/mariadbd.pid" \
+    --log-error="$my_dir/error.log" --skip-name-resolve --log-bin="$my_dir/data/binlog" \
+    --binlog-format=ROW --server-id=1 "${ssl_opts[@]}") </dev/null >/dev/null 2>&1 &
+  local deadline=$((SECONDS + 60))
+  until mariadb-admin --no-defaults --socket="$my_dir/mariadbd.sock" -uroot ping >/dev/null 2>&1; do
+    if [ $SECONDS -ge $deadline ]; then
+      echo "MariaDB did not start (see $my_dir/error.log)" >&2
+      exit 1
+    fi
+    sleep 0.2
+  done
+  mariadb --no-defaults --socket="$my_dir/mariadbd.sock" -uroot >/dev/null <<SQL
+CREATE DATABASE laminar_test;
+CREATE USER 'laminar'@'127.0.0.1' IDENTIFIED BY 'laminar';
+GRANT ALL ON laminar_test.* TO 'laminar'@'127.0.0.1';
+GRANT REPLICATION SLAVE, BINLOG MONITOR, RELOAD ON *.* TO 'laminar'@'127.0.0.1';
+CREATE USER 'plain'@'127.0.0.1' IDENTIFIED BY 'plain';
+GRANT ALL ON laminar_test.* TO 'plain'@'127.0.0.1';
+SQL
+  [ -f "$tls/ca.pem" ] && echo "export LAMINAR_TEST_MYSQL_CA=$tls/ca.pem"
+  echo "export LAMINAR_TEST_MYSQL_URI=mysql://laminar:laminar@127.0.0.1:$my_port/laminar_test"
+}
+
 case "${1:-}" in
-  start) start_kafka; start_rabbitmq; start_postgres ;;
-  stop) stop_pid "$state/kafka.pid"; stop_rabbitmq; stop_postgres ;;
+  start) start_kafka; start_rabbitmq; start_postgres; start_mariadb ;;
+  stop) stop_pid "$state/kafka.pid"; stop_rabbitmq; stop_postgres; stop_mariadb ;;
   # rabbitmqctl against the test node (tests close connections and inspect queues with it).
   rabbitmqctl) shift; rabbit_run rabbitmqctl -n laminar-test@localhost -q "$@" ;;
   *) echo "usage: $0 start|stop|rabbitmqctl <args>" >&2; exit 2 ;;

@@ -21,6 +21,8 @@ pub mod registry;
 pub mod runner;
 pub mod upsert;
 
+#[cfg(any(feature = "postgres-cdc", feature = "mysql-cdc"))]
+pub mod cdc;
 #[cfg(feature = "console")]
 pub mod console;
 #[cfg(feature = "datagen")]
@@ -29,10 +31,14 @@ pub mod datagen;
 pub mod file;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "mysql-cdc")]
+pub mod mysql;
 #[cfg(feature = "postgres-cdc")]
 pub mod postgres;
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
+#[cfg(any(feature = "postgres-cdc", feature = "mysql-cdc"))]
+pub mod text_values;
 #[cfg(feature = "websocket")]
 pub mod websocket;
 

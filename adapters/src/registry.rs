@@ -98,6 +98,8 @@ fn sources() -> Vec<&'static SourceFactory> {
         &crate::rabbitmq::SOURCE,
         #[cfg(feature = "postgres-cdc")]
         &crate::postgres::SOURCE,
+        #[cfg(feature = "mysql-cdc")]
+        &crate::mysql::SOURCE,
     ]
 }
 

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod kafka;
+pub mod mysql;
 pub mod postgres;
 pub mod rabbitmq;
 pub mod registry;

@@ -49,7 +49,7 @@ pub mod config;
 pub mod pgoutput;
 mod source;
 pub mod upstream;
-pub mod values;
+pub use crate::text_values as values;
 pub mod wire;
 
 pub use source::{PostgresCdcSource, SOURCE};

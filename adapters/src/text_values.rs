@@ -1,5 +1,6 @@
-//! Column values in Postgres's text output format (what pgoutput and `COPY … TO STDOUT` send)
-//! as Arrow arrays of the source's declared types.
+//! Column values as text (Postgres's text output format, as pgoutput and `COPY … TO STDOUT`
+//! send it; the CDC sources of other databases render their values the same way) as Arrow
+//! arrays of the source's declared types.
 //!
 //! Most types parse with Arrow's own casts (strictly: a value that does not parse is an error
 //! naming the column, never a silent NULL). Postgres spellings Arrow does not read are
