@@ -162,8 +162,16 @@ fn restart_resumes_from_the_checkpointed_binlog_position_and_gtid() {
         let _ = cp;
         db.close().expect("close");
     }
-    // Changes while nothing runs.
-    mysql(&format!("UPDATE {t} SET grp = 6 WHERE id < 50; DELETE FROM {t} WHERE id BETWEEN 100 AND 150; INSERT INTO {t} VALUES (5000, 1, 1), (5001, 2, 2);"));
+    // Changes while nothing runs, read back in one batch on restart: multi-row statements (each
+    // a table map and its rows events) one after the other.
+    let mut multi: Vec<String> =
+        (0..50).map(|k| format!("UPDATE {t} SET v = v + 1 WHERE id BETWEEN {} AND {}", k * 10, k * 10 + 9)).collect();
+    multi.push(format!("UPDATE {t} SET grp = 6 WHERE id < 50"));
+    multi.push(format!("DELETE FROM {t} WHERE id BETWEEN 100 AND 150"));
+    multi.push(format!("INSERT INTO {t} VALUES (5000, 1, 1), (5001, 2, 2)"));
+    // A new binary log file after them: the stream reads them together with the rotation.
+    multi.push("FLUSH BINARY LOGS".into());
+    mysql(&(multi.join(";") + ";"));
     {
         let db = open();
         db.start().expect("restart");

@@ -117,7 +117,7 @@ impl SourceConfig {
             Some(0) => return Err(r.bad("server_id", "0", "a positive number unique among the server's replicas")),
             Some(n) if n > u64::from(u32::MAX) => return Err(r.bad("server_id", &n.to_string(), "at most 4294967295")),
             Some(n) => n as u32,
-            None => default_server_id(source),
+            None => default_server_id(&format!("{source}/{schema}.{table}/{}", std::process::id())),
         };
         let snapshot = r.opt_enum("snapshot.mode", &["initial", "never"])?.as_deref() != Some("never");
         let batch_size = match r.opt_u64("batch_size")? {
@@ -173,7 +173,9 @@ impl SourceConfig {
     }
 }
 
-/// A replica id from the source's name, away from the small numbers servers use.
+/// A replica id from the source, its table and this process (two pipelines connected at the
+/// same time must not share one: the server drops the older), away from the small numbers
+/// servers use.
 fn default_server_id(source: &str) -> u32 {
     let mut h: u32 = 2_166_136_261;
     for b in source.bytes() {
@@ -197,7 +199,7 @@ mod tests {
             .expect("config");
         assert_eq!((c.user.as_str(), c.password.as_deref(), c.port), ("cdc@x", Some("p/w"), 3307));
         assert_eq!((c.schema.as_str(), c.table.as_str(), c.ssl), ("shop", "orders", SslMode::VerifyCa));
-        assert_eq!(c.server_id, default_server_id("orders"));
+        assert_eq!(c.server_id, default_server_id(&format!("orders/shop.orders/{}", std::process::id())));
         let c = pull(&[("connection", "mysql://u:p@h/shop"), ("table", "other.t"), ("server_id", "1001")]).expect("c");
         assert_eq!((c.schema.as_str(), c.table.as_str(), c.server_id), ("other", "t", 1001));
         let e = pull(&[("connection", "mysql://u:p@h"), ("table", "t")]).expect_err("no database");

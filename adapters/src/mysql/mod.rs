@@ -10,7 +10,7 @@
 //!   table, and on MySQL `RELOAD` for the snapshot's short global read lock.
 //! - `'table'` (required): `table` (in the URI's database) or `database.table`.
 //! - `'server_id'`: the replica id the source registers with, unique among the server's
-//!   replicas (default: derived from the source's name).
+//!   replicas (default: derived from the source, its table and the process).
 //! - `'snapshot.mode'`: `initial` (default: the table's current rows first) or `never`.
 //!   `'batch_size'`: rows per poll at most (default 8,192).
 //!

@@ -7,7 +7,7 @@ use std::time::Duration;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use futures_util::{FutureExt, StreamExt};
-use mysql_async::binlog::events::{Event, EventData, RowsEventData};
+use mysql_async::binlog::events::{Event, EventData, RowsEventData, TableMapEvent};
 use mysql_async::binlog::row::BinlogRow;
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, GnoInterval, Sid, Value};
@@ -48,6 +48,7 @@ fn build(
         current: BinlogPosition::default(),
         pending_maria: None,
         pending_mysql: None,
+        table_map: None,
         clear_first: false,
     }))
 }
@@ -93,6 +94,8 @@ pub struct MysqlCdcSource {
     current: BinlogPosition,
     pending_maria: Option<MariaGtid>,
     pending_mysql: Option<([u8; 16], u64)>,
+    /// The last table map of this table (its id and column types).
+    table_map: Option<(u64, TableMapEvent<'static>)>,
     clear_first: bool,
 }
 
@@ -454,6 +457,11 @@ impl MysqlCdcSource {
                     return Ok(upper.starts_with("ALTER"));
                 }
             }
+            EventData::TableMapEvent(t)
+                if t.database_name() == self.config.schema && t.table_name() == self.config.table =>
+            {
+                self.table_map = Some((t.table_id(), t.into_owned()));
+            }
             EventData::RowsEvent(rows) => return self.apply_rows(&rows, out),
             _ => {}
         }
@@ -461,11 +469,9 @@ impl MysqlCdcSource {
     }
 
     fn apply_rows(&mut self, rows: &RowsEventData<'_>, out: &mut Builder) -> Result<bool> {
-        let Phase::Streaming { stream, .. } = &self.phase else { return Ok(false) };
-        let Some(tme) = stream.get_tme(rows.table_id()) else { return Ok(false) };
-        if tme.database_name() != self.config.schema || tme.table_name() != self.config.table {
-            return Ok(false);
-        }
+        // The table map read just before (the stream's own cache lets go of it at the end of
+        // a statement, which may come before a batch of events is applied).
+        let Some((_, tme)) = self.table_map.as_ref().filter(|(id, _)| *id == rows.table_id()) else { return Ok(false) };
         let schema_changed = tme.columns_count() as usize != self.table.columns.len();
         let at = format!("{}:{}", self.current.file, self.current.pos);
         let key_idx: Vec<usize> = self.key.iter().filter_map(|k| self.schema.index_of(k).ok()).collect();
