@@ -10,48 +10,17 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::mysql::{mysql, mysql_rows, uri, uri_as, Session};
+use common::cdc::{converge, detail, killed_pipeline_restarts_exactly, memory_db, KillTest};
+use common::mysql::{mysql, mysql_rows, session, uri, uri_as};
 use common::postgres::{psql, psql_rows};
-use common::sorted_query;
 use laminardb::{Database, LaminarConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-fn memory_db() -> Database {
-    Database::open_with_config(":memory:", LaminarConfig { workers: Some(1), ..Default::default() }).expect("open")
-}
-
 fn unique(prefix: &str) -> String {
     common::postgres::unique(prefix)
-}
-
-/// Waits until the query's sorted rows equal `want()` (re-read each time).
-fn converge(db: &Database, sql: &str, want: impl Fn() -> Vec<String>, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let expected = want();
-        let got = sorted_query(db, sql);
-        if got == expected {
-            return;
-        }
-        if Instant::now() > deadline {
-            let extra: Vec<&String> = got.iter().filter(|r| !expected.contains(r)).take(10).collect();
-            let missing: Vec<&String> = expected.iter().filter(|r| !got.contains(r)).take(10).collect();
-            panic!(
-                "{what}: {} rows here, {} upstream; extra {extra:?}; missing {missing:?}; metrics {:?}",
-                got.len(),
-                expected.len(),
-                db.source_metrics("src").map(|m| (m.details, m.last_error))
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn detail(db: &Database, source: &str, key: &str) -> i64 {
-    db.source_metrics(source).and_then(|m| m.details.get(key).copied()).unwrap_or_default()
 }
 
 fn cdc(table: &str) -> String {
@@ -185,111 +154,20 @@ fn restart_resumes_from_the_checkpointed_binlog_position_and_gtid() {
     mysql(&format!("DROP TABLE {t}"));
 }
 
-/// Published rows of a changelog file sink, consolidated, as canonical JSON without `op`.
-fn consolidated_sink(dir: &std::path::Path) -> BTreeMap<String, i64> {
-    let mut out = BTreeMap::new();
-    let Ok(rd) = std::fs::read_dir(dir) else { return out };
-    for e in rd.flatten() {
-        if e.file_name().to_string_lossy().starts_with('.') {
-            continue;
-        }
-        for line in std::fs::read_to_string(e.path()).unwrap_or_default().lines().filter(|l| !l.trim().is_empty()) {
-            let mut v: serde_json::Value = serde_json::from_str(line).expect("json line");
-            let op = v.as_object_mut().and_then(|o| o.remove("op")).and_then(|o| o.as_str().map(String::from));
-            *out.entry(v.to_string()).or_default() += if op.as_deref() == Some("delete") { -1 } else { 1 };
-        }
-    }
-    out.retain(|_, c| *c != 0);
-    out
-}
-
 #[test]
 fn a_pipeline_killed_mid_stream_restarts_without_loss_or_duplicates() {
     let t = unique("killed");
     mysql(&format!("CREATE TABLE {t} (id INT PRIMARY KEY, grp INT NOT NULL, v BIGINT NOT NULL)"));
     let values: Vec<String> = (1..=2000).map(|i| format!("({i}, {}, {i})", i % 10)).collect();
     mysql(&format!("INSERT INTO {t} VALUES {}", values.join(",")));
-    let dir = tempfile::tempdir().expect("dir");
-    let out = dir.path().join("out");
-    let sql = dir.path().join("pipeline.sql");
-    std::fs::write(
-        &sql,
-        format!(
-            "CREATE SOURCE src (id INT, grp INT, v BIGINT) WITH ({}, 'server_id' = '4343');\n\
-             CREATE SINK totals AS SELECT grp, COUNT(*) AS n, SUM(v) AS s FROM src GROUP BY grp WITH (connector = \
-             'file', 'path' = '{}', 'format' = 'json', 'changelog' = 'true', 'delivery.guarantee' = 'exactly-once');",
-            cdc(&t),
-            out.display()
-        ),
-    )
-    .expect("sql");
-    let run = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_laminardb"))
-            .args(["run", &sql.display().to_string(), "--db", &dir.path().join("db").display().to_string(), "--quiet"])
-            .args(["--checkpoint-interval", "200", "--workers", "1"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn laminardb")
-    };
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let (stop, t) = (stop.clone(), t.clone());
-        std::thread::spawn(move || {
-            let mut rng = StdRng::seed_from_u64(11);
-            let mut s = Session::new();
-            let mut n = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let id = rng.random_range(1..=2500);
-                s.send(&match rng.random_range(0..4) {
-                    0 => format!("DELETE FROM {t} WHERE id = {id};"),
-                    1 => format!("UPDATE {t} SET grp = {} WHERE id = {id};", rng.random_range(0..10)),
-                    _ => format!(
-                        "INSERT INTO {t} VALUES ({id}, {}, {}) ON DUPLICATE KEY UPDATE v = VALUES(v);",
-                        rng.random_range(0..10),
-                        rng.random_range(0..100_000)
-                    ),
-                });
-                n += 1;
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            s.finish();
-            n
-        })
-    };
-    let mut rng = StdRng::seed_from_u64(12);
-    for _ in 0..6 {
-        let mut child = run();
-        std::thread::sleep(Duration::from_millis(rng.random_range(600..1800)));
-        child.kill().expect("SIGKILL");
-        child.wait().expect("reap");
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let changes = writer.join().expect("writer");
-    assert!(changes > 500, "only {changes} upstream changes");
-    let expected: BTreeMap<String, i64> = mysql_rows(&format!("SELECT grp, count(*), sum(v) FROM {t} GROUP BY grp"))
-        .iter()
-        .map(|r| {
-            let f: Vec<i64> = r.split('|').map(|x| x.parse().expect("number")).collect();
-            (serde_json::json!({"grp": f[0], "n": f[1], "s": f[2]}).to_string(), 1)
-        })
-        .collect();
-    let mut child = run();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let got = consolidated_sink(&out);
-        if got == expected {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("after 6 kills and {changes} upstream changes the sink holds {got:?}, upstream {expected:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    child.kill().expect("SIGKILL");
-    child.wait().expect("reap");
-    assert_eq!(consolidated_sink(&out).values().sum::<i64>(), 10);
+    killed_pipeline_restarts_exactly(KillTest {
+        source: format!("{}, 'server_id' = '4343'", cdc(&t)),
+        session: &session,
+        delete: &|id| format!("DELETE FROM {t} WHERE id = {id};"),
+        regroup: &|id, g| format!("UPDATE {t} SET grp = {g} WHERE id = {id};"),
+        upsert: &|id, g, v| format!("INSERT INTO {t} VALUES ({id}, {g}, {v}) ON DUPLICATE KEY UPDATE v = VALUES(v);"),
+        totals: &|| mysql_rows(&format!("SELECT grp, count(*), sum(v) FROM {t} GROUP BY grp")),
+    });
     mysql(&format!("DROP TABLE {t}"));
 }
 
@@ -364,7 +242,7 @@ fn the_spec_cross_database_join_stays_equal_to_both_databases_through_random_cha
     converge(&db, join_sql, || oracle(false), "the join after both snapshots");
     converge(&db, "SELECT order_id, name FROM all_orders", || oracle(true), "the LEFT JOIN after both snapshots");
     let mut rng = StdRng::seed_from_u64(13);
-    let (mut my, mut pg) = (Session::new(), common::postgres::Session::new());
+    let (mut my, mut pg) = (session(), common::postgres::session());
     let mut changes = 0;
     while changes < 10_000 {
         let n = rng.random_range(1..=10);

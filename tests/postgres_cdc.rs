@@ -10,15 +10,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::postgres::{psql, psql_rows, unique, uri, uri_as, Session};
-use common::sorted_query;
+use common::cdc::{converge, detail, killed_pipeline_restarts_exactly, memory_db, KillTest};
+use common::postgres::{psql, psql_rows, session, unique, uri, uri_as};
 use laminardb::{Database, LaminarConfig, LaminarError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-
-fn memory_db() -> Database {
-    Database::open_with_config(":memory:", LaminarConfig { workers: Some(1), ..Default::default() }).expect("open")
-}
 
 /// Waits until `f` holds; the panic shows what `show` says last.
 fn wait_until<T: std::fmt::Debug>(what: &str, timeout: Duration, mut show: impl FnMut() -> T, ok: impl Fn(&T) -> bool) {
@@ -31,33 +27,6 @@ fn wait_until<T: std::fmt::Debug>(what: &str, timeout: Duration, mut show: impl 
         assert!(Instant::now() < deadline, "timed out waiting for {what}; last: {got:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// Waits until the query's sorted rows equal `want()` (upstream, re-read each time).
-fn converge(db: &Database, sql: &str, want: impl Fn() -> Vec<String>, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let expected = want();
-        let got = sorted_query(db, sql);
-        if got == expected {
-            return;
-        }
-        if Instant::now() > deadline {
-            let extra: Vec<&String> = got.iter().filter(|r| !expected.contains(r)).take(10).collect();
-            let missing: Vec<&String> = expected.iter().filter(|r| !got.contains(r)).take(10).collect();
-            panic!(
-                "{what}: {} rows here, {} upstream; extra {extra:?}; missing {missing:?}; metrics {:?}",
-                got.len(),
-                expected.len(),
-                db.source_metrics("src").map(|m| m.details)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn detail(db: &Database, source: &str, key: &str) -> i64 {
-    db.source_metrics(source).and_then(|m| m.details.get(key).copied()).unwrap_or_default()
 }
 
 /// The options of a source reading `table` through its own slot and publication (`tag`).
@@ -285,7 +254,7 @@ fn aggregates_and_joins_of_cdc_tables_stay_equal_to_the_same_sql_upstream() {
     converge(&db, join_sql, join_oracle, "join after the snapshots");
     // Random changes on both sides, in transactions of up to 10, through one psql session.
     let mut rng = StdRng::seed_from_u64(8);
-    let mut session = Session::new();
+    let mut upstream = session();
     let mut changes = 0;
     while changes < 10_000 {
         let n = rng.random_range(1..=10);
@@ -314,9 +283,9 @@ fn aggregates_and_joins_of_cdc_tables_stay_equal_to_the_same_sql_upstream() {
             changes += 1;
         }
         tx.push_str("COMMIT;");
-        session.send(&tx);
+        upstream.send(&tx);
     }
-    session.finish();
+    upstream.finish();
     converge(&db, join_sql, join_oracle, "LEFT JOIN after 10,000 changes");
     converge(&db, agg_sql, agg_oracle, "aggregate over a join after 10,000 changes");
     db.shutdown().expect("shutdown");
@@ -393,117 +362,22 @@ fn errors_name_the_problem_and_how_to_fix_it() {
     cleanup(&[&e7], &[&t, &nokey]);
 }
 
-/// Published rows of a changelog file sink, consolidated (inserts minus deletes), as canonical
-/// JSON without the `op` field.
-fn consolidated_sink(dir: &std::path::Path) -> std::collections::BTreeMap<String, i64> {
-    let mut out = std::collections::BTreeMap::new();
-    let Ok(rd) = std::fs::read_dir(dir) else { return out };
-    for e in rd.flatten() {
-        if e.file_name().to_string_lossy().starts_with('.') {
-            continue;
-        }
-        for line in std::fs::read_to_string(e.path()).unwrap_or_default().lines().filter(|l| !l.trim().is_empty()) {
-            let mut v: serde_json::Value = serde_json::from_str(line).expect("json line");
-            let op = v.as_object_mut().and_then(|o| o.remove("op")).and_then(|o| o.as_str().map(String::from));
-            *out.entry(v.to_string()).or_default() += if op.as_deref() == Some("delete") { -1 } else { 1 };
-        }
-    }
-    out.retain(|_, c| *c != 0);
-    out
-}
-
 #[test]
 fn a_pipeline_killed_mid_stream_restarts_without_loss_or_duplicates() {
     let t = unique("killed");
     let tag = unique("killed_cdc");
     psql(&format!("CREATE TABLE {t} (id INT PRIMARY KEY, grp INT NOT NULL, v BIGINT NOT NULL)"));
     psql(&format!("INSERT INTO {t} SELECT i, i % 10, i FROM generate_series(1, 2000) i"));
-    let dir = tempfile::tempdir().expect("dir");
-    let out = dir.path().join("out");
-    let sql = dir.path().join("pipeline.sql");
-    std::fs::write(
-        &sql,
-        format!(
-            "CREATE SOURCE src (id INT, grp INT, v BIGINT) WITH ({});\n\
-             CREATE SINK totals AS SELECT grp, COUNT(*) AS n, SUM(v) AS s FROM src GROUP BY grp WITH (connector = \
-             'file', 'path' = '{}', 'format' = 'json', 'changelog' = 'true', 'delivery.guarantee' = 'exactly-once');",
-            cdc(&t, &tag),
-            out.display()
-        ),
-    )
-    .expect("sql");
-    let run = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_laminardb"))
-            .args(["run", &sql.display().to_string(), "--db", &dir.path().join("db").display().to_string(), "--quiet"])
-            .args(["--checkpoint-interval", "200", "--workers", "1"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn laminardb")
-    };
-    // Upstream keeps changing while the pipeline is killed and restarted.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let writer = {
-        let (stop, t) = (stop.clone(), t.clone());
-        std::thread::spawn(move || {
-            let mut rng = StdRng::seed_from_u64(9);
-            let mut s = Session::new();
-            let mut n = 0u64;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let id = rng.random_range(1..=2500);
-                s.send(&match rng.random_range(0..4) {
-                    0 => format!("DELETE FROM {t} WHERE id = {id};"),
-                    1 => format!("UPDATE {t} SET grp = {} WHERE id = {id};", rng.random_range(0..10)),
-                    _ => format!(
-                        "INSERT INTO {t} VALUES ({id}, {}, {}) ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v;",
-                        rng.random_range(0..10),
-                        rng.random_range(0..100_000)
-                    ),
-                });
-                n += 1;
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            s.finish();
-            n
-        })
-    };
-    let mut rng = StdRng::seed_from_u64(10);
-    for _ in 0..6 {
-        let mut child = run();
-        std::thread::sleep(Duration::from_millis(rng.random_range(600..1800)));
-        child.kill().expect("SIGKILL");
-        child.wait().expect("reap");
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let changes = writer.join().expect("writer");
-    assert!(changes > 500, "only {changes} upstream changes");
-    let want = || -> std::collections::BTreeMap<String, i64> {
-        psql_rows(&format!("SELECT grp, count(*), sum(v) FROM {t} GROUP BY grp"))
-            .iter()
-            .map(|r| {
-                let f: Vec<i64> = r.split('|').map(|x| x.parse().expect("number")).collect();
-                (serde_json::json!({"grp": f[0], "n": f[1], "s": f[2]}).to_string(), 1)
-            })
-            .collect()
-    };
-    let mut child = run();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let expected = want();
-    loop {
-        let got = consolidated_sink(&out);
-        if got == expected {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("after 6 kills and {changes} upstream changes the sink holds {got:?}, upstream {expected:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    child.kill().expect("SIGKILL");
-    child.wait().expect("reap");
-    // Nothing was written twice: every key's rows consolidate to exactly one current row.
-    assert_eq!(consolidated_sink(&out).values().sum::<i64>(), 10);
+    killed_pipeline_restarts_exactly(KillTest {
+        source: cdc(&t, &tag),
+        session: &session,
+        delete: &|id| format!("DELETE FROM {t} WHERE id = {id};"),
+        regroup: &|id, g| format!("UPDATE {t} SET grp = {g} WHERE id = {id};"),
+        upsert: &|id, g, v| {
+            format!("INSERT INTO {t} VALUES ({id}, {g}, {v}) ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v;")
+        },
+        totals: &|| psql_rows(&format!("SELECT grp, count(*), sum(v) FROM {t} GROUP BY grp")),
+    });
     cleanup(&[&tag], &[&t]);
 }
 

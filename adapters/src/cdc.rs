@@ -7,9 +7,60 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::{Field, Schema, SchemaRef};
 
-use crate::connector::{Change, SourceChunk};
+use crate::connector::{Change, SourceCapabilities, SourceChunk};
 use crate::dlq::DeadLetter;
+use crate::runner::ConnectorStatus;
 use crate::text_values as values;
+use crate::ConnectorError;
+
+/// What a CDC source can do: seek back to a checkpointed position, and emit updates and
+/// deletes keyed by what it learns of the upstream table.
+pub const CAPABILITIES: SourceCapabilities =
+    SourceCapabilities { replayable: true, changelog: true, bounded: false, watermarks: false, key_from_peer: true };
+
+/// Index of the upstream column a declared name refers to (exact, then ignoring case).
+pub fn find_name<S: AsRef<str>>(names: &[S], name: &str) -> Option<usize> {
+    names
+        .iter()
+        .position(|n| n.as_ref() == name)
+        .or_else(|| names.iter().position(|n| n.as_ref().eq_ignore_ascii_case(name)))
+}
+
+/// The error for a declared column the upstream table does not have.
+pub fn missing_column<S: AsRef<str>>(column: &str, table: &str, upstream: &[S]) -> ConnectorError {
+    let names: Vec<&str> = upstream.iter().map(AsRef::as_ref).collect();
+    ConnectorError::Config(format!(
+        "column '{column}' is declared in the source, but table {table} has no such column (its columns: {})",
+        names.join(", ")
+    ))
+}
+
+/// Reports that the upstream table's columns went from `old` to `new` (counted in
+/// `schema_changes`, described in the last error); the declared columns keep streaming and one
+/// that is gone reads as NULL. Nothing when they are the same.
+pub fn note_schema_change(status: &ConnectorStatus, table: &str, old: &[String], new: &[String], schema: &SchemaRef) {
+    if old == new {
+        return;
+    }
+    let quoted = |v: Vec<&String>| v.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ");
+    let added: Vec<&String> = new.iter().filter(|n| !old.contains(n)).collect();
+    let dropped: Vec<&String> = old.iter().filter(|n| !new.contains(n)).collect();
+    let mut what = Vec::new();
+    if !added.is_empty() {
+        what.push(format!("added {}", quoted(added)));
+    }
+    if !dropped.is_empty() {
+        what.push(format!("dropped {}", quoted(dropped)));
+    }
+    let lost: Vec<&str> =
+        schema.fields().iter().map(|f| f.name().as_str()).filter(|n| find_name(new, n).is_none()).collect();
+    let mut msg = format!("upstream table {table} changed ({}); streaming the declared columns", what.join(", "));
+    if !lost.is_empty() {
+        msg.push_str(&format!(" (declared column(s) {} no longer exist upstream and read as NULL)", lost.join(", ")));
+    }
+    status.add_counter("schema_changes", 1);
+    status.set_last_error(msg);
+}
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {

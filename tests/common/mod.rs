@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod cdc;
 pub mod kafka;
 pub mod mysql;
 pub mod postgres;

@@ -2,8 +2,7 @@
 //! `LAMINAR_TEST_MYSQL_URI`): SQL through the `mariadb` command-line client, and the upstream
 //! rows in the form the tests compare.
 
-use std::io::Write;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::Command;
 
 /// The URI of the test server (a user with replication privileges, all on `laminar_test`).
 pub fn uri() -> String {
@@ -50,34 +49,8 @@ pub fn mysql_rows(sql: &str) -> Vec<String> {
 }
 
 /// A client session fed statements one by one.
-pub struct Session {
-    child: Child,
-    stdin: ChildStdin,
-}
-
-impl Session {
-    /// Starts the client reading from a pipe.
-    pub fn new() -> Self {
-        let mut child = Command::new("mariadb")
-            .args(client_args())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn mariadb");
-        let stdin = child.stdin.take().expect("stdin");
-        Self { child, stdin }
-    }
-
-    /// Sends SQL (ended by `;`).
-    pub fn send(&mut self, sql: &str) {
-        writeln!(self.stdin, "{sql}").expect("write to mariadb");
-    }
-
-    /// Ends the session once everything sent has run.
-    pub fn finish(self) {
-        let Session { mut child, stdin } = self;
-        drop(stdin);
-        let status = child.wait().expect("mariadb");
-        assert!(status.success(), "mariadb session failed");
-    }
+pub fn session() -> super::cdc::SqlSession {
+    let mut client = Command::new("mariadb");
+    client.args(client_args());
+    super::cdc::SqlSession::spawn(client)
 }

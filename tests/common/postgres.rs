@@ -2,8 +2,7 @@
 //! `LAMINAR_TEST_POSTGRES_URI`): running SQL through psql, unique names, and the upstream
 //! rows in the form the tests compare.
 
-use std::io::Write;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::Command;
 
 /// The URI of the test server (a user with REPLICATION that owns the test database).
 pub fn uri() -> String {
@@ -46,34 +45,8 @@ pub fn psql_rows(sql: &str) -> Vec<String> {
 }
 
 /// A psql session fed statements one by one (for a steady stream of upstream transactions).
-pub struct Session {
-    child: Child,
-    stdin: ChildStdin,
-}
-
-impl Session {
-    /// Starts psql reading from a pipe.
-    pub fn new() -> Self {
-        let mut child = Command::new("psql")
-            .args([&uri(), "-X", "-q", "-v", "ON_ERROR_STOP=1"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn psql");
-        let stdin = child.stdin.take().expect("stdin");
-        Self { child, stdin }
-    }
-
-    /// Sends SQL (ended by `;`).
-    pub fn send(&mut self, sql: &str) {
-        writeln!(self.stdin, "{sql}").expect("write to psql");
-    }
-
-    /// Ends the session once everything sent has run.
-    pub fn finish(self) {
-        let Session { mut child, stdin } = self;
-        drop(stdin);
-        let status = child.wait().expect("psql");
-        assert!(status.success(), "psql session failed");
-    }
+pub fn session() -> super::cdc::SqlSession {
+    let mut psql = Command::new("psql");
+    psql.args([&uri(), "-X", "-q", "-v", "ON_ERROR_STOP=1"]);
+    super::cdc::SqlSession::spawn(psql)
 }

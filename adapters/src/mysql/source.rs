@@ -15,7 +15,7 @@ use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, GnoInterval, Sid, Val
 use super::config::{SourceConfig, KEYS};
 use super::position::{self, BinlogPosition, MariaGtid};
 use super::upstream::{self, error, Column, Flavor, Table, Text};
-use crate::cdc::Builder;
+use crate::cdc::{self, Builder};
 use crate::connector::{Change, Poll, SourceCapabilities, SourceChunk, SourceConnector, SourceSpec};
 use crate::options::OptionReader;
 use crate::registry::SourceFactory;
@@ -388,12 +388,15 @@ impl MysqlCdcSource {
         }
         let mut out = Builder::new(self.schema.clone(), &self.key);
         let before = self.position.clone();
-        let mut changed_schema = false;
         for ev in &events {
-            changed_schema |= self.apply(ev, &mut out)?;
-        }
-        if changed_schema {
-            self.schema_changed().await;
+            // Rows of a width the table no longer has (DDL since it was described): describe
+            // it again first, so they are read with the columns they were written with.
+            if self.rows_of_another_width(ev) {
+                self.schema_changed().await;
+            }
+            if self.apply(ev, &mut out)? {
+                self.schema_changed().await;
+            }
         }
         let chunk = out.finish();
         if chunk.changes.is_empty() && chunk.dead_letters.is_empty() && self.position == before {
@@ -418,7 +421,7 @@ impl MysqlCdcSource {
         self.position = Position::Streaming(self.current.clone());
     }
 
-    /// Applies one event; true if it shows the table's columns changed.
+    /// Applies one event; true for DDL that changed the table's columns.
     fn apply(&mut self, ev: &Event, out: &mut Builder) -> Result<bool> {
         let header = ev.header();
         let bad = |e: std::io::Error| ConnectorError::Failed(format!("{}: malformed binlog event: {e}", self.peer()));
@@ -462,17 +465,28 @@ impl MysqlCdcSource {
             {
                 self.table_map = Some((t.table_id(), t.into_owned()));
             }
-            EventData::RowsEvent(rows) => return self.apply_rows(&rows, out),
+            EventData::RowsEvent(rows) => self.apply_rows(&rows, out)?,
             _ => {}
         }
         Ok(false)
     }
 
-    fn apply_rows(&mut self, rows: &RowsEventData<'_>, out: &mut Builder) -> Result<bool> {
+    /// True for a rows event of this table whose table map has another number of columns
+    /// than the table as last described.
+    fn rows_of_another_width(&self, ev: &Event) -> bool {
+        let Some((id, tme)) = &self.table_map else { return false };
+        match ev.read_data() {
+            Ok(Some(EventData::RowsEvent(rows))) => {
+                rows.table_id() == *id && tme.columns_count() as usize != self.table.columns.len()
+            }
+            _ => false,
+        }
+    }
+
+    fn apply_rows(&mut self, rows: &RowsEventData<'_>, out: &mut Builder) -> Result<()> {
         // The table map read just before (the stream's own cache lets go of it at the end of
         // a statement, which may come before a batch of events is applied).
-        let Some((_, tme)) = self.table_map.as_ref().filter(|(id, _)| *id == rows.table_id()) else { return Ok(false) };
-        let schema_changed = tme.columns_count() as usize != self.table.columns.len();
+        let Some((_, tme)) = self.table_map.as_ref().filter(|(id, _)| *id == rows.table_id()) else { return Ok(()) };
         let at = format!("{}:{}", self.current.file, self.current.pos);
         let key_idx: Vec<usize> = self.key.iter().filter_map(|k| self.schema.index_of(k).ok()).collect();
         for r in rows.rows(tme) {
@@ -516,7 +530,7 @@ impl MysqlCdcSource {
                 (None, None) => {}
             }
         }
-        Ok(schema_changed)
+        Ok(())
     }
 
     /// A row image as the text of each declared column.
@@ -547,22 +561,7 @@ impl MysqlCdcSource {
         }
         self.table = table;
         self.declared = self.schema.fields().iter().map(|f| upstream::find(&self.table.columns, f.name())).collect();
-        let added: Vec<String> = new.iter().filter(|n| !old.contains(n)).map(|n| format!("'{n}'")).collect();
-        let dropped: Vec<String> = old.iter().filter(|n| !new.contains(n)).map(|n| format!("'{n}'")).collect();
-        let mut what = Vec::new();
-        if !added.is_empty() {
-            what.push(format!("added {}", added.join(", ")));
-        }
-        if !dropped.is_empty() {
-            what.push(format!("dropped {}", dropped.join(", ")));
-        }
-        self.status.add_counter("schema_changes", 1);
-        self.status.set_last_error(format!(
-            "upstream table {}.{} changed ({}); streaming the declared columns",
-            cfg.schema,
-            cfg.table,
-            what.join(", ")
-        ));
+        cdc::note_schema_change(&self.status, &format!("{}.{}", cfg.schema, cfg.table), &old, &new, &self.schema);
     }
 }
 
@@ -580,7 +579,7 @@ fn text_column() -> Column {
 #[async_trait]
 impl SourceConnector for MysqlCdcSource {
     fn capabilities(&self) -> SourceCapabilities {
-        SourceCapabilities { replayable: true, changelog: true, bounded: false, watermarks: false, key_from_peer: true }
+        cdc::CAPABILITIES
     }
 
     fn attach(&mut self, status: Arc<ConnectorStatus>) {

@@ -253,11 +253,7 @@ pub fn check_columns(
     for f in schema.fields() {
         let Some(col) = find(&table.columns, f.name()) else {
             let names: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
-            return Err(ConnectorError::Config(format!(
-                "column '{}' is declared in the source, but table {qualified} has no such column (its columns: {})",
-                f.name(),
-                names.join(", ")
-            )));
+            return Err(crate::cdc::missing_column(f.name(), &qualified, &names));
         };
         if !compatible(&table.columns[col], f.data_type()) {
             return Err(ConnectorError::Config(format!(
@@ -294,10 +290,8 @@ pub fn check_columns(
 
 /// Index of the upstream column a declared name refers to (exact, then ignoring case).
 pub fn find(columns: &[Column], name: &str) -> Option<usize> {
-    columns
-        .iter()
-        .position(|c| c.name == name)
-        .or_else(|| columns.iter().position(|c| c.name.eq_ignore_ascii_case(name)))
+    let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+    crate::cdc::find_name(&names, name)
 }
 
 /// A value on its way to Arrow: text, or bytes of a binary column.

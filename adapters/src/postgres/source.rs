@@ -14,7 +14,7 @@ use super::config::{SnapshotMode, SourceConfig, KEYS};
 use super::pgoutput::{self, Lsn, Message, OldImage, Relation, ReplicationMessage, Value};
 use super::upstream::{self, wire_error, UpstreamColumn};
 use super::wire::{self, quote_ident, Connection, ReplicationReader, ReplicationWriter, WireError};
-use crate::cdc::Builder;
+use crate::cdc::{self, Builder};
 use crate::connector::{Change, Poll, SourceCapabilities, SourceChunk, SourceConnector, SourceSpec};
 use crate::options::OptionReader;
 use crate::registry::SourceFactory;
@@ -415,54 +415,17 @@ impl PostgresCdcSource {
             return;
         }
         let names: Vec<String> = r.columns.iter().map(|c| c.name.clone()).collect();
-        let position = |name: &str| {
-            names.iter().position(|n| n == name).or_else(|| names.iter().position(|n| n.eq_ignore_ascii_case(name)))
-        };
-        let declared: Vec<Option<usize>> = self.schema.fields().iter().map(|f| position(f.name())).collect();
-        let key: Vec<Option<usize>> = self.key.iter().map(|k| position(k)).collect();
+        let declared: Vec<Option<usize>> =
+            self.schema.fields().iter().map(|f| cdc::find_name(&names, f.name())).collect();
+        let key: Vec<Option<usize>> = self.key.iter().map(|k| cdc::find_name(&names, k)).collect();
         let previous: Vec<String> = match &self.relation {
             Some(m) => m.names.clone(),
             None => self.upstream.iter().map(|c| c.name.clone()).collect(),
         };
-        if previous != names {
-            let added: Vec<&String> = names.iter().filter(|n| !previous.contains(n)).collect();
-            let removed: Vec<&String> = previous.iter().filter(|n| !names.contains(n)).collect();
-            let mut what = Vec::new();
-            if !added.is_empty() {
-                what.push(format!("added {}", join(&added)));
-            }
-            if !removed.is_empty() {
-                what.push(format!("dropped {}", join(&removed)));
-            }
-            let lost: Vec<&str> = self
-                .schema
-                .fields()
-                .iter()
-                .zip(&declared)
-                .filter(|(_, d)| d.is_none())
-                .map(|(f, _)| f.name().as_str())
-                .collect();
-            let mut msg = format!(
-                "upstream table {}.{} changed ({}); streaming the declared columns",
-                self.config.schema,
-                self.config.table,
-                what.join(", ")
-            );
-            if !lost.is_empty() {
-                msg.push_str(&format!(
-                    " (declared column(s) {} no longer exist upstream and read as NULL)",
-                    lost.join(", ")
-                ));
-            }
-            self.status.add_counter("schema_changes", 1);
-            self.status.set_last_error(msg);
-        }
+        let table = format!("{}.{}", self.config.schema, self.config.table);
+        cdc::note_schema_change(&self.status, &table, &previous, &names, &self.schema);
         self.relation = Some(RelationMap { oid: r.oid, names, declared, key });
     }
-}
-
-fn join(names: &[&String]) -> String {
-    names.iter().map(|n| format!("'{n}'")).collect::<Vec<_>>().join(", ")
 }
 
 fn text<'a>(t: &[Value<'a>], i: usize) -> Option<&'a str> {
@@ -539,7 +502,7 @@ async fn write_status(mut w: ReplicationWriter, mut acked: watch::Receiver<u64>,
 #[async_trait]
 impl SourceConnector for PostgresCdcSource {
     fn capabilities(&self) -> SourceCapabilities {
-        SourceCapabilities { replayable: true, changelog: true, bounded: false, watermarks: false, key_from_peer: true }
+        cdc::CAPABILITIES
     }
 
     fn attach(&mut self, status: Arc<ConnectorStatus>) {

@@ -186,11 +186,7 @@ pub fn check_columns(
     for f in schema.fields() {
         let Some(up) = find(&table.columns, f.name()) else {
             let names: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
-            return Err(ConnectorError::Config(format!(
-                "column '{}' is declared in the source, but table {qualified} has no such column (its columns: {})",
-                f.name(),
-                names.join(", ")
-            )));
+            return Err(crate::cdc::missing_column(f.name(), &qualified, &names));
         };
         if !compatible(&up.type_name, f.data_type()) {
             return Err(ConnectorError::Config(format!(
@@ -260,7 +256,8 @@ fn same_names(a: &[String], b: &[String]) -> bool {
 
 /// The upstream column a declared name refers to (exact, then ignoring case).
 pub fn find<'a>(columns: &'a [UpstreamColumn], name: &str) -> Option<&'a UpstreamColumn> {
-    columns.iter().find(|c| c.name == name).or_else(|| columns.iter().find(|c| c.name.eq_ignore_ascii_case(name)))
+    let names: Vec<&str> = columns.iter().map(|c| c.name.as_str()).collect();
+    crate::cdc::find_name(&names, name).map(|i| &columns[i])
 }
 
 fn suggestion(type_name: &str) -> Option<&'static str> {
