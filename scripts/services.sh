@@ -256,7 +256,7 @@ start_mariadb() {
   (cd / && exec setsid "${as_mysql[@]}" "$mariadbd" --no-defaults --datadir="$my_dir/data" --port="$my_port" \
     --bind-address=127.0.0.1 --socket="$my_dir/mariadbd.sock" --pid-file="$my_dir/mariadbd.pid" \
     --log-error="$my_dir/error.log" --skip-name-resolve --log-bin="$my_dir/data/binlog" \
-    --binlog-format=ROW --server-id=1 "${ssl_opts[@]}") </dev/null >/dev/null 2>&1 &
+    --binlog-format=ROW --binlog-row-metadata=FULL --server-id=1 "${ssl_opts[@]}") </dev/null >/dev/null 2>&1 &
   local deadline=$((SECONDS + 60))
   until mariadb-admin --no-defaults --socket="$my_dir/mariadbd.sock" -uroot ping >/dev/null 2>&1; do
     if [ $SECONDS -ge $deadline ]; then

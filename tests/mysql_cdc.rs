@@ -140,6 +140,12 @@ fn restart_resumes_from_the_checkpointed_binlog_position_and_gtid() {
     multi.push(format!("INSERT INTO {t} VALUES (5000, 1, 1), (5001, 2, 2)"));
     // A new binary log file after them: the stream reads them together with the rotation.
     multi.push("FLUSH BINARY LOGS".into());
+    // A column added in the middle, and rows of the new layout: the updates above, of the old
+    // layout, are read after the source has described the new one (row images carry column
+    // names on the test server: binlog_row_metadata = FULL).
+    multi.push(format!("ALTER TABLE {t} ADD COLUMN note VARCHAR(10) AFTER grp"));
+    multi.push(format!("INSERT INTO {t} (id, grp, note, v) VALUES (6000, 3, 'x', 7), (6001, 4, NULL, 8)"));
+    multi.push(format!("UPDATE {t} SET v = v + 1000, note = 'y' WHERE id BETWEEN 200 AND 210"));
     mysql(&(multi.join(";") + ";"));
     {
         let db = open();

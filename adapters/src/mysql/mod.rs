@@ -40,9 +40,12 @@
 //! Rows are matched by the DDL's PRIMARY KEY if declared, else the table's primary key, else by
 //! all declared columns (row images hold whole rows). Declared columns are checked at `start()`
 //! against `information_schema` (a missing column or an incompatible type fails naming it).
-//! `ALTER TABLE` while running is noticed by the row images' width: the table is described
-//! again, the declared columns keep streaming, and the change is counted in `schema_changes`
-//! and described in the last error. Metrics in `details`: `connected`, `snapshot_rows`,
+//! `ALTER TABLE` while running (its DDL event, or row images of another width) makes the
+//! source describe the table again; the declared columns keep streaming, and the change is
+//! counted in `schema_changes` and described in the last error. With `binlog_row_metadata =
+//! FULL` (MySQL 8, MariaDB 10.5+) row images are matched to the declared columns by name, which
+//! stays exact when events written before a DDL are read after it (after a restart); without
+//! it, by position, which is exact for columns added at the end. Metrics in `details`: `connected`, `snapshot_rows`,
 //! `transactions`, `binlog_pos`, `schema_changes`, `resnapshots`.
 
 pub mod config;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use arrow::datatypes::SchemaRef;
 use async_trait::async_trait;
 use futures_util::{FutureExt, StreamExt};
-use mysql_async::binlog::events::{Event, EventData, RowsEventData, TableMapEvent};
+use mysql_async::binlog::events::{Event, EventData, OptionalMetadataField, RowsEventData, TableMapEvent};
 use mysql_async::binlog::row::BinlogRow;
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, GnoInterval, Sid, Value};
@@ -489,6 +489,7 @@ impl MysqlCdcSource {
         let Some((_, tme)) = self.table_map.as_ref().filter(|(id, _)| *id == rows.table_id()) else { return Ok(()) };
         let at = format!("{}:{}", self.current.file, self.current.pos);
         let key_idx: Vec<usize> = self.key.iter().filter_map(|k| self.schema.index_of(k).ok()).collect();
+        let layout = self.layout(tme);
         for r in rows.rows(tme) {
             let (before, after) = match r {
                 Ok(x) => x,
@@ -497,14 +498,14 @@ impl MysqlCdcSource {
                     continue;
                 }
             };
-            let before = match before.map(|b| self.render(b)).transpose() {
+            let before = match before.map(|b| self.render(b, &layout)).transpose() {
                 Ok(b) => b,
                 Err(reason) => {
                     out.reject(at.clone(), reason);
                     continue;
                 }
             };
-            let after = match after.map(|a| self.render(a)).transpose() {
+            let after = match after.map(|a| self.render(a, &layout)).transpose() {
                 Ok(a) => a,
                 Err(reason) => {
                     out.reject(at.clone(), reason);
@@ -533,13 +534,39 @@ impl MysqlCdcSource {
         Ok(())
     }
 
+    /// Where each declared column is in the row images of `tme`, and its upstream description:
+    /// by name when the table map carries column names (`binlog_row_metadata = FULL`, exact
+    /// across DDL), else by the position in the table as last described.
+    fn layout(&self, tme: &TableMapEvent<'_>) -> Vec<Option<(usize, usize)>> {
+        let names: Option<Vec<String>> = tme.iter_optional_meta().find_map(|m| match m {
+            Ok(OptionalMetadataField::ColumnName(names)) => {
+                names.iter_names().map(|n| n.ok().map(|n| n.name().into_owned())).collect()
+            }
+            _ => None,
+        });
+        let width = tme.columns_count() as usize;
+        self.schema
+            .fields()
+            .iter()
+            .zip(&self.declared)
+            .map(|(f, d)| match &names {
+                Some(names) => cdc::find_name(names, f.name()).zip(*d),
+                None => d.filter(|i| *i < width).map(|i| (i, i)),
+            })
+            .collect()
+    }
+
     /// A row image as the text of each declared column.
-    fn render(&self, mut row: BinlogRow) -> std::result::Result<Vec<Option<String>>, String> {
-        let mut out = Vec::with_capacity(self.declared.len());
-        for (d, f) in self.declared.iter().zip(self.schema.fields()) {
-            let v = match d {
-                Some(i) if *i < row.len() => match row.take(*i) {
-                    Some(v) => upstream::from_binlog(v, &self.table.columns[*i])?.render(f.data_type()),
+    fn render(
+        &self,
+        mut row: BinlogRow,
+        layout: &[Option<(usize, usize)>],
+    ) -> std::result::Result<Vec<Option<String>>, String> {
+        let mut out = Vec::with_capacity(layout.len());
+        for (place, f) in layout.iter().zip(self.schema.fields()) {
+            let v = match place {
+                Some((at, col)) if *at < row.len() => match row.take(*at) {
+                    Some(v) => upstream::from_binlog(v, &self.table.columns[*col])?.render(f.data_type()),
                     None => None,
                 },
                 _ => None,
