@@ -7,6 +7,8 @@ command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)"; e
 command -v python3 >/dev/null || { echo "python3 (>= 3.10) is required"; exit 1; }
 
 scripts/prereqs.sh
+# Superseded test executables in the shared build cache would fill the disk over time.
+scripts/prune-target.sh
 
 # The peers of the integration tests (a Kafka-protocol broker), stopped again on exit.
 eval "$(scripts/services.sh start)"
