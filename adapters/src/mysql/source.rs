@@ -389,11 +389,8 @@ impl MysqlCdcSource {
         let mut out = Builder::new(self.schema.clone(), &self.key);
         let before = self.position.clone();
         for ev in &events {
-            // Rows of a width the table no longer has (DDL since it was described): describe
-            // it again first, so they are read with the columns they were written with.
-            if self.rows_of_another_width(ev) {
-                self.schema_changed().await;
-            }
+            // DDL, or a table map of a width the table no longer has: describe it again before
+            // the next event (its rows), so they are read with the columns they were written with.
             if self.apply(ev, &mut out)? {
                 self.schema_changed().await;
             }
@@ -421,7 +418,8 @@ impl MysqlCdcSource {
         self.position = Position::Streaming(self.current.clone());
     }
 
-    /// Applies one event; true for DDL that changed the table's columns.
+    /// Applies one event; true when the table must be described again before the next one
+    /// (DDL on it, or a table map of another width than the table as last described).
     fn apply(&mut self, ev: &Event, out: &mut Builder) -> Result<bool> {
         let header = ev.header();
         let bad = |e: std::io::Error| ConnectorError::Failed(format!("{}: malformed binlog event: {e}", self.peer()));
@@ -463,24 +461,14 @@ impl MysqlCdcSource {
             EventData::TableMapEvent(t)
                 if t.database_name() == self.config.schema && t.table_name() == self.config.table =>
             {
+                let other_width = t.columns_count() as usize != self.table.columns.len();
                 self.table_map = Some((t.table_id(), t.into_owned()));
+                return Ok(other_width);
             }
             EventData::RowsEvent(rows) => self.apply_rows(&rows, out)?,
             _ => {}
         }
         Ok(false)
-    }
-
-    /// True for a rows event of this table whose table map has another number of columns
-    /// than the table as last described.
-    fn rows_of_another_width(&self, ev: &Event) -> bool {
-        let Some((id, tme)) = &self.table_map else { return false };
-        match ev.read_data() {
-            Ok(Some(EventData::RowsEvent(rows))) => {
-                rows.table_id() == *id && tme.columns_count() as usize != self.table.columns.len()
-            }
-            _ => false,
-        }
     }
 
     fn apply_rows(&mut self, rows: &RowsEventData<'_>, out: &mut Builder) -> Result<()> {
