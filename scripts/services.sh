@@ -10,7 +10,9 @@
 #   - Postgres (Debian's server) with logical replication, its own data directory, on
 #     127.0.0.1:$LAMINAR_TEST_POSTGRES_PORT (default 15432), TLS with a test CA;
 #   - MariaDB (Debian's server) with a row-based binary log, its own data directory, on
-#     127.0.0.1:$LAMINAR_TEST_MYSQL_PORT (default 13306), TLS with a test CA.
+#     127.0.0.1:$LAMINAR_TEST_MYSQL_PORT (default 13306), TLS with a test CA;
+#   - an S3 stand-in (moto_server from the PyPI package moto) on
+#     127.0.0.1:$LAMINAR_TEST_S3_PORT (default 15000), with the bucket `laminar-test`.
 # Usage: scripts/services.sh start   (prints `export …` lines for the tests; eval them)
 #        scripts/services.sh stop
 #        scripts/services.sh rabbitmqctl list_queues name messages_ready   (the test node)
@@ -30,6 +32,7 @@ pg_dir=${LAMINAR_POSTGRES_DIR:-/var/tmp/laminardb-test-postgres-$(id -u)}
 pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
 my_port=${LAMINAR_TEST_MYSQL_PORT:-13306}
 my_dir=${LAMINAR_MYSQL_DIR:-/var/tmp/laminardb-test-mariadb-$(id -u)}
+s3_port=${LAMINAR_TEST_S3_PORT:-15000}
 
 # A test CA and a certificate for 127.0.0.1 signed by it, in $1 (ca.pem, server.pem,
 # server.key); nothing when openssl is missing.
@@ -80,6 +83,22 @@ start_kafka() {
   echo $! >"$state/kafka.pid"
   wait_port "$kafka_port" 30 || { echo "the Kafka broker did not start (see $state/kafka.log)" >&2; exit 1; }
   echo "export LAMINAR_TEST_KAFKA_BOOTSTRAP=127.0.0.1:$kafka_port"
+}
+
+start_s3() {
+  local venv="$state/moto-venv"
+  if [ ! -x "$venv/bin/moto_server" ]; then
+    python3 -m venv "$venv" >&2
+    "$venv/bin/pip" install -q --disable-pip-version-check "moto[server]>=5,<6" >&2
+  fi
+  stop_pid "$state/s3.pid"
+  "$venv/bin/moto_server" -H 127.0.0.1 -p "$s3_port" >"$state/s3.log" 2>&1 &
+  echo $! >"$state/s3.pid"
+  wait_port "$s3_port" 30 || { echo "the S3 stand-in did not start (see $state/s3.log)" >&2; exit 1; }
+  # moto does not check signatures: a plain PUT makes the bucket.
+  "$venv/bin/python" -c "import urllib.request as u; u.urlopen(u.Request('http://127.0.0.1:$s3_port/laminar-test', method='PUT'))" >&2
+  echo "export LAMINAR_TEST_S3_ENDPOINT=http://127.0.0.1:$s3_port"
+  echo "export LAMINAR_TEST_S3_BUCKET=laminar-test"
 }
 
 # RabbitMQ runs as its own user (Debian's `rabbitmq`, whose home holds the Erlang cookie the
@@ -278,8 +297,8 @@ SQL
 }
 
 case "${1:-}" in
-  start) start_kafka; start_rabbitmq; start_postgres; start_mariadb ;;
-  stop) stop_pid "$state/kafka.pid"; stop_rabbitmq; stop_postgres; stop_mariadb ;;
+  start) start_kafka; start_rabbitmq; start_postgres; start_mariadb; start_s3 ;;
+  stop) stop_pid "$state/kafka.pid"; stop_rabbitmq; stop_postgres; stop_mariadb; stop_pid "$state/s3.pid" ;;
   # rabbitmqctl against the test node (tests close connections and inspect queues with it).
   rabbitmqctl) shift; rabbit_run rabbitmqctl -n laminar-test@localhost -q "$@" ;;
   *) echo "usage: $0 start|stop|rabbitmqctl <args>" >&2; exit 2 ;;

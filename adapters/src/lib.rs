@@ -27,6 +27,8 @@ pub mod cdc;
 pub mod console;
 #[cfg(feature = "datagen")]
 pub mod datagen;
+#[cfg(feature = "delta-lake")]
+pub mod delta;
 #[cfg(feature = "file")]
 pub mod file;
 #[cfg(feature = "kafka")]

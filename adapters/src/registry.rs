@@ -100,6 +100,8 @@ fn sources() -> Vec<&'static SourceFactory> {
         &crate::postgres::SOURCE,
         #[cfg(feature = "mysql-cdc")]
         &crate::mysql::SOURCE,
+        #[cfg(feature = "delta-lake")]
+        &crate::delta::SOURCE,
     ]
 }
 
@@ -117,6 +119,8 @@ fn sinks() -> Vec<&'static SinkFactory> {
         &crate::websocket::SINK,
         #[cfg(feature = "rabbitmq")]
         &crate::rabbitmq::SINK,
+        #[cfg(feature = "delta-lake")]
+        &crate::delta::SINK,
     ]
 }
 
