@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from deltalake import DeltaTable, write_deltalake
 
 import laminardb
@@ -28,8 +29,8 @@ def data(n: int) -> list[pa.RecordBatch]:
         ids = pa.array(range(start, min(start + BATCH, n)), pa.int64())
         out.append(pa.record_batch({
             "id": ids,
-            "account": pa.compute.cast(pa.compute.bit_wise_and(ids, 1023), pa.int64()),
-            "amount": pa.compute.multiply(pa.compute.cast(ids, pa.float64()), 0.01),
+            "account": pc.cast(pc.bit_wise_and(ids, 1023), pa.int64()),
+            "amount": pc.multiply(pc.cast(ids, pa.float64()), 0.01),
             "tag": pa.array([f"t{i % 97}" for i in range(ids.offset, ids.offset + len(ids))]),
         }))
     return out

@@ -550,9 +550,10 @@ impl DeltaSink {
             *table = merged;
             return Ok(());
         }
-        table.update_state().await.map_err(|e| self.err("cannot read the log", e))?;
         let mut actions: Vec<Action> = Vec::new();
         if staged.replace {
+            // The files to remove are those of the newest version.
+            table.update_state().await.map_err(|e| self.err("cannot read the log", e))?;
             let snapshot = table.snapshot().map_err(|e| self.err("cannot read the snapshot", e))?;
             for f in snapshot.log_data().iter() {
                 actions.push(Action::Remove(f.remove_action(true)));
@@ -565,13 +566,15 @@ impl DeltaSink {
             partition_by,
             predicate: None,
         };
+        // An append needs no fresh snapshot: if another writer committed meanwhile, the commit
+        // is retried on the next version after delta-rs' conflict check.
         let snapshot = table.snapshot().map_err(|e| self.err("cannot read the snapshot", e))?;
-        CommitBuilder::from(props)
+        let done = CommitBuilder::from(props)
             .with_actions(actions)
             .build(Some(snapshot), table.log_store(), operation)
             .await
             .map_err(|e| self.err("cannot commit", e))?;
-        table.update_state().await.map_err(|e| self.err("cannot read the log", e))?;
+        table.state = Some(done.snapshot);
         Ok(())
     }
 

@@ -243,6 +243,27 @@ impl DeltaSource {
         Ok(Some(Unit { version, steps }))
     }
 
+    /// A missing commit while later versions exist means the log was cleaned up past the
+    /// source's position (log retention): an error, rather than waiting forever.
+    async fn check_not_skipped(&self) -> Result<()> {
+        let table = self.table.as_ref().ok_or_else(|| ConnectorError::Failed("the Delta source is not open".into()))?;
+        let latest = table.get_latest_version().await.map_err(|e| self.err("cannot read the log", e))?;
+        // A writer may have committed it (and more) since it was looked for.
+        let appeared = || async {
+            table.log_store().read_commit_entry(self.pos.version).await.map(|e| e.is_some()).unwrap_or(false)
+        };
+        if latest > self.pos.version && !appeared().await {
+            return Err(ConnectorError::Failed(format!(
+                "Delta table {}: version {} is no longer in the transaction log (the latest is {latest}); the log \
+                 was cleaned up past the source's position, so restart the source from a fresh snapshot \
+                 (drop and create it again)",
+                describe(&self.url),
+                self.pos.version
+            )));
+        }
+        Ok(())
+    }
+
     async fn read_all(&self, files: &[Add]) -> Result<Vec<RecordBatch>> {
         let mut out = Vec::new();
         for f in files {
@@ -429,6 +450,7 @@ impl SourceConnector for DeltaSource {
                 match self.commit_unit(self.pos.version).await? {
                     Some(u) => self.unit = Some(u),
                     None => {
+                        self.check_not_skipped().await?;
                         self.next_check = Instant::now() + self.poll_interval;
                         continue;
                     }
