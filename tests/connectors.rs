@@ -49,7 +49,7 @@ fn with_options_are_validated_at_create_and_leave_the_catalog_unchanged() {
     let cases = [
         (
             "CREATE SOURCE s (a BIGINT) WITH (connector = 'nope')",
-            "unknown source connector 'nope' (available: datagen, file, kafka, mysql-cdc, postgres-cdc, python, rabbitmq, websocket)",
+            "unknown source connector 'nope' (available: datagen, delta-lake, file, kafka, mysql-cdc, postgres-cdc, python, rabbitmq, websocket)",
         ),
         ("CREATE SOURCE s (a BIGINT) WITH (connector = 'file')", "requires option 'path'"),
         ("CREATE SOURCE s (a BIGINT) WITH (connector = 'file', 'path' = '/x', 'paht' = '1')", "did you mean 'path'"),
@@ -70,7 +70,7 @@ fn with_options_are_validated_at_create_and_leave_the_catalog_unchanged() {
     let sink_cases = [
         (
             "CREATE SINK k AS SELECT * FROM t WITH (connector = 'rabbit')",
-            "unknown sink connector 'rabbit' (available: blackhole, console, file, kafka, python, rabbitmq, websocket)",
+            "unknown sink connector 'rabbit' (available: blackhole, console, delta-lake, file, kafka, python, rabbitmq, websocket)",
         ),
         ("CREATE SINK k AS SELECT * FROM t WITH (connector = 'file')", "requires option 'path'"),
         (

@@ -273,7 +273,6 @@ fn sink_errors_name_the_key() {
         ("SELECT id FROM s", "", "table_uri"),
         ("SELECT id FROM s", ", 'table_uri' = '/tmp/x', 'write_mode' = 'merge'", "write_mode"),
         ("SELECT id FROM s", ", 'table_uri' = '/tmp/x', 'write_mode' = 'upsert', 'merge_key_columns' = 'nope'", "nope"),
-        ("SELECT id FROM s", ", 'table_uri' = '/tmp/x', 'write_mode' = 'upsert'", "merge_key_columns"),
         ("SELECT id FROM s", ", 'table_uri' = '/tmp/x', 'partition_by' = 'nope'", "partition_by"),
         ("SELECT id FROM s", ", 'table_uri' = '/tmp/x', 'comit_interval_ms' = '5'", "comit_interval_ms"),
         ("SELECT name, COUNT(*) AS n FROM s GROUP BY name", ", 'table_uri' = '/tmp/x'", "write_mode"),

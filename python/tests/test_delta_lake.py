@@ -155,3 +155,23 @@ def test_sink_on_s3_read_back_by_deltalake(tmp_path, monkeypatch):
     t = DeltaTable(uri, storage_options=opts).to_pyarrow_table()
     assert sorted(t.column("n").to_pylist()) == list(range(100))
     assert sorted(set(t.column("event_type").to_pylist())) == ["click", "view"]
+
+
+def test_spec_upsert_of_an_insert_only_query_merges_on_its_first_column(tmp_path):
+    out = tmp_path / "transactions"
+    with laminardb.open(str(tmp_path / "db")) as db:
+        db.execute("CREATE SOURCE transactions (tx_id VARCHAR, account_id BIGINT, amount DOUBLE, tx_type VARCHAR)")
+        db.execute(f"""
+            CREATE SINK delta_transactions AS
+            SELECT * FROM transactions
+            WITH (connector = 'delta-lake', 'table_uri' = '{out}', 'write_mode' = 'upsert')""")
+        db.start()
+        db.insert("transactions", [{"tx_id": "t1", "account_id": 1, "amount": 1.0, "tx_type": "debit"}])
+        db.flush()
+        wait_for("the first merge", lambda: (out / "_delta_log").exists()
+                 and table_rows(out, "tx_id", "amount") == [("t1", 1.0)])
+        # A correction of t1 and a new transaction: MERGE on tx_id updates one and inserts one.
+        db.insert("transactions", [{"tx_id": "t1", "account_id": 1, "amount": 2.0, "tx_type": "debit"},
+                                   {"tx_id": "t2", "account_id": 2, "amount": 5.0, "tx_type": "credit"}])
+        db.flush()
+        wait_for("the second merge", lambda: table_rows(out, "tx_id", "amount") == [("t1", 2.0), ("t2", 5.0)])

@@ -32,7 +32,8 @@
 //! - `'write_mode'`: `append` (default), `overwrite` (each commit replaces the table's contents:
 //!   with the rows written since the last commit, or for an updating query its whole current
 //!   result) or `upsert` (MERGE on the key: `'merge_key_columns'` = `'a,b'`, default the
-//!   query's GROUP BY key; deletes of the query delete the key's row).
+//!   query's GROUP BY key, or for an insert-only query its first column; deletes of the query
+//!   delete the key's row).
 //! - `'partition_by'`: comma-separated partition columns (new tables).
 //! - `'commit_interval_ms'` (default 0: one commit per epoch): gather epochs into one commit.
 //! - `'schema_evolution'` (default true): columns of the query the table lacks are added to it.

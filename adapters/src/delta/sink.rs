@@ -89,11 +89,17 @@ fn build(
         })?);
     }
     if mode == Mode::Upsert && key.is_empty() {
-        return Err(ConnectorError::Config(
-            "'write_mode' = 'upsert' needs a key: set 'merge_key_columns' = 'col1,col2' (the query has no GROUP BY \
-             key)"
-                .into(),
-        ));
+        if !spec.append_only {
+            return Err(ConnectorError::Config(
+                "'write_mode' = 'upsert' needs a key: set 'merge_key_columns' = 'col1,col2' (the query has no \
+                 GROUP BY key)"
+                    .into(),
+            ));
+        }
+        // An insert-only query without a key is merged on its first column (an id such as a
+        // transaction id, as in `SELECT * FROM transactions`): a later row with the same value
+        // replaces the earlier one.
+        key = vec![0];
     }
     if mode == Mode::Append && !spec.append_only {
         return Err(ConnectorError::Config(format!(
