@@ -3,7 +3,8 @@
 # OpenSSL development files and pkg-config (librdkafka, under the Kafka connector, is built with
 # TLS against the system's OpenSSL), and a C toolchain; for the tests also openssl (test
 # certificates), the RabbitMQ, Postgres and MariaDB servers (connector tests run against private
-# instances) and Chromium (the live dashboard example is checked in a headless browser).
+# instances), npm (Azurite, the Azure Blob Storage stand-in) and Chromium (the live dashboard
+# example is checked in a headless browser).
 set -euo pipefail
 missing=()
 pkg-config --exists openssl 2>/dev/null || missing+=(libssl-dev pkg-config)
@@ -13,6 +14,7 @@ command -v openssl >/dev/null || missing+=(openssl)
 command -v rabbitmq-server >/dev/null || [ -x /usr/sbin/rabbitmq-server ] || missing+=(rabbitmq-server)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v mariadbd >/dev/null || [ -x /usr/sbin/mariadbd ] || missing+=(mariadb-server)
+command -v npm >/dev/null || missing+=(npm)
 optional=()
 command -v chromium >/dev/null || command -v chromium-browser >/dev/null || optional+=(chromium)
 [ ${#missing[@]} -eq 0 ] && [ ${#optional[@]} -eq 0 ] && exit 0

@@ -12,7 +12,9 @@
 #   - MariaDB (Debian's server) with a row-based binary log, its own data directory, on
 #     127.0.0.1:$LAMINAR_TEST_MYSQL_PORT (default 13306), TLS with a test CA;
 #   - an S3 stand-in (moto_server from the PyPI package moto) on
-#     127.0.0.1:$LAMINAR_TEST_S3_PORT (default 15000), with the bucket `laminar-test`.
+#     127.0.0.1:$LAMINAR_TEST_S3_PORT (default 15000), with the bucket `laminar-test`;
+#   - an Azure Blob Storage stand-in (Azurite from npm) on 127.0.0.1:$LAMINAR_TEST_AZURE_PORT
+#     (default 15010), in memory, with the container `laminar-test`.
 # Usage: scripts/services.sh start   (prints `export …` lines for the tests; eval them)
 #        scripts/services.sh stop
 #        scripts/services.sh rabbitmqctl list_queues name messages_ready   (the test node)
@@ -33,6 +35,7 @@ pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true
 my_port=${LAMINAR_TEST_MYSQL_PORT:-13306}
 my_dir=${LAMINAR_MYSQL_DIR:-/var/tmp/laminardb-test-mariadb-$(id -u)}
 s3_port=${LAMINAR_TEST_S3_PORT:-15000}
+az_port=${LAMINAR_TEST_AZURE_PORT:-15010}
 
 # A test CA and a certificate for 127.0.0.1 signed by it, in $1 (ca.pem, server.pem,
 # server.key); nothing when openssl is missing.
@@ -99,6 +102,34 @@ start_s3() {
   "$venv/bin/python" -c "import urllib.request as u; u.urlopen(u.Request('http://127.0.0.1:$s3_port/laminar-test', method='PUT'))" >&2
   echo "export LAMINAR_TEST_S3_ENDPOINT=http://127.0.0.1:$s3_port"
   echo "export LAMINAR_TEST_S3_BUCKET=laminar-test"
+}
+
+start_azurite() {
+  command -v npm >/dev/null || { echo "npm is needed for the Azure stand-in (Azurite)" >&2; exit 1; }
+  local dir="$state/azurite"
+  if [ ! -x "$dir/node_modules/.bin/azurite-blob" ]; then
+    mkdir -p "$dir"
+    (cd "$dir" && npm install --silent --no-audit --no-fund "azurite@3" >&2)
+  fi
+  local venv="$state/moto-venv"
+  "$venv/bin/python" -c "import azure.storage.blob" 2>/dev/null \
+    || "$venv/bin/pip" install -q --disable-pip-version-check "azure-storage-blob>=12,<13" >&2
+  stop_pid "$state/azurite.pid"
+  "$dir/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 --blobPort "$az_port" --inMemoryPersistence \
+    --skipApiVersionCheck --silent >"$state/azurite.log" 2>&1 &
+  echo $! >"$state/azurite.pid"
+  wait_port "$az_port" 30 || { echo "Azurite did not start (see $state/azurite.log)" >&2; exit 1; }
+  # Azurite's well-known development account.
+  "$venv/bin/python" - "$az_port" >&2 <<'PY'
+import sys
+from azure.storage.blob import BlobServiceClient
+key = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+url = f"http://127.0.0.1:{sys.argv[1]}/devstoreaccount1"
+BlobServiceClient(account_url=url, credential={"account_name": "devstoreaccount1", "account_key": key}) \
+    .create_container("laminar-test")
+PY
+  echo "export LAMINAR_TEST_AZURITE_URL=http://127.0.0.1:$az_port"
+  echo "export LAMINAR_TEST_AZURE_CONTAINER=laminar-test"
 }
 
 # RabbitMQ runs as its own user (Debian's `rabbitmq`, whose home holds the Erlang cookie the
@@ -297,8 +328,9 @@ SQL
 }
 
 case "${1:-}" in
-  start) start_kafka; start_rabbitmq; start_postgres; start_mariadb; start_s3 ;;
-  stop) stop_pid "$state/kafka.pid"; stop_rabbitmq; stop_postgres; stop_mariadb; stop_pid "$state/s3.pid" ;;
+  start) start_kafka; start_rabbitmq; start_postgres; start_mariadb; start_s3; start_azurite ;;
+  stop) stop_pid "$state/kafka.pid"; stop_rabbitmq; stop_postgres; stop_mariadb; stop_pid "$state/s3.pid"
+        stop_pid "$state/azurite.pid" ;;
   # rabbitmqctl against the test node (tests close connections and inspect queues with it).
   rabbitmqctl) shift; rabbit_run rabbitmqctl -n laminar-test@localhost -q "$@" ;;
   *) echo "usage: $0 start|stop|rabbitmqctl <args>" >&2; exit 2 ;;

@@ -175,3 +175,22 @@ def test_spec_upsert_of_an_insert_only_query_merges_on_its_first_column(tmp_path
                                    {"tx_id": "t2", "account_id": 2, "amount": 5.0, "tx_type": "credit"}])
         db.flush()
         wait_for("the second merge", lambda: table_rows(out, "tx_id", "amount") == [("t1", 2.0), ("t2", 5.0)])
+
+
+def test_sink_on_azure_read_back_by_deltalake(tmp_path, monkeypatch):
+    endpoint = os.environ.get("LAMINAR_TEST_AZURITE_URL")
+    if not endpoint:
+        raise RuntimeError("LAMINAR_TEST_AZURITE_URL is not set: run scripts/test.sh")
+    container = os.environ.get("LAMINAR_TEST_AZURE_CONTAINER", "laminar-test")
+    monkeypatch.setenv("AZURE_STORAGE_USE_EMULATOR", "true")
+    monkeypatch.setenv("AZURITE_BLOB_STORAGE_URL", endpoint)
+    uri = f"az://{container}/py-{uuid.uuid4().hex}/inventory"
+    with laminardb.open(str(tmp_path / "db")) as db:
+        db.execute("CREATE SOURCE inv (product_id BIGINT, quantity INT)")
+        db.execute(f"CREATE SINK lake AS SELECT * FROM inv WITH (connector = 'delta-lake', 'table_uri' = '{uri}')")
+        db.start()
+        db.insert("inv", [{"product_id": i, "quantity": i * 2} for i in range(50)])
+        db.flush()
+        wait_for("the commit", lambda: db.sink_metrics("lake").rows_written >= 50)
+    t = DeltaTable(uri, storage_options={"AZURE_STORAGE_USE_EMULATOR": "true"}).to_pyarrow_table()
+    assert sorted(t.column("product_id").to_pylist()) == list(range(50))

@@ -9,8 +9,8 @@
 //! commits idempotent).
 //!
 //! # Source options
-//! - `'table_uri'` (required): a local path, `file://`, or (in builds with the matching
-//!   feature) `s3://`, `az://`/`abfss://`, `gs://`.
+//! - `'table_uri'` (required): a local path, `file://`, `s3://` (feature `delta-lake-s3`) or
+//!   `az://`/`abfss://`/`adl://` (feature `delta-lake-azure`), both on by default.
 //! - `'poll_interval_ms'` (default 5000): how often the log is checked for new versions.
 //! - `'starting_version'`: read the changes of this version and later ones instead of the
 //!   current snapshot first (`latest`: only versions committed after the source starts).
@@ -59,6 +59,8 @@
 //! Credentials for object stores are read from the environment (`AWS_*`, `AZURE_*`,
 //! `GOOGLE_*`), never from the options.
 
+#[cfg(feature = "delta-lake-azure")]
+mod azure;
 #[cfg(feature = "delta-lake-s3")]
 mod s3;
 mod sink;

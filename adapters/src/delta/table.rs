@@ -16,11 +16,11 @@ use crate::{ConnectorError, Result};
 const CLOUD_SCHEMES: &[(&str, &str)] = &[
     ("s3", "delta-lake-s3"),
     ("s3a", "delta-lake-s3"),
-    ("az", "azure"),
-    ("abfs", "azure"),
-    ("abfss", "azure"),
-    ("adl", "azure"),
-    ("azure", "azure"),
+    ("az", "delta-lake-azure"),
+    ("abfs", "delta-lake-azure"),
+    ("abfss", "delta-lake-azure"),
+    ("adl", "delta-lake-azure"),
+    ("azure", "delta-lake-azure"),
     ("gs", "gcs"),
 ];
 
@@ -43,13 +43,11 @@ pub fn table_url(raw: &str, create: bool) -> Result<Url> {
             if !cloud_enabled(&scheme) {
                 let shown = crate::options::redact_uri(raw).unwrap_or_else(|| raw.to_string());
                 return Err(ConnectorError::Config(match *feature {
-                    "delta-lake-s3" => format!(
-                        "'table_uri' = '{shown}': {scheme}:// tables need a build with the 'delta-lake-s3' feature"
-                    ),
-                    _ => format!(
+                    "gcs" => format!(
                         "'table_uri' = '{shown}': {scheme}:// tables are not supported by this build (local paths, \
-                         file:// and, with the 'delta-lake-s3' feature, s3://)"
+                         file://, s3:// and az:// / abfss://)"
                     ),
+                    f => format!("'table_uri' = '{shown}': {scheme}:// tables need a build with the '{f}' feature"),
                 }));
             }
             return Url::parse(raw).map_err(|e| ConnectorError::Config(format!("'table_uri': {e}")));
@@ -63,7 +61,9 @@ pub fn table_url(raw: &str, create: bool) -> Result<Url> {
 }
 
 fn cloud_enabled(scheme: &str) -> bool {
-    matches!(scheme, "s3" | "s3a") && cfg!(feature = "delta-lake-s3")
+    let s3 = matches!(scheme, "s3" | "s3a");
+    let azure = matches!(scheme, "az" | "abfs" | "abfss" | "adl" | "azure");
+    (s3 && cfg!(feature = "delta-lake-s3")) || (azure && cfg!(feature = "delta-lake-azure"))
 }
 
 fn local_url(path: &str, create: bool) -> Result<Url> {
@@ -107,6 +107,8 @@ pub fn delta_err(url: &Url, what: &str, e: DeltaTableError) -> ConnectorError {
 pub fn register_handlers() {
     #[cfg(feature = "delta-lake-s3")]
     super::s3::register();
+    #[cfg(feature = "delta-lake-azure")]
+    super::azure::register();
 }
 
 /// The table at `url`, or None when nothing has been committed there yet.
@@ -283,8 +285,12 @@ mod tests {
             let e = table_url("s3://bucket/t", false).expect_err("test").to_string();
             assert!(e.contains("delta-lake-s3"), "{e}");
         }
-        let e = table_url("az://c/t", false).expect_err("test").to_string();
+        let e = table_url("gs://c/t", false).expect_err("test").to_string();
         assert!(e.contains("not supported by this build"), "{e}");
+        if !cfg!(feature = "delta-lake-azure") {
+            let e = table_url("az://c/t", false).expect_err("test").to_string();
+            assert!(e.contains("delta-lake-azure"), "{e}");
+        }
     }
 
     #[test]
