@@ -595,3 +595,29 @@ fn azure_tables_are_written_and_read_through_azurite() {
     converge(&reader, "SELECT id, name FROM src", &["1|a", "2|b", "3|c"]);
     reader.shutdown().expect("shutdown");
 }
+
+#[test]
+fn commit_interval_gathers_epochs_into_one_commit() {
+    let dir = tempfile::tempdir().expect("dir");
+    let t = dir.path().join("t");
+    let db = memory_db();
+    db.execute("CREATE SOURCE s (id BIGINT, name VARCHAR)").expect("source");
+    db.execute(&format!(
+        "CREATE SINK k AS SELECT id, name FROM s WITH (connector = 'delta-lake', 'table_uri' = '{}', \
+         'commit_interval_ms' = '600000')",
+        t.display()
+    ))
+    .expect("sink");
+    db.start().expect("start");
+    for i in 0..5 {
+        db.insert("s", &batch(&[i], &["x"])).expect("insert");
+        db.flush().expect("flush");
+    }
+    wait_for("five epochs", || db.sink_metrics("k").is_some_and(|m| m.rows_written >= 5));
+    // Written, not yet committed: the interval has not passed.
+    assert_eq!(db.sink_metrics("k").expect("metrics").details.get("delta_commits").copied().unwrap_or(0), 0);
+    db.shutdown().expect("shutdown"); // commits what is held
+    let commits = history(&t).into_iter().filter(|c| c.get("laminardb.epoch").is_some()).count();
+    assert_eq!(commits, 1, "the five epochs in one commit");
+    assert_eq!(table_rows(&t, "id"), ["0", "1", "2", "3", "4"]);
+}
