@@ -324,33 +324,9 @@ fn exactly_once_delta_sinks_survive_kills() {
     }
     let out = run_cli(&clean.path().join("db"), &clean.path().join("pipeline.sql")).wait_with_output().expect("run");
     assert!(out.status.success(), "the clean run failed: {}", String::from_utf8_lossy(&out.stderr));
-    let mut kills = 0;
-    let seeds = [700u64, 1100, 900, 1300, 800, 1000];
-    loop {
-        let mut child = run_cli(&crashy.path().join("db"), &crashy.path().join("pipeline.sql"));
-        if kills < seeds.len() {
-            let deadline = Instant::now() + Duration::from_millis(seeds[kills]);
-            let mut finished = None;
-            while Instant::now() < deadline {
-                if let Some(s) = child.try_wait().expect("poll") {
-                    finished = Some(s);
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if let Some(s) = finished {
-                assert!(s.success(), "a resumed run failed");
-                break;
-            }
-            child.kill().expect("kill -9");
-            child.wait().expect("reap");
-            kills += 1;
-            continue;
-        }
-        let out = child.wait_with_output().expect("last run");
-        assert!(out.status.success(), "the last run failed: {}", String::from_utf8_lossy(&out.stderr));
-        break;
-    }
+    let delays = [700u64, 1100, 900, 1300, 800, 1000].map(Duration::from_millis);
+    let kills =
+        common::run_with_kills(|| run_cli(&crashy.path().join("db"), &crashy.path().join("pipeline.sql")), delays);
     assert!(kills >= 3, "only {kills} kills before the pipeline finished");
     let (a, b) = (clean.path().join("out"), crashy.path().join("out"));
     let count = |rows: Vec<String>| {

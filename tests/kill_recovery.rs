@@ -5,6 +5,8 @@
 //! What the sinks published at the end must equal a run that was never interrupted: no row lost,
 //! none written twice.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -94,39 +96,10 @@ fn exactly_once_file_sinks_survive_twenty_kills() {
     assert!(status.success(), "the clean run failed");
 
     let mut rng = StdRng::seed_from_u64(7);
-    let mut kills = 0;
+    let delays: Vec<Duration> = (0..20).map(|_| Duration::from_millis(rng.random_range(300..1200))).collect();
     let started = Instant::now();
-    loop {
-        let mut child = run_cli(&crashy.path().join("db"), &crashy.path().join("pipeline.sql"));
-        if kills < 20 {
-            let wait = Duration::from_millis(rng.random_range(300..1200));
-            let deadline = Instant::now() + wait;
-            let mut finished = None;
-            while Instant::now() < deadline {
-                if let Some(s) = child.try_wait().expect("poll") {
-                    finished = Some(s);
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            match finished {
-                Some(s) => {
-                    // Finished before the kill: the pipeline is done.
-                    assert!(s.success(), "a resumed run failed");
-                    break;
-                }
-                None => {
-                    child.kill().expect("kill -9");
-                    child.wait().expect("reap");
-                    kills += 1;
-                    continue;
-                }
-            }
-        }
-        let out = child.wait_with_output().expect("last run");
-        assert!(out.status.success(), "the last run failed: {}", String::from_utf8_lossy(&out.stderr));
-        break;
-    }
+    let kills =
+        common::run_with_kills(|| run_cli(&crashy.path().join("db"), &crashy.path().join("pipeline.sql")), delays);
     assert!(kills >= 20, "only {kills} kills before the pipeline finished: the test needs a longer pipeline");
     assert!(started.elapsed() < Duration::from_secs(600));
 

@@ -38,3 +38,32 @@ pub fn sorted_query(db: &Database, sql: &str) -> Vec<String> {
     r.sort();
     r
 }
+
+/// Runs a pipeline process, killing it with SIGKILL after each of `delays` and starting it
+/// again, until it finishes by itself (a run started after the last delay is left to finish).
+/// Returns how many times it was killed; panics when a run fails.
+pub fn run_with_kills(
+    mut spawn: impl FnMut() -> std::process::Child,
+    delays: impl IntoIterator<Item = std::time::Duration>,
+) -> usize {
+    use std::time::Instant;
+    let mut kills = 0;
+    for delay in delays {
+        let mut child = spawn();
+        let deadline = Instant::now() + delay;
+        while Instant::now() < deadline {
+            if let Some(s) = child.try_wait().expect("poll") {
+                // Finished before the kill: the pipeline is done.
+                assert!(s.success(), "a resumed run failed");
+                return kills;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        child.kill().expect("kill -9");
+        child.wait().expect("reap");
+        kills += 1;
+    }
+    let out = spawn().wait_with_output().expect("last run");
+    assert!(out.status.success(), "the last run failed: {}", String::from_utf8_lossy(&out.stderr));
+    kills
+}

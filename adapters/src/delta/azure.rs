@@ -12,10 +12,7 @@
 use std::sync::Arc;
 
 use deltalake::logstore::object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
-use deltalake::logstore::{
-    default_logstore, logstore_factories, object_store_factories, LogStore, LogStoreFactory, ObjectStoreFactory,
-    ObjectStoreRef, StorageConfig,
-};
+use deltalake::logstore::{ObjectStoreFactory, ObjectStoreRef, StorageConfig};
 use deltalake::{DeltaResult, DeltaTableError, Path};
 use url::Url;
 
@@ -34,36 +31,12 @@ impl ObjectStoreFactory for AzureStores {
             }
         }
         let store = builder.build().map_err(|e| DeltaTableError::ObjectStore { source: e })?;
-        let path = Path::from_url_path(url.path())
-            .map_err(|e| DeltaTableError::InvalidTableLocation(format!("{url}: {e}")))?;
-        Ok((Arc::new(store), path))
-    }
-}
-
-/// The default log store (conditional create of each commit) for Azure locations.
-struct AzureLogs;
-
-impl LogStoreFactory for AzureLogs {
-    fn with_options(
-        &self,
-        prefixed_store: ObjectStoreRef,
-        root_store: ObjectStoreRef,
-        location: &Url,
-        options: &StorageConfig,
-    ) -> DeltaResult<Arc<dyn LogStore>> {
-        Ok(default_logstore(prefixed_store, root_store, location, options))
+        Ok((Arc::new(store), super::cloud::path_of(url)?))
     }
 }
 
 /// Registers the Azure handlers with delta-rs (once per process).
 pub fn register() {
     static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        for scheme in SCHEMES {
-            if let Ok(u) = Url::parse(&format!("{scheme}://")) {
-                object_store_factories().insert(u.clone(), Arc::new(AzureStores));
-                logstore_factories().insert(u, Arc::new(AzureLogs));
-            }
-        }
-    });
+    ONCE.call_once(|| super::cloud::register(SCHEMES, Arc::new(AzureStores)));
 }

@@ -61,6 +61,8 @@
 
 #[cfg(feature = "delta-lake-azure")]
 mod azure;
+#[cfg(any(feature = "delta-lake-s3", feature = "delta-lake-azure"))]
+mod cloud;
 #[cfg(feature = "delta-lake-s3")]
 mod s3;
 mod sink;

@@ -9,10 +9,7 @@
 use std::sync::Arc;
 
 use deltalake::logstore::object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
-use deltalake::logstore::{
-    default_logstore, logstore_factories, object_store_factories, LogStore, LogStoreFactory, ObjectStoreFactory,
-    ObjectStoreRef, StorageConfig,
-};
+use deltalake::logstore::{ObjectStoreFactory, ObjectStoreRef, StorageConfig};
 use deltalake::{DeltaResult, DeltaTableError, Path};
 use url::Url;
 
@@ -29,36 +26,12 @@ impl ObjectStoreFactory for S3Stores {
             }
         }
         let store = builder.build().map_err(|e| DeltaTableError::ObjectStore { source: e })?;
-        let path = Path::from_url_path(url.path())
-            .map_err(|e| DeltaTableError::InvalidTableLocation(format!("{url}: {e}")))?;
-        Ok((Arc::new(store), path))
-    }
-}
-
-/// The default log store (conditional put of each commit) for S3 locations.
-struct S3Logs;
-
-impl LogStoreFactory for S3Logs {
-    fn with_options(
-        &self,
-        prefixed_store: ObjectStoreRef,
-        root_store: ObjectStoreRef,
-        location: &Url,
-        options: &StorageConfig,
-    ) -> DeltaResult<Arc<dyn LogStore>> {
-        Ok(default_logstore(prefixed_store, root_store, location, options))
+        Ok((Arc::new(store), super::cloud::path_of(url)?))
     }
 }
 
 /// Registers the S3 handlers with delta-rs (once per process).
 pub fn register() {
     static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        for scheme in ["s3://", "s3a://"] {
-            if let Ok(u) = Url::parse(scheme) {
-                object_store_factories().insert(u.clone(), Arc::new(S3Stores));
-                logstore_factories().insert(u, Arc::new(S3Logs));
-            }
-        }
-    });
+    ONCE.call_once(|| super::cloud::register(&["s3", "s3a"], Arc::new(S3Stores)));
 }
