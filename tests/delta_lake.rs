@@ -68,6 +68,18 @@ fn history(dir: &Path) -> Vec<serde_json::Value> {
     })
 }
 
+/// An in-memory database with a source `s (id, name)` and a sink `k` of its rows into the Delta
+/// table at `table` (`extra`: more options, each starting with a comma).
+fn sink_db(table: &str, extra: &str) -> Database {
+    let db = memory_db();
+    db.execute("CREATE SOURCE s (id BIGINT, name VARCHAR)").expect("source");
+    db.execute(&format!(
+        "CREATE SINK k AS SELECT id, name FROM s WITH (connector = 'delta-lake', 'table_uri' = '{table}'{extra})"
+    ))
+    .expect("sink");
+    db
+}
+
 fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while !ok() {
@@ -380,25 +392,14 @@ fn s3_rows(uri: &str, columns: &str) -> Vec<String> {
 fn s3_tables_are_written_and_read_through_the_s3_stand_in() {
     let base = s3_env();
     let table = format!("{base}/events");
-    let db = memory_db();
-    db.execute("CREATE SOURCE s (id BIGINT, name VARCHAR)").expect("source");
-    db.execute(&format!(
-        "CREATE SINK k AS SELECT id, name FROM s WITH (connector = 'delta-lake', 'table_uri' = '{table}')"
-    ))
-    .expect("sink");
+    let db = sink_db(&table, "");
     db.execute(&format!(
         "CREATE SOURCE src (id BIGINT, name VARCHAR) WITH (connector = 'delta-lake', 'table_uri' = '{table}', \
          'poll_interval_ms' = '50')"
     ))
     .expect("source on the same table");
     // The source needs the table to exist when it starts: the sink's first commit makes it.
-    let first = memory_db();
-    first.execute("CREATE SOURCE s (id BIGINT, name VARCHAR)").expect("source");
-    first
-        .execute(&format!(
-            "CREATE SINK k AS SELECT id, name FROM s WITH (connector = 'delta-lake', 'table_uri' = '{table}')"
-        ))
-        .expect("sink");
+    let first = sink_db(&table, "");
     first.start().expect("start");
     first.insert("s", &batch(&[1, 2], &["a", "b"])).expect("insert");
     first.flush().expect("flush");
@@ -507,14 +508,10 @@ fn starting_version_reads_from_that_version_on() {
 fn sink_compacts_and_vacuums_when_asked() {
     let dir = tempfile::tempdir().expect("dir");
     let t = dir.path().join("t");
-    let db = memory_db();
-    db.execute("CREATE SOURCE s (id BIGINT, name VARCHAR)").expect("source");
-    db.execute(&format!(
-        "CREATE SINK k AS SELECT id, name FROM s WITH (connector = 'delta-lake', 'table_uri' = '{}', \
-         'compaction.every_commits' = '4', 'vacuum.every_commits' = '4', 'vacuum.retention_hours' = '0')",
-        t.display()
-    ))
-    .expect("sink");
+    let db = sink_db(
+        &t.display().to_string(),
+        ", 'compaction.every_commits' = '4', 'vacuum.every_commits' = '4', 'vacuum.retention_hours' = '0'",
+    );
     db.start().expect("start");
     for i in 0..4 {
         db.insert("s", &batch(&[i], &["x"])).expect("insert");
@@ -545,12 +542,7 @@ fn azure_tables_are_written_and_read_through_azurite() {
     let container = std::env::var("LAMINAR_TEST_AZURE_CONTAINER").unwrap_or_else(|_| "laminar-test".into());
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos();
     let table = format!("az://{container}/delta-{nanos}/events");
-    let db = memory_db();
-    db.execute("CREATE SOURCE s (id BIGINT, name VARCHAR)").expect("source");
-    db.execute(&format!(
-        "CREATE SINK k AS SELECT id, name FROM s WITH (connector = 'delta-lake', 'table_uri' = '{table}')"
-    ))
-    .expect("sink");
+    let db = sink_db(&table, "");
     db.start().expect("start");
     db.insert("s", &batch(&[1, 2], &["a", "b"])).expect("insert");
     db.flush().expect("flush");
@@ -576,14 +568,7 @@ fn azure_tables_are_written_and_read_through_azurite() {
 fn commit_interval_gathers_epochs_into_one_commit() {
     let dir = tempfile::tempdir().expect("dir");
     let t = dir.path().join("t");
-    let db = memory_db();
-    db.execute("CREATE SOURCE s (id BIGINT, name VARCHAR)").expect("source");
-    db.execute(&format!(
-        "CREATE SINK k AS SELECT id, name FROM s WITH (connector = 'delta-lake', 'table_uri' = '{}', \
-         'commit_interval_ms' = '600000')",
-        t.display()
-    ))
-    .expect("sink");
+    let db = sink_db(&t.display().to_string(), ", 'commit_interval_ms' = '600000'");
     db.start().expect("start");
     for i in 0..5 {
         db.insert("s", &batch(&[i], &["x"])).expect("insert");
