@@ -128,6 +128,18 @@ impl WatermarkReader {
         }
     }
 
+    /// Moves through the queued epochs up to `upto` one at a time, calling `f(epoch, watermark
+    /// of sources)` after each: an operator that closes windows stamps what each epoch's
+    /// watermark closes with that epoch, so that a reader waiting for the epoch sees it.
+    pub fn step_through(&mut self, upto: u64, sources: &[String], mut f: impl FnMut(u64, i64)) {
+        loop {
+            let next = self.queue.borrow().front().map(|(e, _)| *e).filter(|e| *e <= upto);
+            let Some(e) = next else { break };
+            self.advance_to(e);
+            f(e, self.watermark(sources));
+        }
+    }
+
     /// The watermark of a set of sources: the minimum over them ([`NO_WATERMARK`] for an empty
     /// set, which never closes anything).
     pub fn watermark(&self, sources: &[String]) -> i64 {
@@ -192,5 +204,26 @@ mod tests {
         assert_eq!(r.watermark(&["a".to_string()]), 30);
         assert_eq!(r.watermark(&["c".to_string()]), NO_WATERMARK, "a source that never sent holds it back");
         assert_eq!(r.watermark(&[]), NO_WATERMARK);
+    }
+
+    #[test]
+    fn stepping_visits_each_queued_epoch_in_order() {
+        let table = WatermarkTable::default();
+        let feed = WatermarkFeed::default();
+        let mut r = feed.reader();
+        for (e, ts) in [(3, 10), (4, 10), (5, 25), (6, 30)] {
+            table.advance("a", ts);
+            feed.push(e, &table.snapshot());
+        }
+        let a = ["a".to_string()];
+        let mut seen = Vec::new();
+        r.step_through(5, &a, |e, wm| seen.push((e, wm)));
+        assert_eq!(seen, vec![(3, 10), (4, 10), (5, 25)]);
+        assert_eq!(r.watermark(&a), 25, "the reader stays at the last epoch stepped");
+        seen.clear();
+        r.step_through(5, &a, |e, wm| seen.push((e, wm)));
+        assert!(seen.is_empty(), "epochs are visited once");
+        r.step_through(u64::MAX, &a, |e, wm| seen.push((e, wm)));
+        assert_eq!(seen, vec![(6, 30)]);
     }
 }

@@ -24,6 +24,7 @@ use crate::batch::{DiffBatch, Routed};
 use crate::error::{DataflowError, Result};
 use crate::plan::BatchFn;
 use crate::stats::DataflowStats;
+use crate::watermark::WatermarkReader;
 
 /// The stream type every operator consumes and produces: epochs of signed Arrow batches.
 pub type BatchStream<'scope> = Stream<'scope, u64, Vec<DiffBatch>>;
@@ -86,6 +87,31 @@ pub(crate) fn route_by_keys<'scope>(
 
 /// Input held back until its epoch is complete: per epoch, a retained capability and the data.
 pub(crate) type PendingEpochs<V> = BTreeMap<u64, (Capability<u64>, V)>;
+
+/// A capability for output that belongs to epoch `epoch` (what that epoch's watermark closed),
+/// from the operator's held capability: at `epoch`, or at the held time if that is later.
+/// `None` once the operator holds nothing (its input has ended and been drained).
+pub(crate) fn stamp(held: Option<&Capability<u64>>, epoch: u64) -> Option<Capability<u64>> {
+    held.map(|h| h.delayed(&epoch.max(*h.time())))
+}
+
+/// Steps `reader` through its queued epochs up to `upto` and calls `close` with each one's
+/// watermark of `sources`; returns the non-empty results with the epoch they belong to.
+pub(crate) fn closes_through(
+    reader: &mut WatermarkReader,
+    upto: u64,
+    sources: &[String],
+    mut close: impl FnMut(i64) -> Vec<DiffBatch>,
+) -> Vec<(u64, Vec<DiffBatch>)> {
+    let mut closed = Vec::new();
+    reader.step_through(upto, sources, |e, wm| {
+        let out = close(wm);
+        if !out.is_empty() {
+            closed.push((e, out));
+        }
+    });
+    closed
+}
 
 /// The pending data of the epoch of `cap`, created (retaining a capability) on first use.
 pub(crate) fn epoch_slot<'a, V: Default>(

@@ -11,7 +11,7 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 
-use super::{epoch_slot, route_by_keys, BatchStream, PendingEpochs};
+use super::{closes_through, epoch_slot, route_by_keys, stamp, BatchStream, PendingEpochs};
 use crate::aggregate_state::owned_by;
 use crate::batch::{DiffBatch, Routed};
 use crate::checkpoint::OperatorCheckpoints;
@@ -108,14 +108,19 @@ impl<'scope> SessionExt<'scope> for BatchStream<'scope> {
                                 break;
                             }
                             let Some((_, (cap, batches))) = pending.pop_first() else { break };
-                            reader.advance_to(t.saturating_sub(1));
+                            // What the watermarks of the epochs before this one close, each
+                            // stamped with its own epoch.
+                            let closed = closes_through(&mut reader, t.saturating_sub(1), &close.sources, |wm| {
+                                close_sessions(st, wm, &stats)
+                            });
+                            for (e, out) in closed {
+                                if let Some(at) = stamp(held.as_ref(), e) {
+                                    let mut session = output.session(&at);
+                                    out.into_iter().for_each(|b| session.give(b));
+                                }
+                            }
                             let bound = reader.watermark(&close.sources);
                             let mut session = output.session(&cap);
-                            // Sessions the watermark passed before this epoch close first.
-                            match st.close(bound) {
-                                Ok(out) => out.into_iter().for_each(|b| session.give(b)),
-                                Err(e) => stats.record_error("window", 0, &e),
-                            }
                             let mut results = Vec::new();
                             match st.apply(&batches, bound) {
                                 Ok(r) => results.push(r),
@@ -141,26 +146,25 @@ impl<'scope> SessionExt<'scope> for BatchStream<'scope> {
                                     stats.record_error("window", untimed, &e);
                                 }
                             }
+                            // What this epoch's own watermark closes, in this epoch: also the
+                            // sessions its retractions shrank to an end the watermark passed.
+                            reader.advance_to(t);
+                            let wm = reader.watermark(&close.sources);
+                            close_sessions(st, wm, &stats).into_iter().for_each(|b| session.give(b));
                         }
-                        // Close the sessions the watermark has passed, as of the segment's last
-                        // complete epoch.
+                        // Close what the watermarks of the segment's remaining complete epochs
+                        // pass, each in its epoch.
                         let f = frontier.frontier().iter().next().copied();
                         let last = match &due {
                             Some(r) => r.epoch,
                             None => f.map_or(u64::MAX, |f| f.saturating_sub(1)),
                         };
-                        reader.advance_to(last);
-                        let wm = reader.watermark(&close.sources);
-                        if let Some(h) = held.as_ref() {
-                            let at = if f.is_some() || due.is_some() { last.max(*h.time()) } else { *h.time() };
-                            match st.close(wm) {
-                                Ok(out) if !out.is_empty() => {
-                                    let cap = h.delayed(&at);
-                                    let mut session = output.session(&cap);
-                                    out.into_iter().for_each(|b| session.give(b));
-                                }
-                                Ok(_) => {}
-                                Err(e) => stats.record_error("window", 0, &e),
+                        for (e, out) in
+                            closes_through(&mut reader, last, &close.sources, |wm| close_sessions(st, wm, &stats))
+                        {
+                            if let Some(at) = stamp(held.as_ref(), e) {
+                                let mut session = output.session(&at);
+                                out.into_iter().for_each(|b| session.give(b));
                             }
                         }
                         match due {
@@ -185,4 +189,13 @@ impl<'scope> SessionExt<'scope> for BatchStream<'scope> {
             },
         )
     }
+}
+
+/// The sessions `wm` closes (their final rows with `EMIT ON WINDOW CLOSE`); a failure is
+/// counted and closes nothing.
+fn close_sessions(st: &mut SessionAggregate, wm: i64, stats: &DataflowStats) -> Vec<DiffBatch> {
+    st.close(wm).unwrap_or_else(|e| {
+        stats.record_error("window", 0, &e);
+        Vec::new()
+    })
 }

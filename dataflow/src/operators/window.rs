@@ -17,7 +17,7 @@ use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Capability;
 
-use super::{epoch_slot, route_by_keys, BatchStream, PendingEpochs};
+use super::{closes_through, epoch_slot, route_by_keys, stamp, BatchStream, PendingEpochs};
 use crate::aggregate_state::{owned_by, GroupedAggregate, Owns};
 use crate::batch::{DiffBatch, Routed};
 use crate::checkpoint::OperatorCheckpoints;
@@ -214,6 +214,30 @@ impl Windows {
     fn groups(&self) -> usize {
         self.open.values().map(GroupedAggregate::groups).sum()
     }
+
+    /// Closes the windows that end at or before `wm`; returns their final rows with
+    /// `EMIT ON WINDOW CLOSE` (nothing otherwise: the updating output already holds them).
+    fn close(&mut self, wm: i64, stats: &DataflowStats) -> Vec<DiffBatch> {
+        if wm <= self.closed_upto || wm == NO_WATERMARK {
+            return Vec::new();
+        }
+        self.closed_upto = wm;
+        let keep = self.open.split_off(&wm.saturating_add(1));
+        let closing = std::mem::replace(&mut self.open, keep);
+        self.removed.extend(closing.keys().copied());
+        if !self.close.emit_on_close {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for (_, mut agg) in closing {
+            match agg.emit() {
+                Ok(Some(rows)) => out.push(rows),
+                Ok(None) => {}
+                Err(e) => stats.record_error("window", 0, &e),
+            }
+        }
+        out
+    }
 }
 
 impl<'scope> WindowExt<'scope> for BatchStream<'scope> {
@@ -281,7 +305,16 @@ impl<'scope> WindowExt<'scope> for BatchStream<'scope> {
                                 break;
                             }
                             let Some((_, (cap, batches))) = pending.pop_first() else { break };
-                            reader.advance_to(t.saturating_sub(1));
+                            // What the watermarks of the epochs before this one close, each
+                            // stamped with its own epoch.
+                            for (e, out) in closes_through(&mut reader, t.saturating_sub(1), &close.sources, |wm| {
+                                w.close(wm, &stats)
+                            }) {
+                                if let Some(at) = stamp(held.as_ref(), e) {
+                                    let mut session = output.session(&at);
+                                    out.into_iter().for_each(|b| session.give(b));
+                                }
+                            }
                             let late_bound = reader.watermark(&close.sources);
                             let mut touched = Vec::new();
                             let mut late = 0;
@@ -316,28 +349,12 @@ impl<'scope> WindowExt<'scope> for BatchStream<'scope> {
                             Some(r) => r.epoch,
                             None => f.map_or(u64::MAX, |f| f.saturating_sub(1)),
                         };
-                        reader.advance_to(last);
-                        let wm = reader.watermark(&close.sources);
-                        if wm > w.closed_upto && wm != NO_WATERMARK {
-                            w.closed_upto = wm;
-                            let keep = w.open.split_off(&wm.saturating_add(1));
-                            let closing = std::mem::replace(&mut w.open, keep);
-                            w.removed.extend(closing.keys().copied());
-                            if close.emit_on_close && !closing.is_empty() {
-                                // At the last complete epoch (or, once the input has ended, at the
-                                // held time).
-                                if let Some(h) = held.as_ref() {
-                                    let at = if f.is_some() || due.is_some() { last.max(*h.time()) } else { *h.time() };
-                                    let cap = h.delayed(&at);
-                                    let mut session = output.session(&cap);
-                                    for (_, mut agg) in closing {
-                                        match agg.emit() {
-                                            Ok(Some(out)) => session.give(out),
-                                            Ok(None) => {}
-                                            Err(e) => stats.record_error("window", 0, &e),
-                                        }
-                                    }
-                                }
+                        // Close what the watermarks of the segment's complete epochs pass, each
+                        // in its epoch (a reader waiting for an epoch finds what it closed).
+                        for (e, out) in closes_through(&mut reader, last, &close.sources, |wm| w.close(wm, &stats)) {
+                            if let Some(at) = stamp(held.as_ref(), e) {
+                                let mut session = output.session(&at);
+                                out.into_iter().for_each(|b| session.give(b));
                             }
                         }
                         match due {
