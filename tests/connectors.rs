@@ -70,7 +70,7 @@ fn with_options_are_validated_at_create_and_leave_the_catalog_unchanged() {
     let sink_cases = [
         (
             "CREATE SINK k AS SELECT * FROM t WITH (connector = 'rabbit')",
-            "unknown sink connector 'rabbit' (available: blackhole, console, delta-lake, file, kafka, python, rabbitmq, websocket)",
+            "unknown sink connector 'rabbit' (available: blackhole, console, delta-lake, file, iceberg, kafka, python, rabbitmq, websocket)",
         ),
         ("CREATE SINK k AS SELECT * FROM t WITH (connector = 'file')", "requires option 'path'"),
         (

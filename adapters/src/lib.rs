@@ -31,6 +31,8 @@ pub mod datagen;
 pub mod delta;
 #[cfg(feature = "file")]
 pub mod file;
+#[cfg(feature = "iceberg")]
+pub mod iceberg;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 #[cfg(feature = "mysql-cdc")]

@@ -121,6 +121,8 @@ fn sinks() -> Vec<&'static SinkFactory> {
         &crate::rabbitmq::SINK,
         #[cfg(feature = "delta-lake")]
         &crate::delta::SINK,
+        #[cfg(feature = "iceberg")]
+        &crate::iceberg::SINK,
     ]
 }
 

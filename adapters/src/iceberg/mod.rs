@@ -1,0 +1,50 @@
+//! `iceberg`: rows into an Apache Iceberg table (sink), through iceberg-rust.
+//!
+//! # Protocol
+//! An Iceberg table is a tree of files under the table's location: Parquet data files, Avro
+//! manifests listing them, a manifest list per snapshot and a JSON metadata file per table
+//! version holding the schema, partition spec and snapshots. A catalog maps the table's name to
+//! its current metadata file; a commit writes a new metadata file and swaps the catalog's
+//! pointer if nobody else moved it first.
+//!
+//! # Sink options
+//! - `'catalog_uri'` (required): the catalog. `sqlite:////abs/path/catalog.db` is a SQL catalog
+//!   in that SQLite database, with the tables pyiceberg's `SqlCatalog` uses (a database pyiceberg
+//!   made works, and pyiceberg reads what the sink commits).
+//! - `'catalog.type'`: `sql` overrides the guess from the URI (`rest`, `glue` and `hms` are
+//!   refused with a clear error by this build).
+//! - `'catalog.name'` (default `default`): the catalog's name in the SQL catalog's tables.
+//! - `'table'` (required): `namespace.table` (namespaces may have several levels: `a.b.t`).
+//! - `'write_mode'`: `append` (default); the query must be insert-only.
+//! - `'warehouse'`: where a table the sink creates goes (a path or `file://` URL; default: the
+//!   namespace's `location` property, else the catalog database's directory), laid out as
+//!   pyiceberg does: `<warehouse>/<namespace>.db/<table>`.
+//! - `'commit_interval_ms'` (default 0: one snapshot per epoch): gather epochs into one
+//!   snapshot.
+//! - `'target_file_size'` (bytes, default 128 MiB): roll to a new data file past this size.
+//! - `'app_id'` (default `laminardb-<sink>`): the writer id recorded in the sink's snapshots.
+//!
+//! A missing table is created from the query's columns (all optional; small integers become
+//! `int`, unsigned 32/64-bit integers `long`, timestamps microsecond `timestamp`/`timestamptz`).
+//! An existing table's columns are filled by name (cast to the table's types, NULL for columns
+//! the query lacks); a required column the query lacks fails the sink's open.
+//!
+//! # Guarantees
+//! Every snapshot records the epoch (`laminardb.epoch`) and the writer (`laminardb.app-id`) in
+//! its summary. With `'delivery.guarantee' = 'exactly-once'` (checkpoints on, replayable
+//! sources) the data files of the epochs up to a checkpoint barrier are written at the barrier,
+//! listed in the checkpoint and committed as one snapshot once the checkpoint is durable; a
+//! restart commits a checkpoint's files only if no snapshot of this writer records that epoch
+//! or a later one. Data file names are unique (a time-ordered UUID plus the epoch), so a replay
+//! never overwrites a file a live snapshot points to. At-least-once (the default) commits each
+//! epoch when it is written.
+//!
+//! # Failure handling
+//! A bad option or a query column Iceberg cannot hold fails at CREATE naming it; an unreadable
+//! catalog or table fails the sink's open; a commit that loses a race with another writer is
+//! rebuilt on the new current snapshot and retried (20 attempts); other errors fail the sink.
+
+mod catalog;
+mod sink;
+
+pub use sink::SINK;

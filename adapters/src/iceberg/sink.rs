@@ -1,0 +1,654 @@
+//! The Iceberg sink: epochs into Parquet data files and Iceberg snapshots, each snapshot
+//! carrying the epoch so that a replay after a crash does not commit twice.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::array::{new_null_array, ArrayRef, RecordBatch, RecordBatchOptions};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use async_trait::async_trait;
+use iceberg::arrow::{arrow_schema_to_schema_auto_assign_ids, schema_to_arrow_schema};
+use iceberg::io::FileIO;
+use iceberg::spec::{
+    deserialize_data_file_from_json, serialize_data_file_to_json, DataFile, DataFileFormat, FormatVersion,
+    ManifestFile, ManifestListWriter, ManifestWriterBuilder, Operation, Snapshot, SnapshotReference, SnapshotRetention,
+    SnapshotSummaryCollector, Summary, MAIN_BRANCH,
+};
+use iceberg::table::Table;
+use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
+use iceberg::writer::file_writer::location_generator::{DefaultFileNameGenerator, DefaultLocationGenerator};
+use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
+use iceberg::writer::file_writer::ParquetWriterBuilder;
+use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
+use iceberg::{NamespaceIdent, TableCreation, TableIdent, TableRequirement, TableUpdate};
+use laminar_dataflow::batch::DiffBatch;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use serde::{Deserialize, Serialize};
+
+use super::catalog::{CatalogTarget, Committed, SqlCatalog};
+use crate::connector::{SinkCapabilities, SinkConnector, SinkSpec};
+use crate::options::OptionReader;
+use crate::registry::SinkFactory;
+use crate::runner::ConnectorStatus;
+use crate::upsert;
+use crate::{ConnectorError, Result};
+
+/// Registration.
+pub const SINK: SinkFactory = SinkFactory {
+    name: "iceberg",
+    keys: &[
+        "catalog_uri",
+        "catalog.type",
+        "catalog.name",
+        "table",
+        "write_mode",
+        "warehouse",
+        "commit_interval_ms",
+        "target_file_size",
+        "app_id",
+    ],
+    build,
+};
+
+/// Snapshot summary keys the sink writes.
+const EPOCH_KEY: &str = "laminardb.epoch";
+const APP_KEY: &str = "laminardb.app-id";
+
+/// How many times a commit that lost a race with another writer is rebuilt and retried.
+const COMMIT_ATTEMPTS: usize = 20;
+
+fn build(
+    spec: &SinkSpec,
+    r: &mut OptionReader<'_>,
+    _ctx: &crate::registry::BuildContext<'_>,
+) -> Result<Box<dyn SinkConnector>> {
+    let uri = r.required_str("catalog_uri")?;
+    let kind = r.opt_str("catalog.type");
+    let target = CatalogTarget::parse(&uri, kind.as_deref())?;
+    let catalog_name = r.opt_str("catalog.name").unwrap_or_else(|| "default".into());
+    let table = r.required_str("table")?;
+    let parts: Vec<String> = table.split('.').map(|s| s.trim().to_string()).collect();
+    if parts.len() < 2 || parts.iter().any(String::is_empty) {
+        return Err(r.bad("table", &table, "a name with its namespace: 'namespace.table'"));
+    }
+    let (name, ns) = parts.split_last().map(|(n, ns)| (n.clone(), ns.to_vec())).unwrap_or_default();
+    let ident = TableIdent::new(
+        NamespaceIdent::from_vec(ns).map_err(|e| ConnectorError::Config(format!("'table': {e}")))?,
+        name,
+    );
+    match r.opt_enum("write_mode", &["append", "upsert"])?.as_deref() {
+        Some("upsert") => {
+            return Err(ConnectorError::Config(
+                "'write_mode' = 'upsert' is not supported by this build of the Iceberg sink; use 'append'".into(),
+            ))
+        }
+        _ => {
+            if !spec.append_only {
+                return Err(ConnectorError::Config(format!(
+                    "sink '{}': the query produces updates and deletes, which 'write_mode' = 'append' cannot write",
+                    spec.name
+                )));
+            }
+        }
+    }
+    let warehouse = r.opt_str("warehouse");
+    let commit_interval = Duration::from_millis(r.opt_u64("commit_interval_ms")?.unwrap_or(0));
+    let target_file_size = r.opt_u64("target_file_size")?.unwrap_or(128 << 20);
+    if target_file_size == 0 {
+        return Err(r.bad("target_file_size", "0", "a size in bytes greater than 0"));
+    }
+    // Checked here so that a query the table format cannot hold fails at CREATE.
+    iceberg_schema(&spec.schema)?;
+    let app_id = r.opt_str("app_id").unwrap_or_else(|| format!("laminardb-{}", spec.name));
+    let transactional = spec.options.get("delivery.guarantee").is_some_and(|g| g.trim() == "exactly-once");
+    let catalog = match target {
+        CatalogTarget::Sqlite(path) => SqlCatalog::new(path, catalog_name),
+    };
+    Ok(Box::new(IcebergSink {
+        catalog,
+        ident,
+        warehouse,
+        query_schema: spec.schema.clone(),
+        commit_interval,
+        target_file_size: target_file_size as usize,
+        app_id,
+        transactional,
+        file_io: FileIO::new_with_fs(),
+        table: None,
+        table_schema: spec.schema.clone(),
+        rows: Vec::new(),
+        staged: Vec::new(),
+        epoch: 0,
+        last_commit: Instant::now(),
+        commits: 0,
+        status: None,
+    }))
+}
+
+/// The query's columns as Arrow types an Iceberg table holds (every column optional).
+fn iceberg_arrow_type(name: &str, t: &DataType) -> Result<DataType> {
+    Ok(match t {
+        DataType::Boolean | DataType::Int32 | DataType::Int64 | DataType::Float32 | DataType::Float64 => t.clone(),
+        DataType::Int8 | DataType::Int16 | DataType::UInt8 | DataType::UInt16 => DataType::Int32,
+        DataType::UInt32 | DataType::UInt64 => DataType::Int64,
+        DataType::Float16 => DataType::Float32,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => DataType::Utf8,
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::FixedSizeBinary(_) => {
+            DataType::LargeBinary
+        }
+        DataType::Date32 | DataType::Date64 => DataType::Date32,
+        DataType::Timestamp(_, tz) => DataType::Timestamp(TimeUnit::Microsecond, tz.as_ref().map(|_| "+00:00".into())),
+        DataType::Time32(_) | DataType::Time64(_) => DataType::Time64(TimeUnit::Microsecond),
+        DataType::Decimal128(p, s) if *p <= 38 => t.clone(),
+        other => {
+            return Err(ConnectorError::Config(format!(
+                "column '{name}' has type {other}, which an Iceberg table cannot hold"
+            )))
+        }
+    })
+}
+
+/// The Iceberg schema of a table made for the query (field ids assigned in column order).
+fn iceberg_schema(query: &Schema) -> Result<iceberg::spec::Schema> {
+    let fields: Vec<Field> = query
+        .fields()
+        .iter()
+        .map(|f| Ok(Field::new(f.name(), iceberg_arrow_type(f.name(), f.data_type())?, true)))
+        .collect::<Result<_>>()?;
+    arrow_schema_to_schema_auto_assign_ids(&Schema::new(fields))
+        .map_err(|e| ConnectorError::Config(format!("the query's columns have no Iceberg schema: {e}")))
+}
+
+/// Data of the epochs up to a checkpoint barrier, written at the barrier and committed once the
+/// checkpoint is durable.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Staged {
+    /// The checkpoint epoch (recorded in the snapshot summary).
+    epoch: u64,
+    /// The data files, in Iceberg's JSON form of a manifest entry's file.
+    files: Vec<String>,
+}
+
+/// Writes epochs into an Iceberg table.
+pub struct IcebergSink {
+    catalog: SqlCatalog,
+    ident: TableIdent,
+    warehouse: Option<String>,
+    query_schema: SchemaRef,
+    commit_interval: Duration,
+    target_file_size: usize,
+    app_id: String,
+    transactional: bool,
+    file_io: FileIO,
+    table: Option<Table>,
+    /// The table's columns as Arrow (with their field ids): what written batches are made into.
+    table_schema: SchemaRef,
+    /// Rows since the last commit (or barrier).
+    rows: Vec<RecordBatch>,
+    staged: Vec<Staged>,
+    epoch: u64,
+    last_commit: Instant,
+    commits: u64,
+    status: Option<Arc<ConnectorStatus>>,
+}
+
+impl IcebergSink {
+    fn table(&self) -> Result<&Table> {
+        self.table.as_ref().ok_or_else(|| ConnectorError::Failed("the Iceberg sink is not open".into()))
+    }
+
+    fn err(&self, what: &str, e: impl std::fmt::Display) -> ConnectorError {
+        ConnectorError::Failed(format!("Iceberg table {} in {}: {what}: {e}", self.ident, self.catalog.describe()))
+    }
+
+    /// Where a table the sink creates goes: `'warehouse'` (or the namespace's `location`, or
+    /// the catalog database's directory) + `<namespace>.db/<table>`, as pyiceberg lays it out.
+    fn new_table_location(&self) -> Result<String> {
+        if let Some(ns) = self.catalog.namespace_location(&self.ident)? {
+            return Ok(format!("{}/{}", ns.trim_end_matches('/'), self.ident.name));
+        }
+        let base = match &self.warehouse {
+            Some(w) if w.contains("://") => w.trim_end_matches('/').to_string(),
+            Some(w) => format!("file://{}", std::path::absolute(w).map_err(|e| self.err("'warehouse'", e))?.display()),
+            None => format!("file://{}", self.catalog.directory().display()),
+        };
+        Ok(format!("{base}/{}.db/{}", self.ident.namespace.join("."), self.ident.name))
+    }
+
+    /// Loads the table, creating it from the query's columns if the catalog lacks it.
+    async fn prepare_table(&mut self) -> Result<()> {
+        let table = match self.catalog.load(&self.ident, &self.file_io).await? {
+            Some(t) => t,
+            None => {
+                let location = self.new_table_location()?;
+                if let Some(path) = location.strip_prefix("file://") {
+                    std::fs::create_dir_all(path).map_err(|e| self.err(&format!("cannot create {path}"), e))?;
+                }
+                let creation = TableCreation::builder()
+                    .name(self.ident.name.clone())
+                    .location(location)
+                    .schema(iceberg_schema(&self.query_schema)?)
+                    .properties([("write.parquet.compression-codec".to_string(), "zstd".to_string())])
+                    .build();
+                self.catalog.create(&self.ident, creation, &self.file_io).await?
+            }
+        };
+        self.set_table(table)
+    }
+
+    fn set_table(&mut self, table: Table) -> Result<()> {
+        let schema = schema_to_arrow_schema(table.metadata().current_schema())
+            .map_err(|e| self.err("the table's schema has no Arrow form", e))?;
+        for f in schema.fields() {
+            if f.is_nullable() {
+                continue;
+            }
+            if find_field(&self.query_schema, f.name()).is_none() {
+                return Err(self.err(
+                    "the query cannot fill the table",
+                    format!("required column '{}' is not among the query's columns", f.name()),
+                ));
+            }
+        }
+        self.table_schema = Arc::new(schema);
+        self.table = Some(table);
+        Ok(())
+    }
+
+    /// Rows of the query as rows of the table: columns by name, cast to the table's types,
+    /// NULL where the query lacks a column.
+    fn conform(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let n = batch.num_rows();
+        let mut cols: Vec<ArrayRef> = Vec::with_capacity(self.table_schema.fields().len());
+        for f in self.table_schema.fields() {
+            let c = match find_field(&batch.schema(), f.name()) {
+                Some(i) => {
+                    let c = batch.column(i);
+                    if c.data_type() == f.data_type() {
+                        c.clone()
+                    } else {
+                        arrow::compute::cast(c, f.data_type())?
+                    }
+                }
+                None => new_null_array(f.data_type(), n),
+            };
+            cols.push(c);
+        }
+        Ok(RecordBatch::try_new_with_options(
+            self.table_schema.clone(),
+            cols,
+            &RecordBatchOptions::new().with_row_count(Some(n)),
+        )?)
+    }
+
+    /// Writes `rows` as Parquet data files of the table (not yet committed). File names are
+    /// unique (a time-ordered UUID and the epoch), so a rerun never overwrites a live file.
+    async fn write_files(&self, rows: &[RecordBatch]) -> Result<Vec<DataFile>> {
+        let rows: Vec<&RecordBatch> = rows.iter().filter(|b| b.num_rows() > 0).collect();
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let table = self.table()?;
+        let md = table.metadata();
+        let props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build();
+        let parquet = ParquetWriterBuilder::new(props, md.current_schema().clone());
+        let locations = DefaultLocationGenerator::new(md).map_err(|e| self.err("data location", e))?;
+        let names = DefaultFileNameGenerator::new(
+            format!("{}-e{}", uuid::Uuid::now_v7(), self.epoch),
+            None,
+            DataFileFormat::Parquet,
+        );
+        let rolling =
+            RollingFileWriterBuilder::new(parquet, self.target_file_size, table.file_io().clone(), locations, names);
+        let mut writer =
+            DataFileWriterBuilder::new(rolling).build(None).await.map_err(|e| self.err("cannot write", e))?;
+        for b in rows {
+            writer.write(b.clone()).await.map_err(|e| self.err("cannot write", e))?;
+        }
+        writer.close().await.map_err(|e| self.err("cannot write", e))
+    }
+
+    /// Commits `files` as one snapshot recording `epoch`, rebuilding the snapshot on top of
+    /// whatever another writer committed meanwhile.
+    async fn commit_files(&mut self, files: Vec<DataFile>, epoch: u64) -> Result<()> {
+        if files.is_empty() {
+            return Ok(());
+        }
+        let mut last = String::new();
+        for _ in 0..COMMIT_ATTEMPTS {
+            let table = self.table()?.clone();
+            let props =
+                HashMap::from([(EPOCH_KEY.to_string(), epoch.to_string()), (APP_KEY.to_string(), self.app_id.clone())]);
+            let (updates, requirements) =
+                append_snapshot(&table, &files, props).await.map_err(|e| self.err("cannot write the snapshot", e))?;
+            match self.catalog.commit(&table, &requirements, updates).await? {
+                Committed::Done(t) => {
+                    self.set_table(*t)?;
+                    self.commits += 1;
+                    self.last_commit = Instant::now();
+                    if let Some(s) = &self.status {
+                        s.set_counter("iceberg_commits", self.commits as i64);
+                        if let Some(id) = self.table.as_ref().and_then(|t| t.metadata().current_snapshot_id()) {
+                            s.set_counter("iceberg_snapshot_id", id);
+                        }
+                    }
+                    return Ok(());
+                }
+                Committed::Conflict(why) => {
+                    last = why;
+                    let fresh = self.catalog.load(&self.ident, &self.file_io).await?;
+                    let fresh = fresh.ok_or_else(|| self.err("commit", "the table was dropped"))?;
+                    self.set_table(fresh)?;
+                }
+            }
+        }
+        Err(self.err(&format!("commit lost to other writers {COMMIT_ATTEMPTS} times"), last))
+    }
+
+    /// The newest epoch this sink (its app id) committed to the table.
+    fn committed_epoch(&self) -> Result<Option<u64>> {
+        let table = self.table()?;
+        Ok(table
+            .metadata()
+            .snapshots()
+            .filter(|s| s.summary().additional_properties.get(APP_KEY) == Some(&self.app_id))
+            .filter_map(|s| s.summary().additional_properties.get(EPOCH_KEY)?.parse::<u64>().ok())
+            .max())
+    }
+
+    fn encode_files(&self, files: Vec<DataFile>) -> Result<Vec<String>> {
+        let table = self.table()?;
+        let md = table.metadata();
+        files
+            .into_iter()
+            .map(|f| {
+                serialize_data_file_to_json(f, md.default_partition_type(), md.format_version())
+                    .map_err(|e| self.err("cannot record a data file", e))
+            })
+            .collect()
+    }
+
+    fn decode_files(&self, files: &[String]) -> Result<Vec<DataFile>> {
+        let table = self.table()?;
+        let md = table.metadata();
+        files
+            .iter()
+            .map(|json| {
+                deserialize_data_file_from_json(
+                    json,
+                    md.default_partition_spec_id(),
+                    md.default_partition_type(),
+                    md.current_schema(),
+                )
+                .map_err(|e| self.err("the checkpoint's data file list is damaged", e))
+            })
+            .collect()
+    }
+
+    fn commit_due(&self) -> bool {
+        !self.rows.is_empty() && self.last_commit.elapsed() >= self.commit_interval
+    }
+
+    /// Writes and commits the rows since the last commit.
+    async fn flush(&mut self) -> Result<()> {
+        let rows = std::mem::take(&mut self.rows);
+        let files = self.write_files(&rows).await?;
+        self.commit_files(files, self.epoch).await
+    }
+}
+
+fn find_field(schema: &Schema, name: &str) -> Option<usize> {
+    schema.index_of(name).ok().or_else(|| schema.fields().iter().position(|f| f.name().eq_ignore_ascii_case(name)))
+}
+
+/// The updates and requirements of an append snapshot of `files` on top of `table`'s current
+/// snapshot: one new manifest, the current snapshot's manifests carried over, summary totals
+/// carried forward.
+async fn append_snapshot(
+    table: &Table,
+    files: &[DataFile],
+    properties: HashMap<String, String>,
+) -> iceberg::Result<(Vec<TableUpdate>, Vec<TableRequirement>)> {
+    let md = table.metadata();
+    let snapshot_id = loop {
+        let (a, b) = uuid::Uuid::new_v4().as_u64_pair();
+        let id = ((a ^ b) >> 1) as i64;
+        if md.snapshots().all(|s| s.snapshot_id() != id) {
+            break id;
+        }
+    };
+    let sequence = md.next_sequence_number();
+    let commit = uuid::Uuid::now_v7();
+    let schema = md.current_schema().clone();
+    let spec = md.default_partition_spec().as_ref().clone();
+    let mut manifests: Vec<ManifestFile> = Vec::new();
+    if let Some(current) = md.current_snapshot() {
+        let list = table.manifest_list_reader(current).load().await?;
+        manifests.extend(
+            list.entries()
+                .iter()
+                .filter(|m| m.has_added_files() || m.has_existing_files() || m.has_deleted_files())
+                .cloned(),
+        );
+    }
+    let mut collector = SnapshotSummaryCollector::default();
+    let out = table.file_io().new_output(format!("{}/metadata/{commit}-m0.avro", md.location()))?;
+    let builder = ManifestWriterBuilder::new(out, Some(snapshot_id), schema.clone(), spec);
+    let mut writer = match md.format_version() {
+        FormatVersion::V1 => builder.build_v1(),
+        FormatVersion::V2 => builder.build_v2_data(),
+        FormatVersion::V3 => builder.build_v3_data(),
+    };
+    for f in files {
+        collector.add_file(f, schema.clone(), md.default_partition_spec().clone());
+        // Its data sequence number is inherited from the snapshot's when the list is read.
+        writer.add_file(f.clone(), -1)?;
+    }
+    manifests.push(writer.write_manifest_file().await?);
+    let list_path = format!("{}/metadata/snap-{snapshot_id}-0-{commit}.avro", md.location());
+    let out = table.file_io().new_output(&list_path)?.writer().await?;
+    let parent = md.current_snapshot_id();
+    let mut list = match md.format_version() {
+        FormatVersion::V1 => ManifestListWriter::v1(out, snapshot_id, parent),
+        FormatVersion::V2 => ManifestListWriter::v2(out, snapshot_id, parent, sequence),
+        FormatVersion::V3 => ManifestListWriter::v3(out, snapshot_id, parent, sequence, Some(md.next_row_id())),
+    };
+    list.add_manifests(manifests.into_iter())?;
+    let next_row_id = list.next_row_id();
+    list.close().await?;
+    let mut summary = properties;
+    let added = collector.build();
+    let previous = md.current_snapshot().map(|s| s.summary().additional_properties.clone()).unwrap_or_default();
+    for (total, add) in [
+        ("total-records", "added-records"),
+        ("total-files-size", "added-files-size"),
+        ("total-data-files", "added-data-files"),
+        ("total-delete-files", "added-delete-files"),
+        ("total-position-deletes", "added-position-deletes"),
+        ("total-equality-deletes", "added-equality-deletes"),
+    ] {
+        let before = previous.get(total).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let plus = added.get(add).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        summary.insert(total.to_string(), (before + plus).to_string());
+    }
+    summary.extend(added);
+    let snapshot = Snapshot::builder()
+        .with_snapshot_id(snapshot_id)
+        .with_parent_snapshot_id(parent)
+        .with_sequence_number(sequence)
+        .with_timestamp_ms(chrono::Utc::now().timestamp_millis())
+        .with_manifest_list(list_path)
+        .with_summary(Summary { operation: Operation::Append, additional_properties: summary })
+        .with_schema_id(md.current_schema_id());
+    let snapshot = match next_row_id {
+        Some(next) => snapshot.with_row_range(md.next_row_id(), next - md.next_row_id()).build(),
+        None => snapshot.build(),
+    };
+    Ok((
+        vec![
+            TableUpdate::AddSnapshot { snapshot },
+            TableUpdate::SetSnapshotRef {
+                ref_name: MAIN_BRANCH.to_string(),
+                reference: SnapshotReference::new(snapshot_id, SnapshotRetention::branch(None, None, None)),
+            },
+        ],
+        vec![
+            TableRequirement::UuidMatch { uuid: md.uuid() },
+            TableRequirement::RefSnapshotIdMatch { r#ref: MAIN_BRANCH.to_string(), snapshot_id: parent },
+        ],
+    ))
+}
+
+#[async_trait]
+impl SinkConnector for IcebergSink {
+    fn capabilities(&self) -> SinkCapabilities {
+        SinkCapabilities { upsert: false, changelog: false, exactly_once: true }
+    }
+
+    fn attach(&mut self, status: Arc<ConnectorStatus>) {
+        self.status = Some(status);
+    }
+
+    async fn open(&mut self) -> Result<()> {
+        if self.table.is_none() {
+            self.prepare_table().await?;
+        }
+        Ok(())
+    }
+
+    async fn begin(&mut self, epoch: u64) -> Result<()> {
+        self.epoch = epoch;
+        Ok(())
+    }
+
+    async fn write(&mut self, batch: &DiffBatch) -> Result<()> {
+        let rows = upsert::expand_inserts(batch)?;
+        let rows = self.conform(&rows)?;
+        self.rows.push(rows);
+        Ok(())
+    }
+
+    async fn pre_commit(&mut self, epoch: u64) -> Result<()> {
+        if self.transactional {
+            // A checkpoint barrier: the data up to here is written now and committed once the
+            // checkpoint is durable.
+            let rows = std::mem::take(&mut self.rows);
+            let files = self.write_files(&rows).await?;
+            let files = self.encode_files(files)?;
+            self.staged.push(Staged { epoch, files });
+        }
+        Ok(())
+    }
+
+    fn checkpoint_state(&mut self) -> Option<Vec<u8>> {
+        if !self.transactional {
+            return None;
+        }
+        match serde_json::to_vec(&self.staged) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                if let Some(st) = &self.status {
+                    st.set_last_error(e.to_string());
+                }
+                None
+            }
+        }
+    }
+
+    async fn commit(&mut self, epoch: u64) -> Result<()> {
+        if self.transactional {
+            let ready: Vec<Staged> = self.staged.iter().filter(|s| s.epoch <= epoch).cloned().collect();
+            self.staged.retain(|s| s.epoch > epoch);
+            for s in ready {
+                let files = self.decode_files(&s.files)?;
+                self.commit_files(files, s.epoch).await?;
+            }
+            return Ok(());
+        }
+        if self.commit_due() {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn recover(&mut self, checkpoint: u64, state: Option<&[u8]>) -> Result<()> {
+        let done = self.committed_epoch()?;
+        let Some(bytes) = state else { return Ok(()) };
+        let staged: Vec<Staged> =
+            serde_json::from_slice(bytes).map_err(|e| self.err("the checkpoint's state of the sink is damaged", e))?;
+        for s in staged {
+            // Committed before the crash: a snapshot of this sink records the epoch.
+            if s.epoch <= checkpoint && done.is_none_or(|d| s.epoch > d) {
+                let files = self.decode_files(&s.files)?;
+                self.commit_files(files, s.epoch).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn tick_interval(&self) -> Option<Duration> {
+        if self.transactional || self.commit_interval.is_zero() {
+            None
+        } else {
+            Some(self.commit_interval)
+        }
+    }
+
+    async fn tick(&mut self) -> Result<()> {
+        if self.commit_due() {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn close(&mut self) -> Result<()> {
+        if self.transactional {
+            // Epochs after the last checkpoint are written again by the next run.
+            return Ok(());
+        }
+        if self.table.is_some() && !self.rows.is_empty() {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        format!("{} in {}", self.ident, self.catalog.describe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_types_become_iceberg_types() {
+        let query = Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("small", DataType::Int16, true),
+            Field::new("name", DataType::Utf8View, true),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), true),
+            Field::new("tz", DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())), true),
+            Field::new("amount", DataType::Decimal128(18, 2), true),
+        ]);
+        let s = iceberg_schema(&query).expect("schema");
+        let arrow = schema_to_arrow_schema(&s).expect("arrow");
+        let types: Vec<String> = arrow.fields().iter().map(|f| format!("{}:{}", f.name(), f.data_type())).collect();
+        assert_eq!(
+            types,
+            [
+                "id:Int64",
+                "small:Int32",
+                "name:Utf8",
+                "ts:Timestamp(µs)",
+                "tz:Timestamp(µs, \"+00:00\")",
+                "amount:Decimal128(18, 2)"
+            ]
+        );
+        let bad = Schema::new(vec![Field::new("l", DataType::new_list(DataType::Int32, true), true)]);
+        let e = iceberg_schema(&bad).expect_err("a list").to_string();
+        assert!(e.contains("column 'l'"), "{e}");
+    }
+}

@@ -1,0 +1,126 @@
+"""Iceberg sink (F-PY-022) from Python, checked against `pyiceberg` as the independent catalog
+and reader: a SQL catalog (SQLite) made by pyiceberg, tables made by either side, snapshots read
+back row for row."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import pyarrow as pa
+import pytest
+from pyiceberg.catalog.sql import SqlCatalog
+
+import laminardb
+
+
+def wait_for(what, f, timeout=60.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = f()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def catalog(tmp_path):
+    return SqlCatalog("default", uri=f"sqlite:///{tmp_path}/catalog.db", warehouse=f"file://{tmp_path}")
+
+
+def table_rows(cat, name, *columns):
+    t = cat.load_table(name)
+    if t.current_snapshot() is None:
+        return []
+    data = t.scan().to_arrow()
+    return sorted(tuple(r[c] for c in columns) for r in data.to_pylist())
+
+
+def test_sink_creates_the_table_pyiceberg_reads_it(tmp_path):
+    uri = f"sqlite:///{tmp_path}/catalog.db"
+    with laminardb.open(str(tmp_path / "db")) as db:
+        db.execute("CREATE SOURCE orders (order_id BIGINT, customer VARCHAR, amount DOUBLE, ts TIMESTAMP)")
+        db.execute(f"""
+            CREATE SINK warehouse AS SELECT * FROM orders
+            WITH (connector = 'iceberg', 'catalog_uri' = '{uri}', 'table' = 'analytics.enriched_orders',
+                  'write_mode' = 'append')""")
+        assert [s.name for s in db.sinks()] == ["warehouse"]
+        db.start()
+        rows = [{"order_id": i, "customer": f"c{i % 7}", "amount": i * 1.5, "ts": dt.datetime(2024, 1, 1) + dt.timedelta(seconds=i)}
+                for i in range(500)]
+        db.insert("orders", rows[:300])
+        db.flush()
+        db.insert("orders", rows[300:])
+        db.flush()
+        wait_for("all rows", lambda: db.metrics().total_events_emitted >= 500)
+        wait_for("the snapshots", lambda: db.sink_metrics("warehouse").rows_written >= 500)
+        assert db.sink_metrics("warehouse").details["iceberg_commits"] == 2
+    cat = catalog(tmp_path)
+    assert ("analytics",) in cat.list_namespaces()
+    got = table_rows(cat, "analytics.enriched_orders", "order_id", "customer", "amount")
+    assert got == sorted((r["order_id"], r["customer"], r["amount"]) for r in rows)
+    t = cat.load_table("analytics.enriched_orders")
+    snaps = sorted(t.snapshots(), key=lambda s: s.sequence_number)
+    assert len(snaps) == 2
+    epochs = [int(s.summary["laminardb.epoch"]) for s in snaps]
+    assert epochs == sorted(epochs) and len(set(epochs)) == 2
+    assert t.current_snapshot().summary["total-records"] == "500"
+    assert str(t.schema().find_field("ts").field_type) == "timestamp"
+
+
+def test_sink_appends_to_a_table_pyiceberg_created(tmp_path):
+    cat = catalog(tmp_path)
+    cat.create_namespace("lake")
+    schema = pa.schema([pa.field("id", pa.int64()), pa.field("name", pa.string()), pa.field("note", pa.string())])
+    t = cat.create_table("lake.people", schema=schema)
+    t.append(pa.table({"id": [1], "name": ["from pyiceberg"], "note": ["x"]}, schema=schema))
+    with laminardb.open(str(tmp_path / "db")) as db:
+        db.execute("CREATE SOURCE s (id BIGINT, name VARCHAR)")
+        db.execute(f"""
+            CREATE SINK k AS SELECT * FROM s
+            WITH (connector = 'iceberg', 'catalog_uri' = 'sqlite:///{tmp_path}/catalog.db', 'table' = 'lake.people')""")
+        db.start()
+        db.insert("s", [{"id": 2, "name": "from laminardb"}])
+        db.flush()
+        wait_for("the row", lambda: len(table_rows(cat, "lake.people", "id")) == 2)
+        # Another writer appends while the sink runs: the sink's next snapshot builds on it.
+        cat.load_table("lake.people").append(pa.table({"id": [3], "name": ["again"], "note": [None]}, schema=schema))
+        db.insert("s", [{"id": 4, "name": "after"}])
+        db.flush()
+        wait_for("all rows", lambda: len(table_rows(cat, "lake.people", "id")) == 4)
+    assert table_rows(cat, "lake.people", "id", "name", "note") == [
+        (1, "from pyiceberg", "x"), (2, "from laminardb", None), (3, "again", None), (4, "after", None)]
+
+
+def test_sink_creates_its_table_in_a_catalog_pyiceberg_made(tmp_path):
+    cat = catalog(tmp_path)
+    cat.create_namespace("sales", {"location": f"file://{tmp_path}/sales-warehouse"})
+    with laminardb.open(str(tmp_path / "db")) as db:
+        db.execute("CREATE SOURCE s (region VARCHAR, amount BIGINT)")
+        db.execute(f"""
+            CREATE SINK k AS SELECT * FROM s
+            WITH (connector = 'iceberg', 'catalog_uri' = 'sqlite:///{tmp_path}/catalog.db', 'table' = 'sales.raw')""")
+        db.start()
+        db.insert("s", [{"region": "eu", "amount": 3}, {"region": "us", "amount": 4}])
+        db.flush()
+        wait_for("the snapshot", lambda: cat.table_exists("sales.raw")
+                 and len(table_rows(cat, "sales.raw", "region")) == 2)
+    assert ("sales", "raw") in cat.list_tables("sales")
+    t = cat.load_table("sales.raw")
+    # The namespace's location decides where the table goes, as for tables pyiceberg creates.
+    assert t.location() == f"file://{tmp_path}/sales-warehouse/raw"
+    assert table_rows(cat, "sales.raw", "region", "amount") == [("eu", 3), ("us", 4)]
+
+
+def test_bad_options_raise_connector_error_and_leave_nothing(tmp_path):
+    with laminardb.open(str(tmp_path / "db")) as db:
+        db.execute("CREATE SOURCE s (id BIGINT)")
+        cases = [
+            ("'table' = 'a.b'", "catalog_uri"),
+            (f"'catalog_uri' = 'sqlite:///{tmp_path}/c.db'", "table"),
+            (f"'catalog_uri' = 'sqlite:///{tmp_path}/c.db', 'table' = 'a.b', 'write_mod' = 'append'", "write_mod"),
+        ]
+        for opts, needle in cases:
+            with pytest.raises(laminardb.ConnectorError, match=needle):
+                db.execute(f"CREATE SINK k AS SELECT * FROM s WITH (connector = 'iceberg', {opts})")
+        assert db.sinks() == []
