@@ -112,6 +112,54 @@ def test_sink_creates_its_table_in_a_catalog_pyiceberg_made(tmp_path):
     assert table_rows(cat, "sales.raw", "region", "amount") == [("eu", 3), ("us", 4)]
 
 
+def test_schema_evolution_adds_the_query_s_new_column(tmp_path):
+    cat = catalog(tmp_path)
+    cat.create_namespace("lake")
+    old = pa.schema([pa.field("id", pa.int64()), pa.field("name", pa.string())])
+    cat.create_table("lake.scores", schema=old).append(pa.table({"id": [1], "name": ["a"]}, schema=old))
+    with laminardb.open(str(tmp_path / "db")) as db:
+        db.execute("CREATE SOURCE s (id BIGINT, name VARCHAR, score DOUBLE)")
+        db.execute(f"""
+            CREATE SINK k AS SELECT * FROM s
+            WITH (connector = 'iceberg', 'catalog_uri' = 'sqlite:///{tmp_path}/catalog.db', 'table' = 'lake.scores')""")
+        db.start()
+        db.insert("s", [{"id": 2, "name": "b", "score": 1.5}])
+        db.flush()
+        wait_for("the row", lambda: len(table_rows(cat, "lake.scores", "id")) == 2)
+        assert db.sink_metrics("k").details["schema_changes"] == 1
+    t = cat.load_table("lake.scores")
+    assert [f.name for f in t.schema().fields] == ["id", "name", "score"]
+    assert len(t.schemas()) == 2
+    assert table_rows(cat, "lake.scores", "id", "name", "score") == [(1, "a", None), (2, "b", 1.5)]
+
+
+def test_partition_spec_identity_day_and_bucket(tmp_path):
+    with laminardb.open(str(tmp_path / "db")) as db:
+        db.execute("CREATE SOURCE tx (tx_id BIGINT, region VARCHAR, amount DOUBLE, ts TIMESTAMP)")
+        db.execute(f"""
+            CREATE SINK k AS SELECT * FROM tx
+            WITH (connector = 'iceberg', 'catalog_uri' = 'sqlite:///{tmp_path}/catalog.db',
+                  'table' = 'production.transactions', 'partition_by' = 'region, day(ts), bucket(4, tx_id)')""")
+        db.start()
+        rows = [{"tx_id": i, "region": ("eu", "us", "apac")[i % 3], "amount": float(i),
+                 "ts": dt.datetime(2024, 3, 1) + dt.timedelta(hours=7 * i)} for i in range(60)]
+        db.insert("tx", rows)
+        db.flush()
+        wait_for("the snapshot", lambda: db.sink_metrics("k").rows_written >= 60)
+    cat = catalog(tmp_path)
+    t = cat.load_table("production.transactions")
+    assert [(f.name, str(f.transform)) for f in t.spec().fields] == [
+        ("region", "identity"), ("ts_day", "day"), ("tx_id_bucket", "bucket[4]")]
+    assert table_rows(cat, "production.transactions", "tx_id", "region") == sorted(
+        (r["tx_id"], r["region"]) for r in rows)
+    eu = t.scan(row_filter="region == 'eu'").to_arrow()
+    assert sorted(eu.column("tx_id").to_pylist()) == [r["tx_id"] for r in rows if r["region"] == "eu"]
+    files = t.inspect.files().to_pylist()
+    # Every data file holds one partition: one region, one day, one bucket.
+    assert len(files) > 3 * 18
+    assert all("/region=" in f["file_path"] and "/ts_day=" in f["file_path"] for f in files)
+
+
 def test_bad_options_raise_connector_error_and_leave_nothing(tmp_path):
     with laminardb.open(str(tmp_path / "db")) as db:
         db.execute("CREATE SOURCE s (id BIGINT)")
@@ -119,6 +167,7 @@ def test_bad_options_raise_connector_error_and_leave_nothing(tmp_path):
             ("'table' = 'a.b'", "catalog_uri"),
             (f"'catalog_uri' = 'sqlite:///{tmp_path}/c.db'", "table"),
             (f"'catalog_uri' = 'sqlite:///{tmp_path}/c.db', 'table' = 'a.b', 'write_mod' = 'append'", "write_mod"),
+            (f"'catalog_uri' = 'sqlite:///{tmp_path}/c.db', 'table' = 'a.b', 'partition_by' = 'day(nope)'", "nope"),
         ]
         for opts, needle in cases:
             with pytest.raises(laminardb.ConnectorError, match=needle):

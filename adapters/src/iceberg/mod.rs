@@ -22,6 +22,13 @@
 //! - `'commit_interval_ms'` (default 0: one snapshot per epoch): gather epochs into one
 //!   snapshot.
 //! - `'target_file_size'` (bytes, default 128 MiB): roll to a new data file past this size.
+//! - `'partition_by'`: the partition spec of a table the sink creates, comma-separated fields:
+//!   `col` (identity), `year(col)`, `month(col)`, `day(col)`, `hour(col)`, `bucket(N, col)`,
+//!   `truncate(W, col)` (hidden partitioning: the values are computed from the column). Rows are
+//!   split by partition and each partition gets its own data files. An existing table keeps its
+//!   own spec.
+//! - `'schema_evolution'` (default true): columns of the query an existing table lacks are added
+//!   to it (optional, new field ids) as a new current schema when the sink opens.
 //! - `'app_id'` (default `laminardb-<sink>`): the writer id recorded in the sink's snapshots.
 //!
 //! A missing table is created from the query's columns (all optional; small integers become

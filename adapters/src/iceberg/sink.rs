@@ -8,18 +8,23 @@ use std::time::{Duration, Instant};
 use arrow::array::{new_null_array, ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use async_trait::async_trait;
-use iceberg::arrow::{arrow_schema_to_schema_auto_assign_ids, schema_to_arrow_schema};
+use iceberg::arrow::{
+    arrow_schema_to_schema_auto_assign_ids, arrow_type_to_type, schema_to_arrow_schema, RecordBatchPartitionSplitter,
+};
 use iceberg::io::FileIO;
 use iceberg::spec::{
     deserialize_data_file_from_json, serialize_data_file_to_json, DataFile, DataFileFormat, FormatVersion,
-    ManifestFile, ManifestListWriter, ManifestWriterBuilder, Operation, Snapshot, SnapshotReference, SnapshotRetention,
-    SnapshotSummaryCollector, Summary, MAIN_BRANCH,
+    ManifestFile, ManifestListWriter, ManifestWriterBuilder, NestedField, NestedFieldRef, Operation, Snapshot,
+    SnapshotReference, SnapshotRetention, SnapshotSummaryCollector, Summary, Transform, UnboundPartitionSpec,
+    MAIN_BRANCH,
 };
 use iceberg::table::Table;
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
 use iceberg::writer::file_writer::location_generator::{DefaultFileNameGenerator, DefaultLocationGenerator};
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::file_writer::ParquetWriterBuilder;
+use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
+use iceberg::writer::partitioning::PartitioningWriter;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use iceberg::{NamespaceIdent, TableCreation, TableIdent, TableRequirement, TableUpdate};
 use laminar_dataflow::batch::DiffBatch;
@@ -47,6 +52,8 @@ pub const SINK: SinkFactory = SinkFactory {
         "warehouse",
         "commit_interval_ms",
         "target_file_size",
+        "schema_evolution",
+        "partition_by",
         "app_id",
     ],
     build,
@@ -101,6 +108,11 @@ fn build(
     }
     // Checked here so that a query the table format cannot hold fails at CREATE.
     iceberg_schema(&spec.schema)?;
+    let schema_evolution = r.opt_bool("schema_evolution")?.unwrap_or(true);
+    let partition_by = match r.opt_str("partition_by") {
+        Some(p) => parse_partitioning(&p, &spec.schema)?,
+        None => Vec::new(),
+    };
     let app_id = r.opt_str("app_id").unwrap_or_else(|| format!("laminardb-{}", spec.name));
     let transactional = spec.options.get("delivery.guarantee").is_some_and(|g| g.trim() == "exactly-once");
     let catalog = match target {
@@ -113,6 +125,8 @@ fn build(
         query_schema: spec.schema.clone(),
         commit_interval,
         target_file_size: target_file_size as usize,
+        schema_evolution,
+        partition_by,
         app_id,
         transactional,
         file_io: FileIO::new_with_fs(),
@@ -179,6 +193,9 @@ pub struct IcebergSink {
     query_schema: SchemaRef,
     commit_interval: Duration,
     target_file_size: usize,
+    schema_evolution: bool,
+    /// Partition fields of a table the sink creates: (query column, transform).
+    partition_by: Vec<(usize, Transform)>,
     app_id: String,
     transactional: bool,
     file_io: FileIO,
@@ -226,16 +243,88 @@ impl IcebergSink {
                 if let Some(path) = location.strip_prefix("file://") {
                     std::fs::create_dir_all(path).map_err(|e| self.err(&format!("cannot create {path}"), e))?;
                 }
+                let schema = iceberg_schema(&self.query_schema)?;
+                let mut spec = UnboundPartitionSpec::builder();
+                for (column, transform) in &self.partition_by {
+                    let name = self.query_schema.field(*column).name();
+                    let field = schema
+                        .field_by_name(name)
+                        .ok_or_else(|| self.err("partition_by", format!("no column '{name}'")))?;
+                    spec = spec
+                        .add_partition_field(field.id, partition_field_name(name, transform), *transform)
+                        .map_err(|e| self.err(&format!("'partition_by' on '{name}'"), e))?;
+                }
                 let creation = TableCreation::builder()
                     .name(self.ident.name.clone())
                     .location(location)
-                    .schema(iceberg_schema(&self.query_schema)?)
+                    .schema(schema)
+                    .partition_spec(spec.build())
                     .properties([("write.parquet.compression-codec".to_string(), "zstd".to_string())])
                     .build();
                 self.catalog.create(&self.ident, creation, &self.file_io).await?
             }
         };
-        self.set_table(table)
+        self.set_table(table)?;
+        if self.schema_evolution {
+            self.evolve_schema().await?;
+        }
+        Ok(())
+    }
+
+    /// Adds the query's columns the table lacks (optional, new field ids) as a new current
+    /// schema; rows written before read NULL there.
+    async fn evolve_schema(&mut self) -> Result<()> {
+        let mut last = String::new();
+        for _ in 0..COMMIT_ATTEMPTS {
+            let table = self.table()?.clone();
+            let md = table.metadata();
+            let current = md.current_schema();
+            let missing: Vec<&Field> = self
+                .query_schema
+                .fields()
+                .iter()
+                .filter(|f| find_field(&self.table_schema, f.name()).is_none())
+                .map(|f| f.as_ref())
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
+            let mut fields: Vec<NestedFieldRef> = current.as_struct().fields().to_vec();
+            let mut next = md.last_column_id();
+            for f in &missing {
+                let t = arrow_type_to_type(&iceberg_arrow_type(f.name(), f.data_type())?)
+                    .map_err(|e| self.err(&format!("column '{}' has no Iceberg type", f.name()), e))?;
+                next += 1;
+                fields.push(Arc::new(NestedField::optional(next, f.name(), t)));
+            }
+            let next_id = md.schemas_iter().map(|s| s.schema_id()).max().unwrap_or(0) + 1;
+            let schema = iceberg::spec::Schema::builder()
+                .with_schema_id(next_id)
+                .with_fields(fields)
+                .with_identifier_field_ids(current.identifier_field_ids())
+                .build()
+                .map_err(|e| self.err("cannot add the query's new columns", e))?;
+            let updates = vec![TableUpdate::AddSchema { schema }, TableUpdate::SetCurrentSchema { schema_id: -1 }];
+            let requirements = [
+                TableRequirement::UuidMatch { uuid: md.uuid() },
+                TableRequirement::CurrentSchemaIdMatch { current_schema_id: md.current_schema_id() },
+            ];
+            match self.catalog.commit(&table, &requirements, updates).await? {
+                Committed::Done(t) => {
+                    self.set_table(*t)?;
+                    if let Some(s) = &self.status {
+                        s.set_counter("schema_changes", 1);
+                    }
+                    return Ok(());
+                }
+                Committed::Conflict(why) => {
+                    last = why;
+                    let fresh = self.catalog.load(&self.ident, &self.file_io).await?;
+                    self.set_table(fresh.ok_or_else(|| self.err("schema change", "the table was dropped"))?)?;
+                }
+            }
+        }
+        Err(self.err(&format!("schema change lost to other writers {COMMIT_ATTEMPTS} times"), last))
     }
 
     fn set_table(&mut self, table: Table) -> Result<()> {
@@ -302,10 +391,24 @@ impl IcebergSink {
         );
         let rolling =
             RollingFileWriterBuilder::new(parquet, self.target_file_size, table.file_io().clone(), locations, names);
-        let mut writer =
-            DataFileWriterBuilder::new(rolling).build(None).await.map_err(|e| self.err("cannot write", e))?;
+        let builder = DataFileWriterBuilder::new(rolling);
+        let spec = md.default_partition_spec();
+        if spec.is_unpartitioned() {
+            let mut writer = builder.build(None).await.map_err(|e| self.err("cannot write", e))?;
+            for b in rows {
+                writer.write(b.clone()).await.map_err(|e| self.err("cannot write", e))?;
+            }
+            return writer.close().await.map_err(|e| self.err("cannot write", e));
+        }
+        // One file (or more) per partition the rows fall in.
+        let splitter =
+            RecordBatchPartitionSplitter::try_new_with_computed_values(md.current_schema().clone(), spec.clone())
+                .map_err(|e| self.err("cannot partition", e))?;
+        let mut writer = FanoutWriter::new(builder);
         for b in rows {
-            writer.write(b.clone()).await.map_err(|e| self.err("cannot write", e))?;
+            for (key, part) in splitter.split(b).map_err(|e| self.err("cannot partition", e))? {
+                writer.write(key, part).await.map_err(|e| self.err("cannot write", e))?;
+            }
         }
         writer.close().await.map_err(|e| self.err("cannot write", e))
     }
@@ -396,6 +499,97 @@ impl IcebergSink {
         let rows = std::mem::take(&mut self.rows);
         let files = self.write_files(&rows).await?;
         self.commit_files(files, self.epoch).await
+    }
+}
+
+/// Parses `'partition_by'`: comma-separated `col`, `identity(col)`, `year(col)`, `month(col)`,
+/// `day(col)`, `hour(col)`, `bucket(N, col)` or `truncate(W, col)`.
+fn parse_partitioning(text: &str, query: &Schema) -> Result<Vec<(usize, Transform)>> {
+    let bad = |item: &str, why: String| {
+        ConnectorError::Config(format!(
+            "'partition_by': '{item}' {why} (write e.g. 'region, day(ts), bucket(16, id), truncate(4, name)')"
+        ))
+    };
+    // Split at the commas outside parentheses.
+    let mut items = Vec::new();
+    let (mut depth, mut start) = (0i32, 0);
+    for (i, c) in text.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                items.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    items.push(&text[start..]);
+    let mut out = Vec::new();
+    for item in items.into_iter().map(str::trim).filter(|s| !s.is_empty()) {
+        let (transform, column) = match item.split_once('(') {
+            None => (Transform::Identity, item),
+            Some((name, rest)) => {
+                let args = rest.strip_suffix(')').ok_or_else(|| bad(item, "lacks its closing parenthesis".into()))?;
+                let args: Vec<&str> = args.split(',').map(str::trim).collect();
+                let n = |a: &str| {
+                    a.parse::<u32>()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| bad(item, format!("needs a positive number, not '{a}'")))
+                };
+                match (name.trim().to_ascii_lowercase().as_str(), args.as_slice()) {
+                    ("identity", [c]) => (Transform::Identity, *c),
+                    ("year" | "years", [c]) => (Transform::Year, *c),
+                    ("month" | "months", [c]) => (Transform::Month, *c),
+                    ("day" | "days", [c]) => (Transform::Day, *c),
+                    ("hour" | "hours", [c]) => (Transform::Hour, *c),
+                    ("bucket", [k, c]) => (Transform::Bucket(n(k)?), *c),
+                    ("truncate", [w, c]) => (Transform::Truncate(n(w)?), *c),
+                    (other, _) => {
+                        return Err(bad(
+                            item,
+                            format!(
+                                "is not a partition transform ('{other}' with {} argument(s)): use identity, year, \
+                                 month, day, hour (one column), bucket or truncate (a number and a column)",
+                                args.len()
+                            ),
+                        ))
+                    }
+                }
+            }
+        };
+        let column = column.trim().trim_matches('"');
+        let idx = find_field(query, column).ok_or_else(|| {
+            bad(
+                item,
+                format!(
+                    "names no column of the query (its columns: {})",
+                    query.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })?;
+        let t = iceberg_arrow_type(column, query.field(idx).data_type())?;
+        let t = arrow_type_to_type(&t).map_err(|e| bad(item, e.to_string()))?;
+        if transform.result_type(&t).is_err() {
+            return Err(bad(item, format!("cannot apply to column '{column}' of type {t}")));
+        }
+        out.push((idx, transform));
+    }
+    Ok(out)
+}
+
+/// The partition field's name, as other engines name it (`ts_day`, `id_bucket`, …).
+fn partition_field_name(column: &str, t: &Transform) -> String {
+    match t {
+        Transform::Identity => column.to_string(),
+        Transform::Year => format!("{column}_year"),
+        Transform::Month => format!("{column}_month"),
+        Transform::Day => format!("{column}_day"),
+        Transform::Hour => format!("{column}_hour"),
+        Transform::Bucket(_) => format!("{column}_bucket"),
+        Transform::Truncate(_) => format!("{column}_trunc"),
+        other => format!("{column}_{other}"),
     }
 }
 
@@ -647,6 +841,21 @@ mod tests {
                 "amount:Decimal128(18, 2)"
             ]
         );
+        let parts = parse_partitioning("name, day(ts), bucket(16, id), truncate(4, name)", &query).expect("spec");
+        assert_eq!(
+            parts,
+            [(2, Transform::Identity), (3, Transform::Day), (0, Transform::Bucket(16)), (2, Transform::Truncate(4))]
+        );
+        for (text, needle) in [
+            ("nope", "names no column"),
+            ("day(id)", "cannot apply"),
+            ("bucket(id)", "not a partition transform"),
+            ("bucket(0, id)", "positive number"),
+            ("day(ts", "closing parenthesis"),
+        ] {
+            let e = parse_partitioning(text, &query).expect_err(text).to_string();
+            assert!(e.contains(needle) && e.contains("'partition_by'"), "{text}: {e}");
+        }
         let bad = Schema::new(vec![Field::new("l", DataType::new_list(DataType::Int32, true), true)]);
         let e = iceberg_schema(&bad).expect_err("a list").to_string();
         assert!(e.contains("column 'l'"), "{e}");
