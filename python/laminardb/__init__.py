@@ -19,6 +19,7 @@ subscribed to or queried ad hoc, as pyarrow, pandas, polars or plain Python obje
 from __future__ import annotations
 
 import asyncio
+import atexit
 import threading
 import weakref
 from dataclasses import dataclass, field
@@ -697,6 +698,7 @@ class Connection:
     def __init__(self, raw: Any, config: LaminarConfig) -> None:
         self._conn = raw
         self._config = config
+        _LIVE.add(self)
         self._queries: dict[int, tuple[str, Any]] = {}
         self._next_query = 1
         # name -> (function, registered explicitly)
@@ -1072,6 +1074,23 @@ class Connection:
     def __repr__(self) -> str:
         state = "closed" if self.is_closed else self._conn.pipeline_state
         return f"Connection(state={state!r}, config={self._config!r})"
+
+
+_LIVE: "weakref.WeakSet[Connection]" = weakref.WeakSet()
+
+
+@atexit.register
+def _join_threads() -> None:
+    """At interpreter exit, before finalization: closes the connections still open and waits
+    for the threads of Python sources and sinks to return, so none of them takes the GIL again
+    once the interpreter is being torn down."""
+    for conn in list(_LIVE):
+        try:
+            conn.close()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+    for t in list(getattr(_ext, "_threads", [])):
+        t.join(timeout=5.0)
 
 
 def open(path: str, *, config: Optional[LaminarConfig] = None) -> Connection:  # noqa: A001

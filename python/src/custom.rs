@@ -69,7 +69,11 @@ fn spawn_python_thread(name: &str, f: impl FnOnce() + Send + 'static) -> Result<
         kwargs.set_item("target", target)?;
         kwargs.set_item("name", name)?;
         kwargs.set_item("daemon", true)?;
-        py.import("threading")?.getattr("Thread")?.call((), Some(&kwargs))?.call_method0("start")?;
+        let thread = py.import("threading")?.getattr("Thread")?.call((), Some(&kwargs))?;
+        thread.call_method0("start")?;
+        // Joined at interpreter exit (see `laminardb._join_threads`): a thread that re-takes the
+        // GIL once finalization has begun is ended by the interpreter mid-frame, which aborts.
+        py.import("laminardb._laminardb")?.getattr("_threads")?.call_method1("append", (thread,))?;
         Ok(())
     })
     .map_err(|e| ConnectorError::Failed(format!("cannot start the Python thread {name}: {e}")))

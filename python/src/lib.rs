@@ -609,6 +609,8 @@ fn cli_main(py: Python<'_>, argv: Vec<String>) -> i32 {
 fn _laminardb(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<PyConnection>()?;
+    // The Python threads the extension started (custom sources and sinks), joined at exit.
+    m.add("_threads", pyo3::types::PyList::empty(py))?;
     m.add_class::<PySubscription>()?;
     m.add_function(wrap_pyfunction!(cli_main, m)?)?;
     m.add("LaminarError", py.get_type::<PyLaminarError>())?;
