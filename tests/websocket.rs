@@ -392,6 +392,11 @@ fn client_sink_holds_messages_while_the_peer_is_down() {
     }
     db.flush().expect("flush");
     rt.block_on(first).expect("first peer");
+    // Messages written into the connection as the peer crashes are lost with it (WebSocket has
+    // no acknowledgements); what matters is what the sink does once it knows the peer is gone.
+    wait_for("the sink to notice the crash", Duration::from_secs(10), || {
+        db.sink_metrics("push").is_some_and(|m| m.state == "retrying")
+    });
     // The peer is down: these wait in the sink (and then in the pipeline) instead of vanishing.
     for i in 300..1000 {
         db.insert_json("events", &format!(r#"{{"id":{i}}}"#)).expect("insert");
