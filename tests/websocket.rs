@@ -361,7 +361,8 @@ fn client_sink_holds_messages_while_the_peer_is_down() {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let received: Arc<Mutex<Vec<i64>>> = Arc::new(Mutex::new(Vec::new()));
     // The peer: a server that records ids, accepting connections until told to stop.
-    let serve = |listener: TcpListener, received: Arc<Mutex<Vec<i64>>>, limit: usize| async move {
+    // (`limit`: crash after that many messages; None: serve until the sink closes.)
+    let serve = |listener: TcpListener, received: Arc<Mutex<Vec<i64>>>, limit: Option<usize>| async move {
         let (tcp, _): (TcpStream, _) = listener.accept().await.expect("accept");
         let mut ws = tokio_tungstenite::accept_async(tcp).await.expect("handshake");
         while let Some(Ok(m)) = ws.next().await {
@@ -369,7 +370,7 @@ fn client_sink_holds_messages_while_the_peer_is_down() {
                 let v: serde_json::Value = serde_json::from_str(t.as_str()).expect("json");
                 let mut r = received.lock().expect("lock");
                 r.push(v["id"].as_i64().expect("id"));
-                if r.len() >= limit {
+                if limit.is_some_and(|n| r.len() >= n) {
                     break;
                 }
             }
@@ -377,7 +378,7 @@ fn client_sink_holds_messages_while_the_peer_is_down() {
         // Dropped without a close handshake: the peer crashed.
     };
     let listener = rt.block_on(TcpListener::bind(addr)).expect("bind");
-    let first = rt.spawn(serve(listener, received.clone(), 300));
+    let first = rt.spawn(serve(listener, received.clone(), Some(300)));
     let db = common::db_with_workers(1);
     db.execute("CREATE SOURCE events (id BIGINT)").expect("source");
     db.execute(&format!(
@@ -405,14 +406,15 @@ fn client_sink_holds_messages_while_the_peer_is_down() {
     let m = db.sink_metrics("push").expect("metrics");
     assert_eq!(m.state, "retrying", "{m:?}");
     let listener = rt.block_on(TcpListener::bind(addr)).expect("bind again");
-    let second = rt.spawn(serve(listener, received.clone(), 1000));
-    rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), second).await }).expect("all ids").expect("peer");
-    let got = received.lock().expect("lock").clone();
-    let distinct: std::collections::BTreeSet<i64> = got.iter().copied().collect();
-    assert_eq!(distinct, (0..1000).collect(), "every id arrived");
+    let second = rt.spawn(serve(listener, received.clone(), None));
+    let distinct = || received.lock().expect("lock").iter().copied().collect::<std::collections::BTreeSet<i64>>();
+    wait_for("every id at the second peer", Duration::from_secs(30), || distinct().len() >= 1000);
+    assert_eq!(distinct(), (0..1000).collect(), "every id arrived");
     let m = db.sink_metrics("push").expect("metrics");
     assert!(m.retries >= 1 && m.details.get("reconnects").copied().unwrap_or(0) >= 1, "{m:?}");
+    // The peer stays up until the sink closes the connection at shutdown.
     db.shutdown().expect("shutdown");
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), second).await }).expect("closed").expect("peer");
 }
 
 #[test]
