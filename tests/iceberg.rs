@@ -1,7 +1,7 @@
 //! The `iceberg` sink against real Iceberg tables in a SQLite SQL catalog (the tables pyiceberg
 //! uses), read back with iceberg-rust's scan: snapshots per epoch with the epoch recorded,
-//! option errors at CREATE, concurrent writers on one table, and exactly-once snapshots across
-//! a pipeline killed with SIGKILL.
+//! option errors at CREATE, concurrent writers on one table, upserts as position deletes, and
+//! exactly-once snapshots (appends and upserts) across a pipeline killed with SIGKILL.
 
 mod common;
 
@@ -53,21 +53,27 @@ fn metadata(catalog: &Path, ns: &str, name: &str) -> TableMetadata {
     rt().block_on(TableMetadata::read_from(&FileIO::new_with_fs(), &location)).expect("metadata")
 }
 
-/// Every row of the table as `a|b|…` strings, sorted, read by iceberg-rust's scan.
+/// The table as iceberg-rust loads it.
+async fn load_table(catalog: &Path, ns: &str, name: &str) -> Table {
+    let location = metadata_location(catalog, ns, name);
+    let io = FileIO::new_with_fs();
+    let metadata = TableMetadata::read_from(&io, &location).await.expect("metadata");
+    Table::builder()
+        .identifier(TableIdent::from_strs([ns, name]).expect("ident"))
+        .file_io(io)
+        .metadata(metadata)
+        .metadata_location(location)
+        .runtime(Runtime::current())
+        .build()
+        .expect("table")
+}
+
+/// Every row of the table as `a|b|…` strings, sorted, read by iceberg-rust's scan (which
+/// applies position deletes).
 fn table_rows(catalog: &Path, ns: &str, name: &str) -> Vec<String> {
     let r = rt();
     r.block_on(async {
-        let location = metadata_location(catalog, ns, name);
-        let io = FileIO::new_with_fs();
-        let metadata = TableMetadata::read_from(&io, &location).await.expect("metadata");
-        let table = Table::builder()
-            .identifier(TableIdent::from_strs([ns, name]).expect("ident"))
-            .file_io(io)
-            .metadata(metadata)
-            .metadata_location(location)
-            .runtime(Runtime::current())
-            .build()
-            .expect("table");
+        let table = load_table(catalog, ns, name).await;
         if table.metadata().current_snapshot().is_none() {
             return Vec::new();
         }
@@ -79,7 +85,6 @@ fn table_rows(catalog: &Path, ns: &str, name: &str) -> Vec<String> {
     })
 }
 
-/// The `laminardb.epoch` of each snapshot, oldest first.
 fn snapshot_epochs(metadata: &TableMetadata) -> Vec<u64> {
     let mut snaps: Vec<_> = metadata.snapshots().collect();
     snaps.sort_by_key(|s| s.sequence_number());
@@ -150,6 +155,12 @@ fn sink_errors_name_the_key_and_leave_nothing_behind() {
         ("SELECT id FROM s", format!(", {cat}, 'table' = 'a.b', 'comit_interval_ms' = '5'"), "comit_interval_ms"),
         ("SELECT name, COUNT(*) AS n FROM s GROUP BY name", format!(", {cat}, 'table' = 'a.b'"), "append"),
         ("SELECT id, span FROM s", format!(", {cat}, 'table' = 'a.b'"), "'span'"),
+        ("SELECT id FROM s", format!(", {cat}, 'table' = 'a.b', 'merge_key_columns' = 'id'"), "upsert"),
+        (
+            "SELECT id FROM s",
+            format!(", {cat}, 'table' = 'a.b', 'write_mode' = 'upsert', 'merge_key_columns' = 'nope'"),
+            "'nope'",
+        ),
     ];
     for (query, opts, needle) in cases {
         let e = db.execute(&format!("CREATE SINK k AS {query} WITH (connector = 'iceberg'{opts})")).expect_err(needle);
@@ -188,6 +199,141 @@ fn concurrent_writers_to_one_table_keep_every_snapshot() {
     assert_eq!(table.snapshots().count(), 30, "one snapshot per epoch of each writer");
 }
 
+/// Live files of the current snapshot by content: (data files, position delete files).
+fn file_counts(catalog: &Path, ns: &str, name: &str) -> (usize, usize) {
+    rt().block_on(async {
+        let table = load_table(catalog, ns, name).await;
+        let snap = table.metadata().current_snapshot().expect("snapshot");
+        let list = table.manifest_list_reader(snap).load().await.expect("manifest list");
+        let (mut data, mut deletes) = (0, 0);
+        for m in list.entries() {
+            for e in m.load_manifest(table.file_io()).await.expect("manifest").entries().iter().filter(|e| e.is_alive())
+            {
+                match e.content_type() {
+                    iceberg::spec::DataContentType::Data => data += 1,
+                    iceberg::spec::DataContentType::PositionDeletes => deletes += 1,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+        (data, deletes)
+    })
+}
+
+#[test]
+fn upsert_merges_on_the_key_with_position_deletes() {
+    let dir = tempfile::tempdir().expect("dir");
+    let catalog = dir.path().join("catalog.db");
+    let db = memory_db();
+    db.execute("CREATE SOURCE s (id BIGINT PRIMARY KEY, name VARCHAR)").expect("source");
+    let sink = |name: &str, query: &str, extra: &str| {
+        db.execute(&format!(
+            "CREATE SINK {name} AS {query} WITH (connector = 'iceberg', 'catalog_uri' = 'sqlite:///{}', \
+             'table' = 'up.{name}', 'write_mode' = 'upsert'{extra})",
+            catalog.display()
+        ))
+        .expect("sink");
+    };
+    // The GROUP BY key, the same partitioned, and the source's primary key.
+    sink("per_name", "SELECT name, COUNT(*) AS n FROM s GROUP BY name", "");
+    sink("per_name_p", "SELECT name, COUNT(*) AS n FROM s GROUP BY name", ", 'partition_by' = 'truncate(1, name)'");
+    sink("by_id", "SELECT id, name FROM s", "");
+    db.start().expect("start");
+    db.insert("s", &batch(&[1, 2, 3], &["a", "a", "b"])).expect("insert");
+    db.flush().expect("flush");
+    for t in ["per_name", "per_name_p"] {
+        wait_for("the first counts", || {
+            db.sink_metrics(t).is_some_and(|m| m.details.get("iceberg_commits") == Some(&1))
+        });
+        assert_eq!(table_rows(&catalog, "up", t), ["a|2", "b|1"], "{t}");
+    }
+    // Conflicting keys: 'a' changes its count, 'b' disappears, 'c' is new, then changes; id 3
+    // is deleted, id 1 renamed (in the third commit 'a' loses id 1 and gains id 6: unchanged).
+    db.delete("s", &batch(&[3], &["b"])).expect("delete");
+    db.insert("s", &batch(&[4, 5], &["a", "c"])).expect("insert");
+    db.flush().expect("flush");
+    db.insert("s", &batch(&[1, 6], &["c", "a"])).expect("insert");
+    db.flush().expect("flush");
+    for t in ["per_name", "per_name_p", "by_id"] {
+        wait_for("the last commit", || {
+            db.sink_metrics(t).is_some_and(|m| m.details.get("iceberg_commits") == Some(&3))
+        });
+    }
+    let m = db.sink_metrics("per_name").expect("metrics");
+    db.shutdown().expect("shutdown");
+    for t in ["per_name", "per_name_p"] {
+        assert_eq!(table_rows(&catalog, "up", t), ["a|3", "c|2"], "{t}");
+    }
+    assert_eq!(table_rows(&catalog, "up", "by_id"), ["1|c", "2|a", "4|a", "5|c", "6|a"]);
+    // Retired rows: a|2, b|1 (second commit), c|1 (third).
+    assert_eq!(m.details.get("iceberg_retired_rows"), Some(&3), "{:?}", m.details);
+    assert_eq!(m.details.get("iceberg_keys"), Some(&2), "{:?}", m.details);
+    // Each commit adds its data files; the later ones also a position delete file.
+    assert_eq!(file_counts(&catalog, "up", "per_name"), (3, 2));
+    let md = metadata(&catalog, "up", "per_name");
+    let mut snaps: Vec<_> = md.snapshots().collect();
+    snaps.sort_by_key(|s| s.sequence_number());
+    let ops: Vec<&str> = snaps.iter().map(|s| s.summary().operation.as_str()).collect();
+    assert_eq!(ops, ["append", "overwrite", "overwrite"]);
+    // Partitioned: a delete file per partition of the rows it retires ('a' and 'b', then 'c').
+    assert_eq!(file_counts(&catalog, "up", "per_name_p").1, 3);
+}
+
+#[test]
+fn upsert_retires_rows_another_writer_appends_meanwhile() {
+    let dir = tempfile::tempdir().expect("dir");
+    let catalog = dir.path().join("catalog.db");
+    let upserter = memory_db();
+    upserter.execute("CREATE SOURCE s (id BIGINT PRIMARY KEY, name VARCHAR)").expect("source");
+    upserter
+        .execute(&format!(
+            "CREATE SINK k AS SELECT id, name FROM s WITH (connector = 'iceberg', 'catalog_uri' = 'sqlite:///{}', \
+             'table' = 'shared.t', 'write_mode' = 'upsert')",
+            catalog.display()
+        ))
+        .expect("sink");
+    upserter.start().expect("start");
+    let appender = sink_db(&catalog, "shared.t", "");
+    appender.start().expect("start");
+    let ids: Vec<i64> = (1..=40).collect();
+    let names = |n: &str| vec![n.to_string(); ids.len()];
+    // Both write the same keys in 15 rounds each; the upserter's commits keep losing races to
+    // the appender's and are rebuilt on top of them.
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            for round in 0..15 {
+                let n = names(&format!("b{round}"));
+                appender.insert("s", &batch(&ids, &n.iter().map(String::as_str).collect::<Vec<_>>())).expect("insert");
+                appender.flush().expect("flush");
+            }
+        });
+        s.spawn(|| {
+            for round in 0..15 {
+                let n = names(&format!("a{round}"));
+                upserter.insert("s", &batch(&ids, &n.iter().map(String::as_str).collect::<Vec<_>>())).expect("insert");
+                upserter.flush().expect("flush");
+            }
+        });
+    });
+    wait_for("the appender", || appender.sink_metrics("k").is_some_and(|m| m.rows_written >= 600));
+    appender.shutdown().expect("shutdown");
+    // The upserter's last word on every key, after the appender stopped: one row per key.
+    let n = names("final");
+    upserter.insert("s", &batch(&ids, &n.iter().map(String::as_str).collect::<Vec<_>>())).expect("insert");
+    upserter.flush().expect("flush");
+    wait_for("the final upsert", || table_rows(&catalog, "shared", "t").iter().all(|r| r.ends_with("|final")));
+    let m = upserter.sink_metrics("k").expect("metrics");
+    upserter.shutdown().expect("shutdown");
+    assert!(m.details.get("iceberg_commit_conflicts").is_some_and(|c| *c > 0), "no race was lost: {:?}", m.details);
+    let got = table_rows(&catalog, "shared", "t");
+    let want: Vec<String> = {
+        let mut w: Vec<String> = ids.iter().map(|i| format!("{i}|final")).collect();
+        w.sort();
+        w
+    };
+    assert_eq!(got, want);
+}
+
 fn run_cli(db: &Path, sql: &Path) -> std::process::Child {
     Command::new(env!("CARGO_BIN_EXE_laminardb"))
         .args(["run", &sql.display().to_string(), "--db", &db.display().to_string(), "--quiet"])
@@ -205,8 +351,11 @@ fn pipeline(catalog: &Path) -> String {
                  'fields.ad.max' = '30', 'fields.ts.start' = '2024-01-01T00:00:00Z', 'fields.ts.step' = '10',
                  'retention' = '0 rows');
          CREATE SINK raw AS SELECT ad, ts FROM views
-           WITH (connector = 'iceberg', 'catalog_uri' = 'sqlite:///{}', 'table' = 'lake.raw',
-                 'delivery.guarantee' = 'exactly-once');",
+           WITH (connector = 'iceberg', 'catalog_uri' = 'sqlite:///{0}', 'table' = 'lake.raw',
+                 'delivery.guarantee' = 'exactly-once');
+         CREATE SINK totals AS SELECT ad, COUNT(*) AS n, MAX(ts) AS last FROM views GROUP BY ad
+           WITH (connector = 'iceberg', 'catalog_uri' = 'sqlite:///{0}', 'table' = 'lake.totals',
+                 'write_mode' = 'upsert', 'delivery.guarantee' = 'exactly-once');",
         catalog.display()
     )
 }
@@ -238,4 +387,8 @@ fn exactly_once_iceberg_sink_survives_kills() {
     let mut sorted = epochs.clone();
     sorted.dedup();
     assert_eq!(sorted, epochs, "no epoch committed twice, in order");
+    // The upserted totals: one row per ad, equal to the clean run's.
+    let want = table_rows(&clean.path().join("catalog.db"), "lake", "totals");
+    assert_eq!(want.len(), 31, "{want:?}");
+    assert_eq!(table_rows(&crashy.path().join("catalog.db"), "lake", "totals"), want);
 }

@@ -1,11 +1,12 @@
 //! Keys of an updating query's rows, and folding its changes into the last state of each key,
-//! for sinks that write keyed upserts (Kafka keys and tombstones, WebSocket change messages).
+//! for sinks that write keyed upserts (Kafka keys and tombstones, WebSocket change messages,
+//! Delta and Iceberg merges).
 
 use std::collections::HashMap;
 use std::hash::Hash;
 
 use arrow::array::{RecordBatch, UInt32Array};
-use arrow::datatypes::Schema;
+use arrow::datatypes::{Schema, SchemaRef};
 use laminar_dataflow::batch::DiffBatch;
 
 use crate::{ConnectorError, Result};
@@ -80,6 +81,81 @@ pub fn fold<K: Hash + Eq, V: PartialEq>(pending: &mut HashMap<K, Option<V>>, key
         _ => {
             pending.insert(key, None);
         }
+    }
+}
+
+/// Rows by key, for sinks that merge on a key (Delta and Iceberg upserts): the last state of
+/// each key changed since the last commit, or the whole current result (overwrite of an
+/// updating query).
+#[derive(Default)]
+pub struct Keyed {
+    /// The batches the rows are in.
+    pub batches: Vec<RecordBatch>,
+    /// Key → (its row's full text for matching retractions, batch, row) or None: deleted.
+    pub rows: HashMap<String, Option<Versioned>>,
+}
+
+/// A row of [`Keyed`].
+#[derive(Clone)]
+pub struct Versioned {
+    /// The whole row as text (a retraction matches the row it retracts by it).
+    pub text: String,
+    /// (batch, row) in [`Keyed::batches`].
+    pub at: (usize, usize),
+}
+
+impl PartialEq for Versioned {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Keyed {
+    /// Folds the changes of `batch` in, keyed by the columns at `key`.
+    pub fn apply(&mut self, batch: &DiffBatch, key: &[usize]) -> Result<()> {
+        let data = &batch.data;
+        let keys = key_strings(data, key)?;
+        let all: Vec<usize> = (0..data.num_columns()).collect();
+        let texts = key_strings(data, &all)?;
+        let b = self.batches.len();
+        self.batches.push(data.clone());
+        for (i, (k, text)) in keys.into_iter().zip(texts).enumerate() {
+            let d = batch.diff(i);
+            if d == 0 {
+                continue;
+            }
+            fold(&mut self.rows, k, Versioned { text, at: (b, i) }, d > 0);
+        }
+        Ok(())
+    }
+
+    /// The current rows.
+    pub fn rows(&self, schema: &SchemaRef) -> Result<RecordBatch> {
+        let idx: Vec<(usize, usize)> = self.rows.values().flatten().map(|v| v.at).collect();
+        let refs: Vec<&RecordBatch> = self.batches.iter().collect();
+        if idx.is_empty() {
+            return Ok(RecordBatch::new_empty(schema.clone()));
+        }
+        Ok(arrow::compute::interleave_record_batch(&refs, &idx)?)
+    }
+
+    /// Keeps only the current rows, in one batch (the result kept across commits would
+    /// otherwise hold every batch it ever saw).
+    pub fn compact(&mut self, schema: &SchemaRef) -> Result<()> {
+        self.rows.retain(|_, v| v.is_some());
+        let rows = self.rows(schema)?;
+        // `rows` took the current rows in map order; the same order gives their new places.
+        for (i, v) in self.rows.values_mut().flatten().enumerate() {
+            v.at = (0, i);
+        }
+        self.batches = vec![rows];
+        Ok(())
+    }
+
+    /// Forgets everything.
+    pub fn clear(&mut self) {
+        self.batches.clear();
+        self.rows.clear();
     }
 }
 

@@ -160,6 +160,79 @@ def test_partition_spec_identity_day_and_bucket(tmp_path):
     assert all("/region=" in f["file_path"] and "/ts_day=" in f["file_path"] for f in files)
 
 
+def test_upsert_replaces_rows_by_key_in_a_table_pyiceberg_made(tmp_path):
+    cat = catalog(tmp_path)
+    cat.create_namespace("lake")
+    schema = pa.schema([pa.field("id", pa.int64()), pa.field("name", pa.string())])
+    t = cat.create_table("lake.accounts", schema=schema)
+    # Written before by appends: id 1 twice.
+    t.append(pa.table({"id": [1, 1, 2], "name": ["old", "older", "keep"]}, schema=schema))
+    with laminardb.open(str(tmp_path / "db")) as db:
+        db.execute("CREATE SOURCE s (id BIGINT PRIMARY KEY, name VARCHAR)")
+        db.execute(f"""
+            CREATE SINK k AS SELECT * FROM s WHERE name <> 'closed'
+            WITH (connector = 'iceberg', 'catalog_uri' = 'sqlite:///{tmp_path}/catalog.db', 'table' = 'lake.accounts',
+                  'write_mode' = 'upsert')""")
+        db.start()
+        db.insert("s", [{"id": 1, "name": "new"}, {"id": 5, "name": "five"}])
+        db.flush()
+        wait_for("the upsert", lambda: table_rows(cat, "lake.accounts", "id", "name")
+                 == [(1, "new"), (2, "keep"), (5, "five")])
+        # An update, and a row leaving the query's result (a delete of key 1).
+        db.insert("s", [{"id": 5, "name": "FIVE"}, {"id": 1, "name": "closed"}])
+        db.flush()
+        wait_for("the second upsert", lambda: table_rows(cat, "lake.accounts", "id", "name")
+                 == [(2, "keep"), (5, "FIVE")])
+        m = db.sink_metrics("k")
+        assert m.details["iceberg_retired_rows"] == 4
+    t = cat.load_table("lake.accounts")
+    files = t.inspect.files().to_pylist()
+    # content 0: data, 1: position deletes.
+    assert sorted(f["content"] for f in files) == [0, 0, 0, 1, 1]
+    assert [s.summary.operation.value for s in sorted(t.snapshots(), key=lambda s: s.sequence_number)] == [
+        "append", "overwrite", "overwrite"]
+
+
+def test_upsert_of_an_updating_aggregate_equals_the_aggregate(tmp_path):
+    """Random inserts, updates and deletes over many commits: the table read by pyiceberg holds
+    exactly the aggregate computed here."""
+    import random
+
+    rnd = random.Random(7)
+    live: dict[int, tuple[str, int]] = {}
+    with laminardb.open(str(tmp_path / "db")) as db:
+        # A row with amount 0 leaves the aggregate (a delete); accounts empty out and come back.
+        db.execute("CREATE SOURCE tx (id BIGINT PRIMARY KEY, account VARCHAR, amount BIGINT)")
+        db.execute(f"""
+            CREATE SINK balances AS SELECT account, SUM(amount) AS balance, COUNT(*) AS n FROM tx
+            WHERE amount <> 0 GROUP BY account
+            WITH (connector = 'iceberg', 'catalog_uri' = 'sqlite:///{tmp_path}/catalog.db', 'table' = 'bank.balances',
+                  'write_mode' = 'upsert', 'partition_by' = 'bucket(4, account)')""")
+        db.start()
+        for _ in range(15):
+            batch: dict[int, dict] = {}
+            for _ in range(rnd.randint(1, 40)):
+                i = rnd.randrange(200)
+                if i in live and rnd.random() < 0.3:
+                    acc, _ = live.pop(i)
+                    batch[i] = {"id": i, "account": acc, "amount": 0}
+                else:
+                    live[i] = (f"acct{rnd.randrange(25)}", rnd.randrange(1, 100) * rnd.choice((-1, 1)))
+                    batch[i] = {"id": i, "account": live[i][0], "amount": live[i][1]}
+            db.insert("tx", list(batch.values()))
+            db.flush()
+        want: dict[str, tuple[int, int]] = {}
+        for acc, amt in live.values():
+            b, n = want.get(acc, (0, 0))
+            want[acc] = (b + amt, n + 1)
+        expected = sorted((a, b, n) for a, (b, n) in want.items())
+        cat = catalog(tmp_path)
+        wait_for("the balances", lambda: cat.table_exists("bank.balances")
+                 and table_rows(cat, "bank.balances", "account", "balance", "n") == expected)
+    files = cat.load_table("bank.balances").inspect.files().to_pylist()
+    assert any(f["content"] == 1 for f in files), "updates went in as position deletes"
+
+
 def test_bad_options_raise_connector_error_and_leave_nothing(tmp_path):
     with laminardb.open(str(tmp_path / "db")) as db:
         db.execute("CREATE SOURCE s (id BIGINT)")
@@ -168,6 +241,8 @@ def test_bad_options_raise_connector_error_and_leave_nothing(tmp_path):
             (f"'catalog_uri' = 'sqlite:///{tmp_path}/c.db'", "table"),
             (f"'catalog_uri' = 'sqlite:///{tmp_path}/c.db', 'table' = 'a.b', 'write_mod' = 'append'", "write_mod"),
             (f"'catalog_uri' = 'sqlite:///{tmp_path}/c.db', 'table' = 'a.b', 'partition_by' = 'day(nope)'", "nope"),
+            (f"'catalog_uri' = 'sqlite:///{tmp_path}/c.db', 'table' = 'a.b', 'write_mode' = 'upsert', "
+             "'merge_key_columns' = 'idd'", "idd"),
         ]
         for opts, needle in cases:
             with pytest.raises(laminardb.ConnectorError, match=needle):

@@ -152,7 +152,7 @@ fn build(
         table: None,
         table_schema: spec.schema.clone(),
         rows: Vec::new(),
-        keyed: Keyed::default(),
+        keyed: upsert::Keyed::default(),
         dirty: false,
         epoch: 0,
         staged: Vec::new(),
@@ -164,74 +164,6 @@ fn build(
 
 fn column_list(schema: &Schema) -> String {
     schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
-}
-
-/// Rows by key: the last state of each key changed since the last commit (upsert), or the
-/// whole current result (overwrite of an updating query).
-#[derive(Default)]
-struct Keyed {
-    batches: Vec<RecordBatch>,
-    /// Key → (its row's full text for matching retractions, batch, row) or None: deleted.
-    rows: HashMap<String, Option<Versioned>>,
-}
-
-#[derive(Clone)]
-struct Versioned {
-    text: String,
-    at: (usize, usize),
-}
-
-impl PartialEq for Versioned {
-    fn eq(&self, other: &Self) -> bool {
-        self.text == other.text
-    }
-}
-
-impl Keyed {
-    fn apply(&mut self, batch: &DiffBatch, key: &[usize]) -> Result<()> {
-        let data = &batch.data;
-        let keys = upsert::key_strings(data, key)?;
-        let all: Vec<usize> = (0..data.num_columns()).collect();
-        let texts = upsert::key_strings(data, &all)?;
-        let b = self.batches.len();
-        self.batches.push(data.clone());
-        for (i, (k, text)) in keys.into_iter().zip(texts).enumerate() {
-            let d = batch.diff(i);
-            if d == 0 {
-                continue;
-            }
-            upsert::fold(&mut self.rows, k, Versioned { text, at: (b, i) }, d > 0);
-        }
-        Ok(())
-    }
-
-    /// The current rows.
-    fn rows(&self, schema: &SchemaRef) -> Result<RecordBatch> {
-        let idx: Vec<(usize, usize)> = self.rows.values().flatten().map(|v| v.at).collect();
-        let refs: Vec<&RecordBatch> = self.batches.iter().collect();
-        if idx.is_empty() {
-            return Ok(RecordBatch::new_empty(schema.clone()));
-        }
-        Ok(arrow::compute::interleave_record_batch(&refs, &idx)?)
-    }
-
-    /// Keeps only the current rows, in one batch (the result kept across commits would
-    /// otherwise hold every batch it ever saw).
-    fn compact(&mut self, schema: &SchemaRef) -> Result<()> {
-        self.rows.retain(|_, v| v.is_some());
-        let rows = self.rows(schema)?;
-        // `rows` took the current rows in map order; the same order gives their new places.
-        for (i, v) in self.rows.values_mut().flatten().enumerate() {
-            v.at = (0, i);
-        }
-        self.batches = vec![rows];
-        Ok(())
-    }
-
-    fn clear(&mut self) {
-        self.batches.clear();
-        self.rows.clear();
-    }
 }
 
 /// Data of one or more epochs made durable at a checkpoint barrier, waiting for the checkpoint.
@@ -276,7 +208,7 @@ pub struct DeltaSink {
     /// Append, and overwrite of an append-only query: rows since the last commit (barrier).
     rows: Vec<RecordBatch>,
     /// Upsert: changes since the last commit; overwrite of an updating query: the whole result.
-    keyed: Keyed,
+    keyed: upsert::Keyed,
     /// Something to commit (rows or changes) since the last commit.
     dirty: bool,
     epoch: u64,

@@ -15,7 +15,12 @@
 //!   refused with a clear error by this build).
 //! - `'catalog.name'` (default `default`): the catalog's name in the SQL catalog's tables.
 //! - `'table'` (required): `namespace.table` (namespaces may have several levels: `a.b.t`).
-//! - `'write_mode'`: `append` (default); the query must be insert-only.
+//! - `'write_mode'`: `append` (default; the query must be insert-only) or `upsert`: each
+//!   commit replaces the table's rows of every key it changes and drops the rows of keys the
+//!   query deleted (merge semantics on `'merge_key_columns'`).
+//! - `'merge_key_columns'` (upsert): comma-separated key columns; default the query's key (its
+//!   GROUP BY columns or the source's primary key), else, for an insert-only query, its first
+//!   column.
 //! - `'warehouse'`: where a table the sink creates goes (a path or `file://` URL; default: the
 //!   namespace's `location` property, else the catalog database's directory), laid out as
 //!   pyiceberg does: `<warehouse>/<namespace>.db/<table>`.
@@ -36,6 +41,19 @@
 //! An existing table's columns are filled by name (cast to the table's types, NULL for columns
 //! the query lacks); a required column the query lacks fails the sink's open.
 //!
+//! # Upserts
+//! Upserts are written as position deletes (merge-on-read), which pyiceberg, Spark, Trino and
+//! DuckDB apply: the sink knows which row of which data file holds each key (read from the
+//! table's live data and position delete files when it first upserts), and a commit adds the
+//! new rows' data files plus a position delete file per partition retiring the old rows, as one
+//! `overwrite` snapshot. Equality deletes are not written because several readers (pyiceberg
+//! among them) cannot apply them. Upserts need a format-version 2 table; a table holding
+//! equality deletes from another writer is refused. Another writer may append to the table
+//! meanwhile (a commit that loses the race is rebuilt, retiring the appended rows whose keys it
+//! changes); a snapshot of another writer that rewrites or deletes rows fails the sink, whose
+//! view of the rows would be stale. Delete files accumulate until the table is compacted (by
+//! table maintenance such as Spark's `rewrite_data_files`).
+//!
 //! # Guarantees
 //! Every snapshot records the epoch (`laminardb.epoch`) and the writer (`laminardb.app-id`) in
 //! its summary. With `'delivery.guarantee' = 'exactly-once'` (checkpoints on, replayable
@@ -46,12 +64,18 @@
 //! never overwrites a file a live snapshot points to. At-least-once (the default) commits each
 //! epoch when it is written.
 //!
+//! # Metrics
+//! `iceberg_commits`, `iceberg_snapshot_id`, `iceberg_commit_conflicts` (commits rebuilt after
+//! another writer's), `schema_changes`; upsert: `iceberg_keys` (keys in the table) and
+//! `iceberg_retired_rows` (rows retired by position deletes).
+//!
 //! # Failure handling
 //! A bad option or a query column Iceberg cannot hold fails at CREATE naming it; an unreadable
 //! catalog or table fails the sink's open; a commit that loses a race with another writer is
 //! rebuilt on the new current snapshot and retried (20 attempts); other errors fail the sink.
 
 mod catalog;
+mod merge;
 mod sink;
 
 pub use sink::SINK;

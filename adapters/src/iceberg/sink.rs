@@ -13,9 +13,9 @@ use iceberg::arrow::{
 };
 use iceberg::io::FileIO;
 use iceberg::spec::{
-    deserialize_data_file_from_json, serialize_data_file_to_json, DataFile, DataFileFormat, FormatVersion,
-    ManifestFile, ManifestListWriter, ManifestWriterBuilder, NestedField, NestedFieldRef, Operation, Snapshot,
-    SnapshotReference, SnapshotRetention, SnapshotSummaryCollector, Summary, Transform, UnboundPartitionSpec,
+    deserialize_data_file_from_json, serialize_data_file_to_json, DataContentType, DataFile, DataFileFormat,
+    FormatVersion, ManifestFile, ManifestListWriter, ManifestWriterBuilder, NestedField, NestedFieldRef, Operation,
+    Snapshot, SnapshotReference, SnapshotRetention, SnapshotSummaryCollector, Summary, Transform, UnboundPartitionSpec,
     MAIN_BRANCH,
 };
 use iceberg::table::Table;
@@ -23,8 +23,6 @@ use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
 use iceberg::writer::file_writer::location_generator::{DefaultFileNameGenerator, DefaultLocationGenerator};
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::file_writer::ParquetWriterBuilder;
-use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
-use iceberg::writer::partitioning::PartitioningWriter;
 use iceberg::writer::{IcebergWriter, IcebergWriterBuilder};
 use iceberg::{NamespaceIdent, TableCreation, TableIdent, TableRequirement, TableUpdate};
 use laminar_dataflow::batch::DiffBatch;
@@ -33,6 +31,7 @@ use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
 use super::catalog::{CatalogTarget, Committed, SqlCatalog};
+use super::merge;
 use crate::connector::{SinkCapabilities, SinkConnector, SinkSpec};
 use crate::options::OptionReader;
 use crate::registry::SinkFactory;
@@ -55,6 +54,7 @@ pub const SINK: SinkFactory = SinkFactory {
         "schema_evolution",
         "partition_by",
         "app_id",
+        "merge_key_columns",
     ],
     build,
 };
@@ -85,20 +85,41 @@ fn build(
         NamespaceIdent::from_vec(ns).map_err(|e| ConnectorError::Config(format!("'table': {e}")))?,
         name,
     );
-    match r.opt_enum("write_mode", &["append", "upsert"])?.as_deref() {
-        Some("upsert") => {
+    let upsert = r.opt_enum("write_mode", &["append", "upsert"])?.as_deref() == Some("upsert");
+    let merge_keys = r.opt_str("merge_key_columns");
+    if merge_keys.is_some() && !upsert {
+        return Err(ConnectorError::Config("'merge_key_columns' applies to 'write_mode' = 'upsert' only".into()));
+    }
+    let mut key_names: Vec<String> = match &merge_keys {
+        Some(k) => k.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+        None => spec.key_columns.clone(),
+    };
+    for n in &key_names {
+        if find_field(&spec.schema, n).is_none() {
+            return Err(ConnectorError::Config(format!(
+                "'merge_key_columns': the query has no column '{n}' (its columns: {})",
+                spec.schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+    }
+    if upsert && key_names.is_empty() {
+        if !spec.append_only {
             return Err(ConnectorError::Config(
-                "'write_mode' = 'upsert' is not supported by this build of the Iceberg sink; use 'append'".into(),
-            ))
+                "'write_mode' = 'upsert' needs a key: set 'merge_key_columns' = 'col1,col2' (the query has no \
+                 GROUP BY key)"
+                    .into(),
+            ));
         }
-        _ => {
-            if !spec.append_only {
-                return Err(ConnectorError::Config(format!(
-                    "sink '{}': the query produces updates and deletes, which 'write_mode' = 'append' cannot write",
-                    spec.name
-                )));
-            }
-        }
+        // An insert-only query without a key merges on its first column (an id): a later row
+        // with the same value replaces the earlier one.
+        key_names = vec![spec.schema.field(0).name().clone()];
+    }
+    if !upsert && !spec.append_only {
+        return Err(ConnectorError::Config(format!(
+            "sink '{}': the query produces updates and deletes, which 'write_mode' = 'append' cannot write; use \
+             'write_mode' = 'upsert' (merge on the key)",
+            spec.name
+        )));
     }
     let warehouse = r.opt_str("warehouse");
     let commit_interval = Duration::from_millis(r.opt_u64("commit_interval_ms")?.unwrap_or(0));
@@ -121,6 +142,13 @@ fn build(
     Ok(Box::new(IcebergSink {
         catalog,
         ident,
+        upsert,
+        key_names,
+        table_key: Vec::new(),
+        key_schema: Arc::new(Schema::empty()),
+        keyed: upsert::Keyed::default(),
+        index: None,
+        file_info: HashMap::new(),
         warehouse,
         query_schema: spec.schema.clone(),
         commit_interval,
@@ -137,6 +165,8 @@ fn build(
         epoch: 0,
         last_commit: Instant::now(),
         commits: 0,
+        retired: 0,
+        conflicts: 0,
         status: None,
     }))
 }
@@ -183,12 +213,50 @@ struct Staged {
     epoch: u64,
     /// The data files, in Iceberg's JSON form of a manifest entry's file.
     files: Vec<String>,
+    /// Upsert: rows the commit retires (data file → positions).
+    #[serde(default)]
+    deletes: Vec<(String, Vec<i64>)>,
+    /// Upsert: the keys the commit changes.
+    #[serde(default)]
+    changed: Vec<String>,
+}
+
+/// What one commit adds: data files and, for upserts, the rows it retires.
+#[derive(Default)]
+struct Pending {
+    data: Vec<DataFile>,
+    /// Data file → positions of rows the commit retires.
+    deletes: Vec<(String, Vec<i64>)>,
+    /// The keys the commit changes (rows another writer appends meanwhile with one of these
+    /// keys are retired too).
+    changed: Vec<String>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.data.is_empty() && self.deletes.iter().all(|(_, p)| p.is_empty())
+    }
 }
 
 /// Writes epochs into an Iceberg table.
 pub struct IcebergSink {
     catalog: SqlCatalog,
     ident: TableIdent,
+    /// `'write_mode' = 'upsert'`: a row replaces the table's rows with its key.
+    upsert: bool,
+    /// The merge key's columns (upsert).
+    key_names: Vec<String>,
+    /// The merge key's positions among the table's columns.
+    table_key: Vec<usize>,
+    /// The merge key's fields of the table (with their field ids).
+    key_schema: SchemaRef,
+    /// Upsert: the last state of each key changed since the last commit (or barrier), in the
+    /// table's columns.
+    keyed: upsert::Keyed,
+    /// Upsert: where each key's row is (read from the table when first needed).
+    index: Option<merge::KeyIndex>,
+    /// Partition of each data file a delete may point into.
+    file_info: HashMap<String, merge::FileInfo>,
     warehouse: Option<String>,
     query_schema: SchemaRef,
     commit_interval: Duration,
@@ -208,7 +276,19 @@ pub struct IcebergSink {
     epoch: u64,
     last_commit: Instant,
     commits: u64,
+    /// Rows retired by the sink's position deletes (upsert).
+    retired: u64,
+    /// Commits rebuilt after another writer committed first.
+    conflicts: u64,
     status: Option<Arc<ConnectorStatus>>,
+}
+
+/// Where a written row's key went: (key, data file, position).
+type Placed = (String, Arc<str>, i64);
+
+/// Parquet settings of the files the sink writes.
+fn writer_properties() -> WriterProperties {
+    WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build()
 }
 
 impl IcebergSink {
@@ -267,6 +347,16 @@ impl IcebergSink {
         self.set_table(table)?;
         if self.schema_evolution {
             self.evolve_schema().await?;
+        }
+        if self.upsert && self.table()?.metadata().format_version() != FormatVersion::V2 {
+            return Err(self.err(
+                "'write_mode' = 'upsert'",
+                format!(
+                    "the table has format version {}; upserts write position delete files, which need format \
+                     version 2",
+                    self.table()?.metadata().format_version()
+                ),
+            ));
         }
         Ok(())
     }
@@ -341,6 +431,14 @@ impl IcebergSink {
                 ));
             }
         }
+        let mut key = Vec::with_capacity(self.key_names.len());
+        for n in &self.key_names {
+            key.push(find_field(&schema, n).ok_or_else(|| {
+                self.err("'merge_key_columns'", format!("the table has no column '{n}' to merge on"))
+            })?);
+        }
+        self.key_schema = Arc::new(schema.project(&key)?);
+        self.table_key = key;
         self.table_schema = Arc::new(schema);
         self.table = Some(table);
         Ok(())
@@ -372,17 +470,18 @@ impl IcebergSink {
         )?)
     }
 
-    /// Writes `rows` as Parquet data files of the table (not yet committed). File names are
-    /// unique (a time-ordered UUID and the epoch), so a rerun never overwrites a live file.
-    async fn write_files(&self, rows: &[RecordBatch]) -> Result<Vec<DataFile>> {
+    /// Writes `rows` as Parquet data files of the table (not yet committed), one set per
+    /// partition the rows fall in. File names are unique (a time-ordered UUID and the epoch), so
+    /// a rerun never overwrites a live file. With `track`, also where each row's key went:
+    /// (key, data file, position).
+    async fn write_files(&self, rows: &[RecordBatch], track: bool) -> Result<(Vec<DataFile>, Vec<Placed>)> {
         let rows: Vec<&RecordBatch> = rows.iter().filter(|b| b.num_rows() > 0).collect();
         if rows.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), Vec::new()));
         }
         let table = self.table()?;
         let md = table.metadata();
-        let props = WriterProperties::builder().set_compression(Compression::ZSTD(ZstdLevel::default())).build();
-        let parquet = ParquetWriterBuilder::new(props, md.current_schema().clone());
+        let parquet = ParquetWriterBuilder::new(writer_properties(), md.current_schema().clone());
         let locations = DefaultLocationGenerator::new(md).map_err(|e| self.err("data location", e))?;
         let names = DefaultFileNameGenerator::new(
             format!("{}-e{}", uuid::Uuid::now_v7(), self.epoch),
@@ -393,46 +492,233 @@ impl IcebergSink {
             RollingFileWriterBuilder::new(parquet, self.target_file_size, table.file_io().clone(), locations, names);
         let builder = DataFileWriterBuilder::new(rolling);
         let spec = md.default_partition_spec();
+        let io = |e: iceberg::Error| self.err("cannot write", e);
+        // One writer per partition, with the keys of its rows in order.
+        let mut writers = Vec::new();
+        let mut by_partition: HashMap<iceberg::spec::Struct, usize> = HashMap::new();
         if spec.is_unpartitioned() {
-            let mut writer = builder.build(None).await.map_err(|e| self.err("cannot write", e))?;
+            writers.push((builder.build(None).await.map_err(io)?, Vec::new()));
             for b in rows {
-                writer.write(b.clone()).await.map_err(|e| self.err("cannot write", e))?;
+                writers[0].0.write(b.clone()).await.map_err(io)?;
+                if track {
+                    writers[0].1.extend(upsert::key_strings(b, &self.table_key)?);
+                }
             }
-            return writer.close().await.map_err(|e| self.err("cannot write", e));
-        }
-        // One file (or more) per partition the rows fall in.
-        let splitter =
-            RecordBatchPartitionSplitter::try_new_with_computed_values(md.current_schema().clone(), spec.clone())
-                .map_err(|e| self.err("cannot partition", e))?;
-        let mut writer = FanoutWriter::new(builder);
-        for b in rows {
-            for (key, part) in splitter.split(b).map_err(|e| self.err("cannot partition", e))? {
-                writer.write(key, part).await.map_err(|e| self.err("cannot write", e))?;
+        } else {
+            let splitter =
+                RecordBatchPartitionSplitter::try_new_with_computed_values(md.current_schema().clone(), spec.clone())
+                    .map_err(|e| self.err("cannot partition", e))?;
+            for b in rows {
+                for (key, part) in splitter.split(b).map_err(|e| self.err("cannot partition", e))? {
+                    let w = match by_partition.get(key.data()) {
+                        Some(w) => *w,
+                        None => {
+                            by_partition.insert(key.data().clone(), writers.len());
+                            writers.push((builder.build(Some(key)).await.map_err(io)?, Vec::new()));
+                            writers.len() - 1
+                        }
+                    };
+                    if track {
+                        writers[w].1.extend(upsert::key_strings(&part, &self.table_key)?);
+                    }
+                    writers[w].0.write(part).await.map_err(io)?;
+                }
             }
         }
-        writer.close().await.map_err(|e| self.err("cannot write", e))
+        let mut files = Vec::new();
+        let mut placed = Vec::new();
+        for (mut w, keys) in writers {
+            let written = w.close().await.map_err(io)?;
+            if track {
+                // A partition's rows went into its files in order, each file holding `record_count`.
+                let mut keys = keys.into_iter();
+                for f in &written {
+                    let path: Arc<str> = f.file_path().into();
+                    for pos in 0..f.record_count() as i64 {
+                        let k = keys.next().ok_or_else(|| self.err("cannot write", "more rows written than given"))?;
+                        placed.push((k, path.clone(), pos));
+                    }
+                }
+                if keys.next().is_some() {
+                    return Err(self.err("cannot write", "fewer rows written than given"));
+                }
+            }
+            files.extend(written);
+        }
+        Ok((files, placed))
     }
 
-    /// Commits `files` as one snapshot recording `epoch`, rebuilding the snapshot on top of
-    /// whatever another writer committed meanwhile.
-    async fn commit_files(&mut self, files: Vec<DataFile>, epoch: u64) -> Result<()> {
-        if files.is_empty() {
+    /// Reads where each key's row is, if not known yet (upsert).
+    async fn ensure_index(&mut self) -> Result<()> {
+        if self.index.is_some() {
             return Ok(());
+        }
+        let table = self.table()?.clone();
+        let index =
+            merge::build_index(&table, &self.key_schema).await.map_err(|e| self.err("cannot read the table", e))?;
+        self.refresh_file_info().await?;
+        if let Some(s) = &self.status {
+            s.set_counter("iceberg_keys", index.len() as i64);
+        }
+        self.index = Some(index);
+        Ok(())
+    }
+
+    /// Learns the partition of every live data file of the table.
+    async fn refresh_file_info(&mut self) -> Result<()> {
+        let table = self.table()?.clone();
+        for f in merge::live_files(&table).await.map_err(|e| self.err("cannot read the table", e))? {
+            if f.content == DataContentType::Data {
+                self.file_info.insert(f.path, f.info);
+            }
+        }
+        Ok(())
+    }
+
+    /// The rows changed since the last commit as a commit: their new rows written as data
+    /// files, their old rows to retire (upsert).
+    async fn prepare_upsert(&mut self) -> Result<Pending> {
+        if self.keyed.rows.is_empty() {
+            return Ok(Pending::default());
+        }
+        self.ensure_index().await?;
+        let keyed = std::mem::take(&mut self.keyed);
+        let mut at = Vec::new();
+        let mut changed = Vec::with_capacity(keyed.rows.len());
+        for (k, v) in &keyed.rows {
+            changed.push(k.clone());
+            if let Some(v) = v {
+                at.push(v.at);
+            }
+        }
+        let rows = if at.is_empty() {
+            Vec::new()
+        } else {
+            let refs: Vec<&RecordBatch> = keyed.batches.iter().collect();
+            vec![arrow::compute::interleave_record_batch(&refs, &at)?]
+        };
+        let (data, placed) = self.write_files(&rows, true).await?;
+        let spec_id = self.table()?.metadata().default_partition_spec_id();
+        for f in &data {
+            self.file_info
+                .insert(f.file_path().to_string(), merge::FileInfo { spec_id, partition: f.partition().clone() });
+        }
+        let index = self.index.as_mut().ok_or_else(|| ConnectorError::Failed("the key index is not read".into()))?;
+        let mut deletes: HashMap<Arc<str>, Vec<i64>> = HashMap::new();
+        for k in &changed {
+            for (file, pos) in index.take(k) {
+                deletes.entry(file).or_default().push(pos);
+            }
+        }
+        for (k, file, pos) in placed {
+            index.put(k, file, pos);
+        }
+        if let Some(s) = &self.status {
+            s.set_counter("iceberg_keys", index.len() as i64);
+        }
+        Ok(Pending { data, deletes: deletes.into_iter().map(|(f, p)| (f.to_string(), p)).collect(), changed })
+    }
+
+    /// The rows since the last commit (or barrier) as a commit.
+    async fn prepare(&mut self) -> Result<Pending> {
+        if self.upsert {
+            return self.prepare_upsert().await;
+        }
+        let rows = std::mem::take(&mut self.rows);
+        let (data, _) = self.write_files(&rows, false).await?;
+        Ok(Pending { data, ..Pending::default() })
+    }
+
+    /// After losing a commit race: the snapshots other writers committed on top of `base`. Rows
+    /// they appended with a key this commit changes are retired by it too, the others are
+    /// indexed; a snapshot that rewrote or deleted rows makes the index stale, which fails.
+    async fn rebase(&mut self, base: Option<i64>, p: &mut Pending) -> Result<()> {
+        let table = self.table()?.clone();
+        let md = table.metadata();
+        let mut theirs = std::collections::HashSet::new();
+        let mut at = md.current_snapshot();
+        while let Some(s) = at {
+            if Some(s.snapshot_id()) == base {
+                break;
+            }
+            if s.summary().operation != Operation::Append {
+                return Err(self.err(
+                    "upsert",
+                    format!(
+                        "another writer committed snapshot {} ('{}') that rewrites or deletes rows while this sink \
+                         upserts into the table; the sink must be the only writer changing existing rows",
+                        s.snapshot_id(),
+                        s.summary().operation.as_str()
+                    ),
+                ));
+            }
+            theirs.insert(s.snapshot_id());
+            at = s.parent_snapshot_id().and_then(|id| md.snapshot_by_id(id));
+        }
+        if at.is_none() && base.is_some() {
+            return Err(self.err("upsert", "the snapshot this sink wrote on is gone from the table's history"));
+        }
+        let changed: std::collections::HashSet<&str> = p.changed.iter().map(String::as_str).collect();
+        let files = merge::live_files(&table).await.map_err(|e| self.err("cannot read the table", e))?;
+        for f in files {
+            if f.content != DataContentType::Data || !f.added_by.is_some_and(|s| theirs.contains(&s)) {
+                continue;
+            }
+            let keys = merge::read_keys(table.file_io(), &f.path, &self.key_schema).await?;
+            let file: Arc<str> = f.path.as_str().into();
+            let mut retired = Vec::new();
+            for (pos, k) in keys.into_iter().enumerate() {
+                if changed.contains(k.as_str()) {
+                    retired.push(pos as i64);
+                } else if let Some(index) = self.index.as_mut() {
+                    index.put(k, file.clone(), pos as i64);
+                }
+            }
+            if !retired.is_empty() {
+                p.deletes.push((f.path.clone(), retired));
+            }
+            self.file_info.insert(f.path, f.info);
+        }
+        Ok(())
+    }
+
+    /// Commits `p` as one snapshot recording `epoch`, rebuilding the snapshot on top of
+    /// whatever another writer committed meanwhile.
+    async fn commit_pending(&mut self, mut p: Pending, epoch: u64) -> Result<()> {
+        if p.is_empty() {
+            return Ok(());
+        }
+        if p.deletes.iter().any(|(f, _)| !self.file_info.contains_key(f)) {
+            self.refresh_file_info().await?;
         }
         let mut last = String::new();
         for _ in 0..COMMIT_ATTEMPTS {
             let table = self.table()?.clone();
+            let deletes = merge::write_deletes(
+                &table,
+                &p.deletes,
+                &self.file_info,
+                &writer_properties(),
+                &format!("{}-e{epoch}", uuid::Uuid::now_v7()),
+            )
+            .await
+            .map_err(|e| self.err("cannot write the position deletes", e))?;
             let props =
                 HashMap::from([(EPOCH_KEY.to_string(), epoch.to_string()), (APP_KEY.to_string(), self.app_id.clone())]);
-            let (updates, requirements) =
-                append_snapshot(&table, &files, props).await.map_err(|e| self.err("cannot write the snapshot", e))?;
+            let (updates, requirements) = new_snapshot(&table, &p.data, &deletes, props)
+                .await
+                .map_err(|e| self.err("cannot write the snapshot", e))?;
             match self.catalog.commit(&table, &requirements, updates).await? {
                 Committed::Done(t) => {
                     self.set_table(*t)?;
                     self.commits += 1;
+                    self.retired += p.deletes.iter().map(|(_, p)| p.len() as u64).sum::<u64>();
                     self.last_commit = Instant::now();
                     if let Some(s) = &self.status {
                         s.set_counter("iceberg_commits", self.commits as i64);
+                        if self.upsert {
+                            s.set_counter("iceberg_retired_rows", self.retired as i64);
+                        }
                         if let Some(id) = self.table.as_ref().and_then(|t| t.metadata().current_snapshot_id()) {
                             s.set_counter("iceberg_snapshot_id", id);
                         }
@@ -441,9 +727,17 @@ impl IcebergSink {
                 }
                 Committed::Conflict(why) => {
                     last = why;
+                    self.conflicts += 1;
+                    if let Some(s) = &self.status {
+                        s.set_counter("iceberg_commit_conflicts", self.conflicts as i64);
+                    }
+                    let base = table.metadata().current_snapshot_id();
                     let fresh = self.catalog.load(&self.ident, &self.file_io).await?;
                     let fresh = fresh.ok_or_else(|| self.err("commit", "the table was dropped"))?;
                     self.set_table(fresh)?;
+                    if self.upsert {
+                        self.rebase(base, &mut p).await?;
+                    }
                 }
             }
         }
@@ -473,6 +767,11 @@ impl IcebergSink {
             .collect()
     }
 
+    /// A commit staged at a barrier, as listed in a checkpoint.
+    fn decode_staged(&self, s: Staged) -> Result<Pending> {
+        Ok(Pending { data: self.decode_files(&s.files)?, deletes: s.deletes, changed: s.changed })
+    }
+
     fn decode_files(&self, files: &[String]) -> Result<Vec<DataFile>> {
         let table = self.table()?;
         let md = table.metadata();
@@ -490,15 +789,19 @@ impl IcebergSink {
             .collect()
     }
 
+    /// Rows or changes since the last commit (or barrier).
+    fn has_changes(&self) -> bool {
+        !self.rows.is_empty() || !self.keyed.rows.is_empty()
+    }
+
     fn commit_due(&self) -> bool {
-        !self.rows.is_empty() && self.last_commit.elapsed() >= self.commit_interval
+        self.has_changes() && self.last_commit.elapsed() >= self.commit_interval
     }
 
     /// Writes and commits the rows since the last commit.
     async fn flush(&mut self) -> Result<()> {
-        let rows = std::mem::take(&mut self.rows);
-        let files = self.write_files(&rows).await?;
-        self.commit_files(files, self.epoch).await
+        let p = self.prepare().await?;
+        self.commit_pending(p, self.epoch).await
     }
 }
 
@@ -597,12 +900,14 @@ fn find_field(schema: &Schema, name: &str) -> Option<usize> {
     schema.index_of(name).ok().or_else(|| schema.fields().iter().position(|f| f.name().eq_ignore_ascii_case(name)))
 }
 
-/// The updates and requirements of an append snapshot of `files` on top of `table`'s current
-/// snapshot: one new manifest, the current snapshot's manifests carried over, summary totals
-/// carried forward.
-async fn append_snapshot(
+/// The updates and requirements of a snapshot adding data `files` and position `deletes` on top
+/// of `table`'s current snapshot: a new data manifest and a delete manifest per partition spec,
+/// the current snapshot's manifests carried over, summary totals carried forward. An `append`
+/// when it only adds data, else an `overwrite` (or a `delete` when it only retires rows).
+async fn new_snapshot(
     table: &Table,
     files: &[DataFile],
+    deletes: &[(i32, DataFile)],
     properties: HashMap<String, String>,
 ) -> iceberg::Result<(Vec<TableUpdate>, Vec<TableRequirement>)> {
     let md = table.metadata();
@@ -628,19 +933,47 @@ async fn append_snapshot(
         );
     }
     let mut collector = SnapshotSummaryCollector::default();
-    let out = table.file_io().new_output(format!("{}/metadata/{commit}-m0.avro", md.location()))?;
-    let builder = ManifestWriterBuilder::new(out, Some(snapshot_id), schema.clone(), spec);
-    let mut writer = match md.format_version() {
-        FormatVersion::V1 => builder.build_v1(),
-        FormatVersion::V2 => builder.build_v2_data(),
-        FormatVersion::V3 => builder.build_v3_data(),
-    };
-    for f in files {
-        collector.add_file(f, schema.clone(), md.default_partition_spec().clone());
-        // Its data sequence number is inherited from the snapshot's when the list is read.
-        writer.add_file(f.clone(), -1)?;
+    if !files.is_empty() {
+        let out = table.file_io().new_output(format!("{}/metadata/{commit}-m0.avro", md.location()))?;
+        let builder = ManifestWriterBuilder::new(out, Some(snapshot_id), schema.clone(), spec);
+        let mut writer = match md.format_version() {
+            FormatVersion::V1 => builder.build_v1(),
+            FormatVersion::V2 => builder.build_v2_data(),
+            FormatVersion::V3 => builder.build_v3_data(),
+        };
+        for f in files {
+            collector.add_file(f, schema.clone(), md.default_partition_spec().clone());
+            // Its data sequence number is inherited from the snapshot's when the list is read.
+            writer.add_file(f.clone(), -1)?;
+        }
+        manifests.push(writer.write_manifest_file().await?);
     }
-    manifests.push(writer.write_manifest_file().await?);
+    // Delete files go into delete manifests, one per partition spec they are written in.
+    let mut specs: Vec<i32> = deletes.iter().map(|(s, _)| *s).collect();
+    specs.sort_unstable();
+    specs.dedup();
+    for (n, spec_id) in specs.into_iter().enumerate() {
+        let spec = md.partition_spec_by_id(spec_id).ok_or_else(|| {
+            iceberg::Error::new(iceberg::ErrorKind::DataInvalid, format!("no partition spec {spec_id}"))
+        })?;
+        let out = table.file_io().new_output(format!("{}/metadata/{commit}-d{n}.avro", md.location()))?;
+        let builder = ManifestWriterBuilder::new(out, Some(snapshot_id), schema.clone(), spec.as_ref().clone());
+        let mut writer = match md.format_version() {
+            FormatVersion::V1 => {
+                return Err(iceberg::Error::new(
+                    iceberg::ErrorKind::FeatureUnsupported,
+                    "a format-version 1 table cannot hold delete files",
+                ))
+            }
+            FormatVersion::V2 => builder.build_v2_deletes(),
+            FormatVersion::V3 => builder.build_v3_deletes(),
+        };
+        for (_, f) in deletes.iter().filter(|(s, _)| *s == spec_id) {
+            collector.add_file(f, schema.clone(), spec.clone());
+            writer.add_file(f.clone(), -1)?;
+        }
+        manifests.push(writer.write_manifest_file().await?);
+    }
     let list_path = format!("{}/metadata/snap-{snapshot_id}-0-{commit}.avro", md.location());
     let out = table.file_io().new_output(&list_path)?.writer().await?;
     let parent = md.current_snapshot_id();
@@ -652,6 +985,11 @@ async fn append_snapshot(
     list.add_manifests(manifests.into_iter())?;
     let next_row_id = list.next_row_id();
     list.close().await?;
+    let operation = match (files.is_empty(), deletes.is_empty()) {
+        (_, true) => Operation::Append,
+        (true, false) => Operation::Delete,
+        (false, false) => Operation::Overwrite,
+    };
     let mut summary = properties;
     let added = collector.build();
     let previous = md.current_snapshot().map(|s| s.summary().additional_properties.clone()).unwrap_or_default();
@@ -674,7 +1012,7 @@ async fn append_snapshot(
         .with_sequence_number(sequence)
         .with_timestamp_ms(chrono::Utc::now().timestamp_millis())
         .with_manifest_list(list_path)
-        .with_summary(Summary { operation: Operation::Append, additional_properties: summary })
+        .with_summary(Summary { operation, additional_properties: summary })
         .with_schema_id(md.current_schema_id());
     let snapshot = match next_row_id {
         Some(next) => snapshot.with_row_range(md.next_row_id(), next - md.next_row_id()).build(),
@@ -698,7 +1036,7 @@ async fn append_snapshot(
 #[async_trait]
 impl SinkConnector for IcebergSink {
     fn capabilities(&self) -> SinkCapabilities {
-        SinkCapabilities { upsert: false, changelog: false, exactly_once: true }
+        SinkCapabilities { upsert: self.upsert, changelog: false, exactly_once: true }
     }
 
     fn attach(&mut self, status: Arc<ConnectorStatus>) {
@@ -718,6 +1056,11 @@ impl SinkConnector for IcebergSink {
     }
 
     async fn write(&mut self, batch: &DiffBatch) -> Result<()> {
+        if self.upsert {
+            // Keyed in the table's columns, so that a key reads the same here and in the files.
+            let rows = DiffBatch { data: self.conform(&batch.data)?, diffs: batch.diffs.clone() };
+            return self.keyed.apply(&rows, &self.table_key);
+        }
         let rows = upsert::expand_inserts(batch)?;
         let rows = self.conform(&rows)?;
         self.rows.push(rows);
@@ -728,10 +1071,9 @@ impl SinkConnector for IcebergSink {
         if self.transactional {
             // A checkpoint barrier: the data up to here is written now and committed once the
             // checkpoint is durable.
-            let rows = std::mem::take(&mut self.rows);
-            let files = self.write_files(&rows).await?;
-            let files = self.encode_files(files)?;
-            self.staged.push(Staged { epoch, files });
+            let p = self.prepare().await?;
+            let files = self.encode_files(p.data)?;
+            self.staged.push(Staged { epoch, files, deletes: p.deletes, changed: p.changed });
         }
         Ok(())
     }
@@ -756,8 +1098,8 @@ impl SinkConnector for IcebergSink {
             let ready: Vec<Staged> = self.staged.iter().filter(|s| s.epoch <= epoch).cloned().collect();
             self.staged.retain(|s| s.epoch > epoch);
             for s in ready {
-                let files = self.decode_files(&s.files)?;
-                self.commit_files(files, s.epoch).await?;
+                let p = self.decode_staged(s.clone())?;
+                self.commit_pending(p, s.epoch).await?;
             }
             return Ok(());
         }
@@ -775,10 +1117,13 @@ impl SinkConnector for IcebergSink {
         for s in staged {
             // Committed before the crash: a snapshot of this sink records the epoch.
             if s.epoch <= checkpoint && done.is_none_or(|d| s.epoch > d) {
-                let files = self.decode_files(&s.files)?;
-                self.commit_files(files, s.epoch).await?;
+                let epoch = s.epoch;
+                let p = self.decode_staged(s)?;
+                self.commit_pending(p, epoch).await?;
             }
         }
+        // Upsert: where the keys are is read again from what the table holds now.
+        self.index = None;
         Ok(())
     }
 
@@ -802,7 +1147,7 @@ impl SinkConnector for IcebergSink {
             // Epochs after the last checkpoint are written again by the next run.
             return Ok(());
         }
-        if self.table.is_some() && !self.rows.is_empty() {
+        if self.table.is_some() && self.has_changes() {
             self.flush().await?;
         }
         Ok(())
