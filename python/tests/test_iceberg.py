@@ -12,6 +12,7 @@ import pytest
 from pyiceberg.catalog.sql import SqlCatalog
 
 import laminardb
+from iceberg_rest import RestCatalogServer
 
 
 def wait_for(what, f, timeout=60.0):
@@ -233,6 +234,62 @@ def test_upsert_of_an_updating_aggregate_equals_the_aggregate(tmp_path):
     assert any(f["content"] == 1 for f in files), "updates went in as position deletes"
 
 
+def test_rest_catalog_with_a_token_appends_and_upserts(tmp_path):
+    with RestCatalogServer(catalog(tmp_path), prefix="catalogs/main", token="s3cr3t") as srv:
+        with laminardb.open(str(tmp_path / "db")) as db:
+            db.execute("CREATE SOURCE orders (order_id BIGINT, customer VARCHAR, amount DOUBLE)")
+            opts = f"connector = 'iceberg', 'catalog_uri' = '{srv.uri}', 'catalog.token' = 's3cr3t'"
+            db.execute(f"""
+                CREATE SINK raw AS SELECT * FROM orders
+                WITH ({opts}, 'table' = 'shop.orders', 'partition_by' = 'bucket(2, order_id)')""")
+            db.execute(f"""
+                CREATE SINK per_customer AS SELECT customer, SUM(amount) AS spent FROM orders GROUP BY customer
+                WITH ({opts}, 'table' = 'shop.per_customer', 'write_mode' = 'upsert')""")
+            db.start()
+            db.insert("orders", [{"order_id": i, "customer": f"c{i % 3}", "amount": 1.0} for i in range(30)])
+            db.flush()
+            db.insert("orders", [{"order_id": 100, "customer": "c0", "amount": 5.0}])
+            db.flush()
+            wait_for("both sinks", lambda: db.sink_metrics("raw").details.get("iceberg_commits") == 2
+                     and db.sink_metrics("per_customer").details.get("iceberg_commits") == 2)
+        # Read back through the same REST server by pyiceberg's REST client.
+        from pyiceberg.catalog.rest import RestCatalog
+        rest = RestCatalog("rest", uri=srv.uri, token="s3cr3t")
+        assert table_rows(rest, "shop.per_customer", "customer", "spent") == [("c0", 15.0), ("c1", 10.0), ("c2", 10.0)]
+        assert len(table_rows(rest, "shop.orders", "order_id")) == 31
+        assert [str(f.transform) for f in rest.load_table("shop.orders").spec().fields] == ["bucket[2]"]
+        paths = {p for _, p in srv.requests}
+        assert "/v1/catalogs/main/namespaces/shop/tables/per_customer" in paths
+        assert any(m == "POST" and p.endswith("/tables/per_customer") for m, p in srv.requests), "commits went by REST"
+    # The catalog underneath holds what the server committed.
+    assert table_rows(catalog(tmp_path), "shop.per_customer", "customer", "spent") == [
+        ("c0", 15.0), ("c1", 10.0), ("c2", 10.0)]
+
+
+def test_rest_catalog_oauth2_client_credentials(tmp_path):
+    with RestCatalogServer(catalog(tmp_path), token="tok-1", client=("laminar", "pw")) as srv:
+        with laminardb.open(str(tmp_path / "db")) as db:
+            db.execute("CREATE SOURCE s (id BIGINT, name VARCHAR)")
+            db.execute(f"""
+                CREATE SINK k AS SELECT * FROM s
+                WITH (connector = 'iceberg', 'catalog_uri' = '{srv.uri}', 'table' = 'a.b',
+                      'catalog.credential' = 'laminar:pw')""")
+            db.start()
+            db.insert("s", [{"id": 1, "name": "x"}])
+            db.flush()
+            wait_for("the row", lambda: db.sink_metrics("k").rows_written >= 1)
+        assert ("POST", "/v1/oauth/tokens") in srv.requests
+        assert table_rows(catalog(tmp_path), "a.b", "id", "name") == [(1, "x")]
+        with laminardb.open(str(tmp_path / "db2")) as db:
+            db.execute("CREATE SOURCE s (id BIGINT, name VARCHAR)")
+            db.execute(f"""
+                CREATE SINK k AS SELECT * FROM s
+                WITH (connector = 'iceberg', 'catalog_uri' = '{srv.uri}', 'table' = 'a.b',
+                      'catalog.credential' = 'laminar:wrong')""")
+            with pytest.raises(laminardb.LaminarError, match="catalog.credential"):
+                db.start()
+
+
 def test_bad_options_raise_connector_error_and_leave_nothing(tmp_path):
     with laminardb.open(str(tmp_path / "db")) as db:
         db.execute("CREATE SOURCE s (id BIGINT)")
@@ -243,6 +300,9 @@ def test_bad_options_raise_connector_error_and_leave_nothing(tmp_path):
             (f"'catalog_uri' = 'sqlite:///{tmp_path}/c.db', 'table' = 'a.b', 'partition_by' = 'day(nope)'", "nope"),
             (f"'catalog_uri' = 'sqlite:///{tmp_path}/c.db', 'table' = 'a.b', 'write_mode' = 'upsert', "
              "'merge_key_columns' = 'idd'", "idd"),
+            (f"'catalog_uri' = 'sqlite:///{tmp_path}/c.db', 'table' = 'a.b', 'catalog.token' = 't'", "REST"),
+            ("'catalog_uri' = 'http://127.0.0.1:1', 'table' = 'a.b', 'catalog.credential' = 'nocolon'",
+             "client_id:client_secret"),
         ]
         for opts, needle in cases:
             with pytest.raises(laminardb.ConnectorError, match=needle):

@@ -31,6 +31,8 @@ use crate::{ConnectorError, Result};
 pub(crate) enum CatalogTarget {
     /// A SQLite catalog database (`sqlite:////abs/path.db`, SQLAlchemy's form).
     Sqlite(PathBuf),
+    /// A REST catalog at this base URL.
+    Rest(String),
 }
 
 impl CatalogTarget {
@@ -64,7 +66,18 @@ impl CatalogTarget {
                      ('sqlite:////abs/path/catalog.db')"
                 )))
             }
-            "rest" | "glue" | "hms" => Err(ConnectorError::Config(format!(
+            "rest" => {
+                let url = url::Url::parse(uri).map_err(|e| {
+                    ConnectorError::Config(format!("'catalog_uri' = '{uri}' is not a URL for a REST catalog: {e}"))
+                })?;
+                if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                    return Err(ConnectorError::Config(format!(
+                        "'catalog_uri' = '{uri}': a REST catalog is an http:// or https:// URL"
+                    )));
+                }
+                Ok(Self::Rest(uri.to_string()))
+            }
+            "glue" | "hms" => Err(ConnectorError::Config(format!(
                 "'catalog.type' = '{kind}' is not supported by this build of the Iceberg sink; use a SQL catalog \
                  ('catalog_uri' = 'sqlite:////abs/path/catalog.db')"
             ))),
@@ -272,7 +285,73 @@ impl SqlCatalog {
     }
 }
 
-fn table(ident: &TableIdent, file_io: &FileIO, metadata: TableMetadata, location: String) -> Result<Table> {
+/// The catalog a sink commits through.
+#[derive(Debug)]
+pub(crate) enum Catalog {
+    /// A SQL catalog (SQLite).
+    Sql(SqlCatalog),
+    /// A REST catalog.
+    Rest(super::rest::RestCatalog),
+}
+
+impl Catalog {
+    /// A short description for messages.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Catalog::Sql(c) => c.describe(),
+            Catalog::Rest(c) => c.describe(),
+        }
+    }
+
+    /// The `location` property of the table's namespace, if set.
+    pub(crate) async fn namespace_location(&self, ident: &TableIdent) -> Result<Option<String>> {
+        match self {
+            Catalog::Sql(c) => c.namespace_location(ident),
+            Catalog::Rest(c) => c.namespace_location(ident).await,
+        }
+    }
+
+    /// Loads the table, or None when the catalog does not have it.
+    pub(crate) async fn load(&self, ident: &TableIdent, file_io: &FileIO) -> Result<Option<Table>> {
+        match self {
+            Catalog::Sql(c) => c.load(ident, file_io).await,
+            Catalog::Rest(c) => c.load(ident, file_io).await,
+        }
+    }
+
+    /// Creates the table, or loads it when another writer created it first.
+    pub(crate) async fn create(&self, ident: &TableIdent, creation: TableCreation, file_io: &FileIO) -> Result<Table> {
+        match self {
+            Catalog::Sql(c) => c.create(ident, creation, file_io).await,
+            Catalog::Rest(c) => c.create(ident, creation, file_io).await,
+        }
+    }
+
+    /// Commits `updates` on top of `base` if `requirements` still hold.
+    pub(crate) async fn commit(
+        &self,
+        base: &Table,
+        requirements: &[TableRequirement],
+        updates: Vec<TableUpdate>,
+    ) -> Result<Committed> {
+        match self {
+            Catalog::Sql(c) => c.commit(base, requirements, updates).await,
+            Catalog::Rest(c) => c.commit(base, requirements, updates).await,
+        }
+    }
+
+    /// Where new tables go when neither the sink nor the namespace says: the SQL catalog
+    /// database's directory; a REST catalog decides itself (None).
+    pub(crate) fn default_warehouse(&self) -> Option<&Path> {
+        match self {
+            Catalog::Sql(c) => Some(c.directory()),
+            Catalog::Rest(_) => None,
+        }
+    }
+}
+
+/// The table at `location` with `metadata`, read and written through `file_io`.
+pub(crate) fn table(ident: &TableIdent, file_io: &FileIO, metadata: TableMetadata, location: String) -> Result<Table> {
     let runtime = Runtime::try_current().map_err(|e| ConnectorError::Failed(e.to_string()))?;
     Table::builder()
         .identifier(ident.clone())
@@ -300,5 +379,11 @@ mod tests {
         assert!(e.contains("'catalog.type'"), "{e}");
         let e = CatalogTarget::parse("sqlite:////tmp/c.db", Some("nessie")).expect_err("nessie").to_string();
         assert!(e.contains("not a catalog type"), "{e}");
+        assert_eq!(
+            CatalogTarget::parse("https://cat.example.com/api/catalog", None).expect("rest"),
+            CatalogTarget::Rest("https://cat.example.com/api/catalog".into())
+        );
+        let e = CatalogTarget::parse("sqlite:////tmp/c.db", Some("rest")).expect_err("not http").to_string();
+        assert!(e.contains("http:// or https://"), "{e}");
     }
 }

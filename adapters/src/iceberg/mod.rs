@@ -10,9 +10,14 @@
 //! # Sink options
 //! - `'catalog_uri'` (required): the catalog. `sqlite:////abs/path/catalog.db` is a SQL catalog
 //!   in that SQLite database, with the tables pyiceberg's `SqlCatalog` uses (a database pyiceberg
-//!   made works, and pyiceberg reads what the sink commits).
-//! - `'catalog.type'`: `sql` overrides the guess from the URI (`rest`, `glue` and `hms` are
+//!   made works, and pyiceberg reads what the sink commits). An `http://` or `https://` URL is a
+//!   REST catalog (the Iceberg REST protocol: the server checks and applies every commit).
+//! - `'catalog.type'`: `sql` or `rest` overrides the guess from the URI (`glue` and `hms` are
 //!   refused with a clear error by this build).
+//! - `'catalog.token'` (REST): a bearer token sent with every call.
+//! - `'catalog.credential'` (REST): `client_id:client_secret`, exchanged for a token with the
+//!   OAuth2 client-credentials grant at the server's `v1/oauth/tokens` (or at
+//!   `'catalog.oauth2-server-uri'`), scope `'catalog.scope'` (default `catalog`).
 //! - `'catalog.name'` (default `default`): the catalog's name in the SQL catalog's tables.
 //! - `'table'` (required): `namespace.table` (namespaces may have several levels: `a.b.t`).
 //! - `'write_mode'`: `append` (default; the query must be insert-only) or `upsert`: each
@@ -21,9 +26,10 @@
 //! - `'merge_key_columns'` (upsert): comma-separated key columns; default the query's key (its
 //!   GROUP BY columns or the source's primary key), else, for an insert-only query, its first
 //!   column.
-//! - `'warehouse'`: where a table the sink creates goes (a path or `file://` URL; default: the
-//!   namespace's `location` property, else the catalog database's directory), laid out as
-//!   pyiceberg does: `<warehouse>/<namespace>.db/<table>`.
+//! - `'warehouse'`: SQL catalog: where a table the sink creates goes (a path or `file://` URL;
+//!   default: the namespace's `location` property, else the catalog database's directory), laid
+//!   out as pyiceberg does: `<warehouse>/<namespace>.db/<table>`. REST catalog: the warehouse
+//!   the server is asked for (its config call's `warehouse`); the server places new tables.
 //! - `'commit_interval_ms'` (default 0: one snapshot per epoch): gather epochs into one
 //!   snapshot.
 //! - `'target_file_size'` (bytes, default 128 MiB): roll to a new data file past this size.
@@ -76,6 +82,7 @@
 
 mod catalog;
 mod merge;
+mod rest;
 mod sink;
 
 pub use sink::SINK;

@@ -30,8 +30,9 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
-use super::catalog::{CatalogTarget, Committed, SqlCatalog};
+use super::catalog::{Catalog, CatalogTarget, Committed, SqlCatalog};
 use super::merge;
+use super::rest::{RestAuth, RestCatalog};
 use crate::connector::{SinkCapabilities, SinkConnector, SinkSpec};
 use crate::options::OptionReader;
 use crate::registry::SinkFactory;
@@ -55,6 +56,10 @@ pub const SINK: SinkFactory = SinkFactory {
         "partition_by",
         "app_id",
         "merge_key_columns",
+        "catalog.token",
+        "catalog.credential",
+        "catalog.oauth2-server-uri",
+        "catalog.scope",
     ],
     build,
 };
@@ -136,8 +141,41 @@ fn build(
     };
     let app_id = r.opt_str("app_id").unwrap_or_else(|| format!("laminardb-{}", spec.name));
     let transactional = spec.options.get("delivery.guarantee").is_some_and(|g| g.trim() == "exactly-once");
+    let token = r.opt_str("catalog.token");
+    let credential = r.opt_str("catalog.credential");
+    let token_uri = r.opt_str("catalog.oauth2-server-uri");
+    let scope = r.opt_str("catalog.scope").unwrap_or_else(|| "catalog".into());
+    let rest_only = [
+        ("catalog.token", token.is_some()),
+        ("catalog.credential", credential.is_some()),
+        ("catalog.oauth2-server-uri", token_uri.is_some()),
+    ];
     let catalog = match target {
-        CatalogTarget::Sqlite(path) => SqlCatalog::new(path, catalog_name),
+        CatalogTarget::Sqlite(path) => {
+            if let Some((key, _)) = rest_only.iter().find(|(_, set)| *set) {
+                return Err(ConnectorError::Config(format!("'{key}' applies to a REST catalog only")));
+            }
+            Catalog::Sql(SqlCatalog::new(path, catalog_name))
+        }
+        CatalogTarget::Rest(uri) => {
+            let auth = match (token, credential) {
+                (Some(_), Some(_)) => {
+                    return Err(ConnectorError::Config(
+                        "set one of 'catalog.token' and 'catalog.credential', not both".into(),
+                    ))
+                }
+                (Some(t), None) => RestAuth::Token(t),
+                (None, Some(c)) => {
+                    let (id, secret) = c.split_once(':').ok_or_else(|| {
+                        ConnectorError::Config("'catalog.credential' is 'client_id:client_secret'".into())
+                    })?;
+                    RestAuth::Credential { client_id: id.into(), secret: secret.into(), token_uri, scope }
+                }
+                (None, None) => RestAuth::None,
+            };
+            // For a REST catalog, 'warehouse' names the warehouse the server serves.
+            Catalog::Rest(RestCatalog::new(&uri, warehouse.clone(), auth)?)
+        }
     };
     Ok(Box::new(IcebergSink {
         catalog,
@@ -240,7 +278,7 @@ impl Pending {
 
 /// Writes epochs into an Iceberg table.
 pub struct IcebergSink {
-    catalog: SqlCatalog,
+    catalog: Catalog,
     ident: TableIdent,
     /// `'write_mode' = 'upsert'`: a row replaces the table's rows with its key.
     upsert: bool,
@@ -300,18 +338,25 @@ impl IcebergSink {
         ConnectorError::Failed(format!("Iceberg table {} in {}: {what}: {e}", self.ident, self.catalog.describe()))
     }
 
-    /// Where a table the sink creates goes: `'warehouse'` (or the namespace's `location`, or
-    /// the catalog database's directory) + `<namespace>.db/<table>`, as pyiceberg lays it out.
-    fn new_table_location(&self) -> Result<String> {
-        if let Some(ns) = self.catalog.namespace_location(&self.ident)? {
-            return Ok(format!("{}/{}", ns.trim_end_matches('/'), self.ident.name));
+    /// Where a table the sink creates goes: the namespace's `location` + `<table>`, else
+    /// `'warehouse'` (or the SQL catalog database's directory) + `<namespace>.db/<table>`, as
+    /// pyiceberg lays it out; None lets a REST catalog decide.
+    async fn new_table_location(&self) -> Result<Option<String>> {
+        if let Some(ns) = self.catalog.namespace_location(&self.ident).await? {
+            return Ok(Some(format!("{}/{}", ns.trim_end_matches('/'), self.ident.name)));
         }
-        let base = match &self.warehouse {
-            Some(w) if w.contains("://") => w.trim_end_matches('/').to_string(),
-            Some(w) => format!("file://{}", std::path::absolute(w).map_err(|e| self.err("'warehouse'", e))?.display()),
-            None => format!("file://{}", self.catalog.directory().display()),
+        let base = match (&self.catalog, &self.warehouse) {
+            (Catalog::Rest(_), _) => return Ok(None),
+            (_, Some(w)) if w.contains("://") => w.trim_end_matches('/').to_string(),
+            (_, Some(w)) => {
+                format!("file://{}", std::path::absolute(w).map_err(|e| self.err("'warehouse'", e))?.display())
+            }
+            (c, None) => match c.default_warehouse() {
+                Some(d) => format!("file://{}", d.display()),
+                None => return Ok(None),
+            },
         };
-        Ok(format!("{base}/{}.db/{}", self.ident.namespace.join("."), self.ident.name))
+        Ok(Some(format!("{base}/{}.db/{}", self.ident.namespace.join("."), self.ident.name)))
     }
 
     /// Loads the table, creating it from the query's columns if the catalog lacks it.
@@ -319,8 +364,8 @@ impl IcebergSink {
         let table = match self.catalog.load(&self.ident, &self.file_io).await? {
             Some(t) => t,
             None => {
-                let location = self.new_table_location()?;
-                if let Some(path) = location.strip_prefix("file://") {
+                let location = self.new_table_location().await?;
+                if let Some(path) = location.as_deref().and_then(|l| l.strip_prefix("file://")) {
                     std::fs::create_dir_all(path).map_err(|e| self.err(&format!("cannot create {path}"), e))?;
                 }
                 let schema = iceberg_schema(&self.query_schema)?;
@@ -336,7 +381,7 @@ impl IcebergSink {
                 }
                 let creation = TableCreation::builder()
                     .name(self.ident.name.clone())
-                    .location(location)
+                    .location_opt(location)
                     .schema(schema)
                     .partition_spec(spec.build())
                     .properties([("write.parquet.compression-codec".to_string(), "zstd".to_string())])
