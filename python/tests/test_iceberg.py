@@ -5,6 +5,7 @@ back row for row."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 
 import pyarrow as pa
@@ -288,6 +289,42 @@ def test_rest_catalog_oauth2_client_credentials(tmp_path):
                       'catalog.credential' = 'laminar:wrong')""")
             with pytest.raises(laminardb.LaminarError, match="catalog.credential"):
                 db.start()
+
+
+def test_tables_on_s3_read_back_by_pyiceberg(tmp_path, monkeypatch):
+    endpoint = os.environ.get("LAMINAR_TEST_S3_ENDPOINT")
+    if not endpoint:
+        raise RuntimeError("LAMINAR_TEST_S3_ENDPOINT is not set: run scripts/test.sh")
+    bucket = os.environ.get("LAMINAR_TEST_S3_BUCKET", "laminar-test")
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ALLOW_HTTP": "true", "AWS_ACCESS_KEY_ID": "test",
+           "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    warehouse = f"s3://{bucket}/iceberg-{time.time_ns()}"
+    with laminardb.open(str(tmp_path / "db")) as db:
+        db.execute("CREATE SOURCE readings (sensor VARCHAR, value DOUBLE, ts TIMESTAMP)")
+        opts = (f"connector = 'iceberg', 'catalog_uri' = 'sqlite:///{tmp_path}/catalog.db', "
+                f"'warehouse' = '{warehouse}'")
+        db.execute(f"CREATE SINK raw AS SELECT * FROM readings WITH ({opts}, 'table' = 'iot.raw', "
+                   "'partition_by' = 'sensor')")
+        db.execute(f"""CREATE SINK latest AS SELECT sensor, MAX(value) AS peak, COUNT(*) AS n FROM readings
+                       GROUP BY sensor WITH ({opts}, 'table' = 'iot.peaks', 'write_mode' = 'upsert')""")
+        db.start()
+        t0 = dt.datetime(2024, 5, 1)
+        for step in range(3):
+            db.insert("readings", [{"sensor": f"s{i % 4}", "value": float(step * 10 + i),
+                                    "ts": t0 + dt.timedelta(minutes=step)} for i in range(20)])
+            db.flush()
+        wait_for("three commits each", lambda: db.sink_metrics("raw").details.get("iceberg_commits") == 3
+                 and db.sink_metrics("latest").details.get("iceberg_commits") == 3)
+    cat = SqlCatalog("default", uri=f"sqlite:///{tmp_path}/catalog.db", **{
+        "s3.endpoint": endpoint, "s3.access-key-id": "test", "s3.secret-access-key": "test",
+        "s3.region": "us-east-1"})
+    t = cat.load_table("iot.raw")
+    assert t.metadata_location.startswith(f"{warehouse}/iot.db/raw/metadata/")
+    assert len(table_rows(cat, "iot.raw", "sensor", "value")) == 60
+    assert table_rows(cat, "iot.peaks", "sensor", "peak", "n") == [
+        (f"s{k}", float(20 + max(i for i in range(20) if i % 4 == k)), 15) for k in range(4)]
 
 
 def test_bad_options_raise_connector_error_and_leave_nothing(tmp_path):

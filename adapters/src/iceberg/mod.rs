@@ -42,6 +42,11 @@
 //!   to it (optional, new field ids) as a new current schema when the sink opens.
 //! - `'app_id'` (default `laminardb-<sink>`): the writer id recorded in the sink's snapshots.
 //!
+//! # Storage
+//! Table files live on local paths or, with the `iceberg-s3` feature (on by default), in S3 and
+//! S3-compatible stores (`'warehouse' = 's3://bucket/prefix'`, or tables whose location is
+//! `s3://…`); credentials and endpoint come from the `AWS_*` environment variables.
+//!
 //! A missing table is created from the query's columns (all optional; small integers become
 //! `int`, unsigned 32/64-bit integers `long`, timestamps microsecond `timestamp`/`timestamptz`).
 //! An existing table's columns are filled by name (cast to the table's types, NULL for columns
@@ -84,5 +89,7 @@ mod catalog;
 mod merge;
 mod rest;
 mod sink;
+#[cfg(feature = "iceberg-s3")]
+mod storage;
 
 pub use sink::SINK;

@@ -195,7 +195,7 @@ fn build(
         partition_by,
         app_id,
         transactional,
-        file_io: FileIO::new_with_fs(),
+        file_io: table_file_io(),
         table: None,
         table_schema: spec.schema.clone(),
         rows: Vec::new(),
@@ -207,6 +207,14 @@ fn build(
         conflicts: 0,
         status: None,
     }))
+}
+
+/// How the sink reads and writes table files: local paths, and `s3://` with the S3 feature.
+fn table_file_io() -> FileIO {
+    #[cfg(feature = "iceberg-s3")]
+    return super::storage::file_io(HashMap::new());
+    #[cfg(not(feature = "iceberg-s3"))]
+    return FileIO::new_with_fs();
 }
 
 /// The query's columns as Arrow types an Iceberg table holds (every column optional).
