@@ -22,7 +22,7 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check \
-  "maturin>=1.7,<2" pyarrow pandas polars pytest pytest-asyncio fastavro confluent-kafka websockets pika deltalake "pyiceberg[sql-sqlite]"
+  "maturin>=1.7,<2" pyarrow pandas polars pytest pytest-asyncio fastavro confluent-kafka websockets pika deltalake "pyiceberg[sql-sqlite,sql-postgres,glue]"
 (
   source .venv/bin/activate
   cd python

@@ -17,6 +17,7 @@ pub const SECRET_KEYS: &[&str] = &[
     "auth",
     "token",
     "secret",
+    "credential",
     "api_key",
     "aws_secret_access_key",
     "aws_session_token",

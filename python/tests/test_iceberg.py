@@ -327,6 +327,80 @@ def test_tables_on_s3_read_back_by_pyiceberg(tmp_path, monkeypatch):
         (f"s{k}", float(20 + max(i for i in range(20) if i % 4 == k)), 15) for k in range(4)]
 
 
+def test_glue_catalog_on_the_aws_stand_in(tmp_path, monkeypatch):
+    endpoint = os.environ.get("LAMINAR_TEST_S3_ENDPOINT")
+    if not endpoint:
+        raise RuntimeError("LAMINAR_TEST_S3_ENDPOINT is not set: run scripts/test.sh")
+    bucket = os.environ.get("LAMINAR_TEST_S3_BUCKET", "laminar-test")
+    for k, v in {"AWS_ENDPOINT_URL": endpoint, "AWS_ALLOW_HTTP": "true", "AWS_ACCESS_KEY_ID": "test",
+                 "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    database = f"glue_{time.time_ns()}"
+    with laminardb.open(str(tmp_path / "db")) as db:
+        db.execute("CREATE SOURCE s (id BIGINT PRIMARY KEY, name VARCHAR)")
+        opts = (f"connector = 'iceberg', 'catalog.type' = 'glue', 'catalog_uri' = '{endpoint}', "
+                f"'warehouse' = 's3://{bucket}/{database}'")
+        db.execute(f"CREATE SINK people AS SELECT * FROM s WITH ({opts}, 'table' = '{database}.people', "
+                   "'write_mode' = 'upsert')")
+        db.start()
+        db.insert("s", [{"id": i, "name": f"n{i}"} for i in range(10)])
+        db.flush()
+        wait_for("the first commit", lambda: db.sink_metrics("people").details.get("iceberg_commits") == 1)
+        from pyiceberg.catalog.glue import GlueCatalog
+        glue = GlueCatalog("glue", **{
+            "glue.endpoint": endpoint, "glue.region": "us-east-1", "glue.access-key-id": "test",
+            "glue.secret-access-key": "test", "s3.endpoint": endpoint, "s3.access-key-id": "test",
+            "s3.secret-access-key": "test", "s3.region": "us-east-1"})
+        t = glue.load_table(f"{database}.people")
+        # Another writer (pyiceberg through Glue) appends a row with key 3: the sink's next
+        # commit finds the Glue table moved, rebuilds on it and retires that row with its own.
+        t.append(pa.table({"id": pa.array([3], pa.int64()), "name": ["from pyiceberg"]}))
+        db.insert("s", [{"id": 3, "name": "three"}, {"id": 4, "name": "four"}])
+        db.flush()
+        wait_for("the second commit", lambda: db.sink_metrics("people").details.get("iceberg_commits") == 2)
+        assert db.sink_metrics("people").details["iceberg_commit_conflicts"] >= 1
+    want = sorted([(i, f"n{i}") for i in range(10) if i not in (3, 4)] + [(3, "three"), (4, "four")])
+    assert table_rows(glue, f"{database}.people", "id", "name") == want
+    import boto3
+    params = boto3.client("glue", endpoint_url=endpoint, region_name="us-east-1").get_table(
+        DatabaseName=database, Name="people")["Table"]["Parameters"]
+    assert params["table_type"] == "ICEBERG"
+    assert params["metadata_location"].startswith(f"s3://{bucket}/{database}/{database}.db/people/metadata/")
+    assert params["previous_metadata_location"] != params["metadata_location"]
+
+
+def test_sql_catalog_in_postgres(tmp_path):
+    uri = os.environ.get("LAMINAR_TEST_POSTGRES_URI")
+    if not uri:
+        raise RuntimeError("LAMINAR_TEST_POSTGRES_URI is not set: run scripts/test.sh")
+    name = f"cat{time.time_ns()}"
+    # pyiceberg makes the catalog and the table; the sink writes through the same Postgres tables.
+    cat = SqlCatalog(name, uri=uri.replace("postgres://", "postgresql+psycopg2://"), warehouse=f"file://{tmp_path}")
+    cat.create_namespace("crm")
+    schema = pa.schema([pa.field("id", pa.int64()), pa.field("email", pa.string())])
+    cat.create_table("crm.contacts", schema=schema)
+    with laminardb.open(str(tmp_path / "db")) as db:
+        db.execute("CREATE SOURCE s (id BIGINT PRIMARY KEY, email VARCHAR)")
+        db.execute(f"""
+            CREATE SINK k AS SELECT * FROM s
+            WITH (connector = 'iceberg', 'catalog_uri' = '{uri}', 'catalog.name' = '{name}',
+                  'table' = 'crm.contacts', 'write_mode' = 'upsert')""")
+        db.execute(f"""
+            CREATE SINK made AS SELECT id FROM s
+            WITH (connector = 'iceberg', 'catalog_uri' = '{uri}', 'catalog.name' = '{name}',
+                  'table' = 'crm.ids', 'write_mode' = 'upsert', 'warehouse' = '{tmp_path}/wh')""")
+        db.start()
+        db.insert("s", [{"id": 1, "email": "a@x"}, {"id": 2, "email": "b@x"}])
+        db.flush()
+        db.insert("s", [{"id": 2, "email": "b@y"}])
+        db.flush()
+        wait_for("two commits", lambda: db.sink_metrics("k").details.get("iceberg_commits") == 2)
+        wait_for("the second table", lambda: db.sink_metrics("made").details.get("iceberg_commits", 0) >= 1)
+    assert table_rows(cat, "crm.contacts", "id", "email") == [(1, "a@x"), (2, "b@y")]
+    assert table_rows(cat, "crm.ids", "id") == [(1,), (2,)]
+    assert cat.load_table("crm.ids").location() == f"file://{tmp_path}/wh/crm.db/ids"
+
+
 def test_bad_options_raise_connector_error_and_leave_nothing(tmp_path):
     with laminardb.open(str(tmp_path / "db")) as db:
         db.execute("CREATE SOURCE s (id BIGINT)")

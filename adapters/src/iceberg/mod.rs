@@ -10,10 +10,17 @@
 //! # Sink options
 //! - `'catalog_uri'` (required): the catalog. `sqlite:////abs/path/catalog.db` is a SQL catalog
 //!   in that SQLite database, with the tables pyiceberg's `SqlCatalog` uses (a database pyiceberg
-//!   made works, and pyiceberg reads what the sink commits). An `http://` or `https://` URL is a
-//!   REST catalog (the Iceberg REST protocol: the server checks and applies every commit).
-//! - `'catalog.type'`: `sql` or `rest` overrides the guess from the URI (`glue` and `hms` are
-//!   refused with a clear error by this build).
+//!   made works, and pyiceberg reads what the sink commits); `postgresql://user:pw@host/db`
+//!   (also SQLAlchemy's `postgresql+psycopg2://…`) is the same catalog in Postgres. An
+//!   `http://` or `https://` URL is a REST catalog (the Iceberg REST protocol: the server checks
+//!   and applies every commit), except `https://glue.<region>.amazonaws.com`: the AWS Glue Data
+//!   Catalog (databases as namespaces, Iceberg tables as Glue tables with `table_type = ICEBERG`
+//!   and `metadata_location`, updates guarded by Glue's `VersionId`; credentials from
+//!   `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN`).
+//! - `'catalog.type'`: `sql`, `rest` or `glue` overrides the guess from the URI (e.g. a Glue
+//!   stand-in at `http://localhost:5000`); `hms` is refused with a clear error by this build.
+//! - `'glue.region'` (default: the endpoint's, else `AWS_REGION`), `'glue.id'` (the account
+//!   whose catalog is used; default the caller's).
 //! - `'catalog.token'` (REST): a bearer token sent with every call.
 //! - `'catalog.credential'` (REST): `client_id:client_secret`, exchanged for a token with the
 //!   OAuth2 client-credentials grant at the server's `v1/oauth/tokens` (or at
@@ -30,6 +37,7 @@
 //!   default: the namespace's `location` property, else the catalog database's directory), laid
 //!   out as pyiceberg does: `<warehouse>/<namespace>.db/<table>`. REST catalog: the warehouse
 //!   the server is asked for (its config call's `warehouse`); the server places new tables.
+//!   Glue: where new tables go (`s3://bucket/prefix`) unless the database has a location.
 //! - `'commit_interval_ms'` (default 0: one snapshot per epoch): gather epochs into one
 //!   snapshot.
 //! - `'target_file_size'` (bytes, default 128 MiB): roll to a new data file past this size.
@@ -86,8 +94,12 @@
 //! rebuilt on the new current snapshot and retried (20 attempts); other errors fail the sink.
 
 mod catalog;
+#[cfg(feature = "iceberg-glue")]
+mod glue;
 mod merge;
 mod rest;
+#[cfg(feature = "iceberg-glue")]
+mod sigv4;
 mod sink;
 #[cfg(feature = "iceberg-s3")]
 mod storage;

@@ -30,7 +30,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
-use super::catalog::{Catalog, CatalogTarget, Committed, SqlCatalog};
+use super::catalog::{Catalog, CatalogTarget, Committed, SqlBackend, SqlCatalog};
 use super::merge;
 use super::rest::{RestAuth, RestCatalog};
 use crate::connector::{SinkCapabilities, SinkConnector, SinkSpec};
@@ -60,6 +60,8 @@ pub const SINK: SinkFactory = SinkFactory {
         "catalog.credential",
         "catalog.oauth2-server-uri",
         "catalog.scope",
+        "glue.region",
+        "glue.id",
     ],
     build,
 };
@@ -141,6 +143,11 @@ fn build(
     };
     let app_id = r.opt_str("app_id").unwrap_or_else(|| format!("laminardb-{}", spec.name));
     let transactional = spec.options.get("delivery.guarantee").is_some_and(|g| g.trim() == "exactly-once");
+    let glue_region = r.opt_str("glue.region");
+    let glue_id = r.opt_str("glue.id");
+    if (glue_region.is_some() || glue_id.is_some()) && !matches!(target, CatalogTarget::Glue(_)) {
+        return Err(ConnectorError::Config("'glue.region' and 'glue.id' apply to a Glue catalog only".into()));
+    }
     let token = r.opt_str("catalog.token");
     let credential = r.opt_str("catalog.credential");
     let token_uri = r.opt_str("catalog.oauth2-server-uri");
@@ -155,7 +162,37 @@ fn build(
             if let Some((key, _)) = rest_only.iter().find(|(_, set)| *set) {
                 return Err(ConnectorError::Config(format!("'{key}' applies to a REST catalog only")));
             }
-            Catalog::Sql(SqlCatalog::new(path, catalog_name))
+            Catalog::Sql(SqlCatalog::new(SqlBackend::Sqlite(path), catalog_name))
+        }
+        #[cfg(feature = "iceberg-postgres")]
+        CatalogTarget::Postgres(uri) => {
+            if let Some((key, _)) = rest_only.iter().find(|(_, set)| *set) {
+                return Err(ConnectorError::Config(format!("'{key}' applies to a REST catalog only")));
+            }
+            let shown = crate::options::redact_uri(&uri).unwrap_or_else(|| uri.clone());
+            let mut params = crate::postgres::config::parse_uri_option(&uri, &shown, "catalog_uri")?;
+            params.replication = false;
+            params.application_name = "laminardb-iceberg".into();
+            Catalog::Sql(SqlCatalog::new(SqlBackend::Postgres(params, shown), catalog_name))
+        }
+        #[cfg(not(feature = "iceberg-postgres"))]
+        CatalogTarget::Postgres(_) => {
+            return Err(ConnectorError::Config(
+                "a Postgres SQL catalog needs the iceberg-postgres feature of this build".into(),
+            ))
+        }
+        #[cfg(feature = "iceberg-glue")]
+        CatalogTarget::Glue(uri) => {
+            if let Some((key, _)) = rest_only.iter().find(|(_, set)| *set) {
+                return Err(ConnectorError::Config(format!(
+                    "'{key}' applies to a REST catalog only (Glue uses the AWS_* credentials)"
+                )));
+            }
+            Catalog::Glue(super::glue::GlueCatalog::new(&uri, glue_region, glue_id)?)
+        }
+        #[cfg(not(feature = "iceberg-glue"))]
+        CatalogTarget::Glue(_) => {
+            return Err(ConnectorError::Config("a Glue catalog needs the iceberg-glue feature of this build".into()))
         }
         CatalogTarget::Rest(uri) => {
             let auth = match (token, credential) {

@@ -125,9 +125,14 @@ fn split_table(s: &str) -> Option<(String, String)> {
 /// `postgres[ql]://user:password@host:port/database?sslmode=…&sslrootcert=…`; the user and
 /// password may also come from `PGUSER`/`PGPASSWORD`.
 pub fn parse_uri(uri: &str, shown: &str) -> Result<ConnectParams> {
+    parse_uri_option(uri, shown, "connection")
+}
+
+/// [`parse_uri`] for the option `option` (named in errors).
+pub fn parse_uri_option(uri: &str, shown: &str, option: &str) -> Result<ConnectParams> {
     let bad = |why: &str| {
         ConnectorError::Config(format!(
-            "option 'connection' ('{shown}') {why}: expected 'postgresql://user:password@host:5432/database'"
+            "option '{option}' ('{shown}') {why}: expected 'postgresql://user:password@host:5432/database'"
         ))
     };
     let url = url::Url::parse(uri).map_err(|e| bad(&format!("is not a valid URI ({e})")))?;
