@@ -14,7 +14,9 @@
 #   - an S3 stand-in (moto_server from the PyPI package moto) on
 #     127.0.0.1:$LAMINAR_TEST_S3_PORT (default 15000), with the bucket `laminar-test`;
 #   - an Azure Blob Storage stand-in (Azurite from npm) on 127.0.0.1:$LAMINAR_TEST_AZURE_PORT
-#     (default 15010), in memory, with the container `laminar-test`.
+#     (default 15010), in memory, with the container `laminar-test`;
+#   - a Google Cloud Storage stand-in (gcp-storage-emulator from PyPI) on
+#     127.0.0.1:$LAMINAR_TEST_GCS_PORT (default 15020), in memory, with the bucket `laminar-test`.
 # Usage: scripts/services.sh start   (prints `export …` lines for the tests; eval them)
 #        scripts/services.sh stop
 #        scripts/services.sh rabbitmqctl list_queues name messages_ready   (the test node)
@@ -36,6 +38,7 @@ my_port=${LAMINAR_TEST_MYSQL_PORT:-13306}
 my_dir=${LAMINAR_MYSQL_DIR:-/var/tmp/laminardb-test-mariadb-$(id -u)}
 s3_port=${LAMINAR_TEST_S3_PORT:-15000}
 az_port=${LAMINAR_TEST_AZURE_PORT:-15010}
+gcs_port=${LAMINAR_TEST_GCS_PORT:-15020}
 
 # A test CA and a certificate for 127.0.0.1 signed by it, in $1 (ca.pem, server.pem,
 # server.key); nothing when openssl is missing.
@@ -130,6 +133,20 @@ BlobServiceClient(account_url=url, credential={"account_name": "devstoreaccount1
 PY
   echo "export LAMINAR_TEST_AZURITE_URL=http://127.0.0.1:$az_port"
   echo "export LAMINAR_TEST_AZURE_CONTAINER=laminar-test"
+}
+
+start_gcs() {
+  local venv="$state/gcs-venv"
+  if [ ! -x "$venv/bin/gcp-storage-emulator" ]; then
+    python3 -m venv "$venv" >&2
+    "$venv/bin/pip" install -q --disable-pip-version-check "gcp-storage-emulator>=2024,<2030" >&2
+  fi
+  stop_pid "$state/gcs.pid"
+  "$venv/bin/python" "$(dirname "$0")/gcs_stand_in.py" "$gcs_port" laminar-test >"$state/gcs.log" 2>&1 &
+  echo $! >"$state/gcs.pid"
+  wait_port "$gcs_port" 30 || { echo "the GCS stand-in did not start (see $state/gcs.log)" >&2; exit 1; }
+  echo "export LAMINAR_TEST_GCS_URL=http://127.0.0.1:$gcs_port"
+  echo "export LAMINAR_TEST_GCS_BUCKET=laminar-test"
 }
 
 # RabbitMQ runs as its own user (Debian's `rabbitmq`, whose home holds the Erlang cookie the
@@ -328,9 +345,9 @@ SQL
 }
 
 case "${1:-}" in
-  start) start_kafka; start_rabbitmq; start_postgres; start_mariadb; start_s3; start_azurite ;;
+  start) start_kafka; start_rabbitmq; start_postgres; start_mariadb; start_s3; start_azurite; start_gcs ;;
   stop) stop_pid "$state/kafka.pid"; stop_rabbitmq; stop_postgres; stop_mariadb; stop_pid "$state/s3.pid"
-        stop_pid "$state/azurite.pid" ;;
+        stop_pid "$state/azurite.pid"; stop_pid "$state/gcs.pid" ;;
   # rabbitmqctl against the test node (tests close connections and inspect queues with it).
   rabbitmqctl) shift; rabbit_run rabbitmqctl -n laminar-test@localhost -q "$@" ;;
   *) echo "usage: $0 start|stop|rabbitmqctl <args>" >&2; exit 2 ;;

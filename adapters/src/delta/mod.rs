@@ -9,8 +9,9 @@
 //! commits idempotent).
 //!
 //! # Source options
-//! - `'table_uri'` (required): a local path, `file://`, `s3://` (feature `delta-lake-s3`) or
-//!   `az://`/`abfss://`/`adl://` (feature `delta-lake-azure`), both on by default.
+//! - `'table_uri'` (required): a local path, `file://`, `s3://` (feature `delta-lake-s3`),
+//!   `az://`/`abfss://`/`adl://` (feature `delta-lake-azure`) or `gs://` (feature
+//!   `delta-lake-gcs`), all on by default.
 //! - `'poll_interval_ms'` (default 5000): how often the log is checked for new versions.
 //! - `'starting_version'`: read the changes of this version and later ones instead of the
 //!   current snapshot first (`latest`: only versions committed after the source starts).
@@ -61,8 +62,10 @@
 
 #[cfg(feature = "delta-lake-azure")]
 mod azure;
-#[cfg(any(feature = "delta-lake-s3", feature = "delta-lake-azure"))]
+#[cfg(any(feature = "delta-lake-s3", feature = "delta-lake-azure", feature = "delta-lake-gcs"))]
 mod cloud;
+#[cfg(feature = "delta-lake-gcs")]
+mod gcs;
 #[cfg(feature = "delta-lake-s3")]
 mod s3;
 mod sink;

@@ -253,8 +253,8 @@ impl DeltaSink {
                 match created {
                     Ok(t) => t,
                     // Another writer created it meanwhile.
-                    Err(_) => table::load(&self.url).await?.ok_or_else(|| {
-                        ConnectorError::Failed(format!("cannot create Delta table {}", describe(&self.url)))
+                    Err(e) => table::load(&self.url).await?.ok_or_else(|| {
+                        ConnectorError::Failed(format!("cannot create Delta table {}: {e}", describe(&self.url)))
                     })?,
                 }
             }

@@ -21,7 +21,7 @@ const CLOUD_SCHEMES: &[(&str, &str)] = &[
     ("abfss", "delta-lake-azure"),
     ("adl", "delta-lake-azure"),
     ("azure", "delta-lake-azure"),
-    ("gs", "gcs"),
+    ("gs", "delta-lake-gcs"),
 ];
 
 /// A checked `'table_uri'`: local paths are made absolute (created first when `create`).
@@ -42,13 +42,9 @@ pub fn table_url(raw: &str, create: bool) -> Result<Url> {
         if let Some((_, feature)) = CLOUD_SCHEMES.iter().find(|(s, _)| *s == scheme) {
             if !cloud_enabled(&scheme) {
                 let shown = crate::options::redact_uri(raw).unwrap_or_else(|| raw.to_string());
-                return Err(ConnectorError::Config(match *feature {
-                    "gcs" => format!(
-                        "'table_uri' = '{shown}': {scheme}:// tables are not supported by this build (local paths, \
-                         file://, s3:// and az:// / abfss://)"
-                    ),
-                    f => format!("'table_uri' = '{shown}': {scheme}:// tables need a build with the '{f}' feature"),
-                }));
+                return Err(ConnectorError::Config(format!(
+                    "'table_uri' = '{shown}': {scheme}:// tables need a build with the '{feature}' feature"
+                )));
             }
             return Url::parse(raw).map_err(|e| ConnectorError::Config(format!("'table_uri': {e}")));
         }
@@ -63,7 +59,10 @@ pub fn table_url(raw: &str, create: bool) -> Result<Url> {
 fn cloud_enabled(scheme: &str) -> bool {
     let s3 = matches!(scheme, "s3" | "s3a");
     let azure = matches!(scheme, "az" | "abfs" | "abfss" | "adl" | "azure");
-    (s3 && cfg!(feature = "delta-lake-s3")) || (azure && cfg!(feature = "delta-lake-azure"))
+    let gcs = scheme == "gs";
+    (s3 && cfg!(feature = "delta-lake-s3"))
+        || (azure && cfg!(feature = "delta-lake-azure"))
+        || (gcs && cfg!(feature = "delta-lake-gcs"))
 }
 
 fn local_url(path: &str, create: bool) -> Result<Url> {
@@ -109,6 +108,8 @@ pub fn register_handlers() {
     super::s3::register();
     #[cfg(feature = "delta-lake-azure")]
     super::azure::register();
+    #[cfg(feature = "delta-lake-gcs")]
+    super::gcs::register();
 }
 
 /// The table at `url`, or None when nothing has been committed there yet.
@@ -285,8 +286,10 @@ mod tests {
             let e = table_url("s3://bucket/t", false).expect_err("test").to_string();
             assert!(e.contains("delta-lake-s3"), "{e}");
         }
-        let e = table_url("gs://c/t", false).expect_err("test").to_string();
-        assert!(e.contains("not supported by this build"), "{e}");
+        if !cfg!(feature = "delta-lake-gcs") {
+            let e = table_url("gs://c/t", false).expect_err("test").to_string();
+            assert!(e.contains("delta-lake-gcs"), "{e}");
+        }
         if !cfg!(feature = "delta-lake-azure") {
             let e = table_url("az://c/t", false).expect_err("test").to_string();
             assert!(e.contains("delta-lake-azure"), "{e}");
