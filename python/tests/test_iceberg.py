@@ -291,15 +291,8 @@ def test_rest_catalog_oauth2_client_credentials(tmp_path):
                 db.start()
 
 
-def test_tables_on_s3_read_back_by_pyiceberg(tmp_path, monkeypatch):
-    endpoint = os.environ.get("LAMINAR_TEST_S3_ENDPOINT")
-    if not endpoint:
-        raise RuntimeError("LAMINAR_TEST_S3_ENDPOINT is not set: run scripts/test.sh")
-    bucket = os.environ.get("LAMINAR_TEST_S3_BUCKET", "laminar-test")
-    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ALLOW_HTTP": "true", "AWS_ACCESS_KEY_ID": "test",
-           "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"}
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
+def test_tables_on_s3_read_back_by_pyiceberg(tmp_path, s3):
+    endpoint, bucket = s3
     warehouse = f"s3://{bucket}/iceberg-{time.time_ns()}"
     with laminardb.open(str(tmp_path / "db")) as db:
         db.execute("CREATE SOURCE readings (sensor VARCHAR, value DOUBLE, ts TIMESTAMP)")
@@ -327,14 +320,8 @@ def test_tables_on_s3_read_back_by_pyiceberg(tmp_path, monkeypatch):
         (f"s{k}", float(20 + max(i for i in range(20) if i % 4 == k)), 15) for k in range(4)]
 
 
-def test_glue_catalog_on_the_aws_stand_in(tmp_path, monkeypatch):
-    endpoint = os.environ.get("LAMINAR_TEST_S3_ENDPOINT")
-    if not endpoint:
-        raise RuntimeError("LAMINAR_TEST_S3_ENDPOINT is not set: run scripts/test.sh")
-    bucket = os.environ.get("LAMINAR_TEST_S3_BUCKET", "laminar-test")
-    for k, v in {"AWS_ENDPOINT_URL": endpoint, "AWS_ALLOW_HTTP": "true", "AWS_ACCESS_KEY_ID": "test",
-                 "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(k, v)
+def test_glue_catalog_on_the_aws_stand_in(tmp_path, s3):
+    endpoint, bucket = s3
     database = f"glue_{time.time_ns()}"
     with laminardb.open(str(tmp_path / "db")) as db:
         db.execute("CREATE SOURCE s (id BIGINT PRIMARY KEY, name VARCHAR)")
