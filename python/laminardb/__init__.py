@@ -858,19 +858,21 @@ class Connection:
         """Inserts rows: a pyarrow RecordBatch/Table, a pandas or polars DataFrame, a dict (one
         row, or columns of equal-length lists) or a list of dicts. All or nothing."""
         raw = self._raw()
+        if isinstance(data, dict):
+            # One row of plain values goes straight in (a list or tuple value, as in a dict of
+            # columns, makes it answer None).
+            fast = raw.insert_row(name, data)
+            if fast is not None:
+                return fast
+            if data and all(isinstance(v, (list, tuple)) for v in data.values()):
+                table = pa.table({k: list(v) for k, v in data.items()})
+            else:
+                table = _rows_to_table([data])
+            return raw.insert_table(name, table)
         if isinstance(data, pa.RecordBatch):
             return raw.insert_batch(name, data)
         if isinstance(data, pa.Table):
             return raw.insert_table(name, data)
-        if isinstance(data, dict):
-            if data and all(isinstance(v, (list, tuple)) for v in data.values()):
-                table = pa.table({k: list(v) for k, v in data.items()})
-            else:
-                fast = raw.insert_row(name, data)
-                if fast is not None:
-                    return fast
-                table = _rows_to_table([data])
-            return raw.insert_table(name, table)
         if isinstance(data, (list, tuple)):
             if not data:
                 return 0

@@ -19,7 +19,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::{Capability, InputCapability};
 use timely::dataflow::Stream;
 
-use crate::aggregate_state::key_hashes;
+use crate::aggregate_state::{key_hashes, owner};
 use crate::batch::{DiffBatch, Routed};
 use crate::error::{DataflowError, Result};
 use crate::plan::BatchFn;
@@ -38,9 +38,10 @@ fn partition(batch: &DiffBatch, keys: &dyn BatchFn, converter: &RowConverter, pe
     let hashes = key_hashes(converter, keys.columns(), batch.num_rows())?;
     // A single VARCHAR key's hash is also the grouping hash: pass it on.
     let single_string = matches!(keys.columns(), [c] if c.data_type() == &arrow::datatypes::DataType::Utf8);
-    let mut parts: Vec<Vec<u32>> = vec![Vec::new(); peers];
+    let n = batch.num_rows();
+    let mut parts: Vec<Vec<u32>> = (0..peers).map(|_| Vec::with_capacity(n / peers + n / 8 + 1)).collect();
     for (i, h) in hashes.iter().enumerate() {
-        parts[(*h % peers as u64) as usize].push(i as u32);
+        parts[owner(*h, peers)].push(i as u32);
     }
     let mut out = Vec::new();
     for (target, idx) in parts.into_iter().enumerate() {
