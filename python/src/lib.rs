@@ -63,6 +63,35 @@ impl<T> OrPy<T> for Result<T, LaminarError> {
     }
 }
 
+/// How often a wait checks for Ctrl-C (well inside the 100 ms a user may expect).
+const SIGNAL_POLL: Duration = Duration::from_millis(20);
+
+/// Runs `f` on a helper thread with the GIL released, checking for Ctrl-C every
+/// [`SIGNAL_POLL`]: an interrupt raises `KeyboardInterrupt` at once (the call itself finishes in
+/// the background; what it did stays done). For calls that can wait long (flush, checkpoint,
+/// queries, statements with a backfill); the hot calls (inserts) run inline.
+fn interruptible<T: Send + 'static>(
+    py: Python<'_>,
+    f: impl FnOnce() -> Result<T, LaminarError> + Send + 'static,
+) -> PyResult<T> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::Builder::new()
+        .name("laminar-call".into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .map_err(|e| to_py(py, LaminarError::Internal(format!("cannot start a call: {e}"))))?;
+    loop {
+        match py.detach(|| rx.recv_timeout(SIGNAL_POLL)) {
+            Ok(r) => return r.or_py(py),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => py.check_signals()?,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                return Err(to_py(py, LaminarError::Internal("the call ended without an answer".into())))
+            }
+        }
+    }
+}
+
 fn table<'py>(
     py: Python<'py>,
     schema: arrow::datatypes::SchemaRef,
@@ -152,7 +181,8 @@ impl PyConnection {
 
     /// Executes one statement: `(result_type, ddl_type, ddl_object, rows_affected, table)`.
     fn execute<'py>(&self, py: Python<'py>, sql: &str) -> PyResult<Bound<'py, PyTuple>> {
-        let r = py.detach(|| self.db.execute(sql)).or_py(py)?;
+        let (db, sql) = (self.db.clone(), sql.to_string());
+        let r = interruptible(py, move || db.execute(&sql))?;
         let kind = r.result_type();
         let none = py.None().into_bound(py);
         let items: Vec<Bound<'py, PyAny>> = match r {
@@ -183,7 +213,8 @@ impl PyConnection {
 
     /// Runs a query; returns a pyarrow Table.
     fn query<'py>(&self, py: Python<'py>, sql: &str) -> PyResult<Bound<'py, PyAny>> {
-        let r = py.detach(|| self.db.query(sql)).or_py(py)?;
+        let (db, sql) = (self.db.clone(), sql.to_string());
+        let r = interruptible(py, move || db.query(&sql))?;
         table(py, r.schema, r.batches)
     }
 
@@ -263,12 +294,14 @@ impl PyConnection {
 
     /// Waits until everything inserted so far is reflected in every stream.
     fn flush(&self, py: Python<'_>) -> PyResult<()> {
-        py.detach(|| self.db.flush()).or_py(py)
+        let db = self.db.clone();
+        interruptible(py, move || db.flush())
     }
 
     /// Takes a checkpoint: (epoch, full, bytes, files, seconds, directory).
     fn checkpoint(&self, py: Python<'_>) -> PyResult<(u64, bool, u64, usize, f64, String)> {
-        let r = py.detach(|| self.db.checkpoint()).or_py(py)?;
+        let db = self.db.clone();
+        let r = interruptible(py, move || db.checkpoint())?;
         Ok((r.epoch, r.full, r.bytes, r.files, r.duration.as_secs_f64(), r.path.display().to_string()))
     }
 
@@ -545,8 +578,8 @@ impl PySubscription {
         let deadline = timeout_ms.map(|ms| std::time::Instant::now() + Duration::from_millis(ms));
         loop {
             let slice = match deadline {
-                Some(d) => d.saturating_duration_since(std::time::Instant::now()).min(Duration::from_millis(50)),
-                None => Duration::from_millis(50),
+                Some(d) => d.saturating_duration_since(std::time::Instant::now()).min(SIGNAL_POLL),
+                None => SIGNAL_POLL,
             };
             match py.detach(|| self.sub.next_timeout(slice)) {
                 Ok(c) => return item(py, c),

@@ -307,35 +307,39 @@ async def test_subscribe_async_sql(trades):
     sub.cancel()
 
 
-def test_ctrl_c_interrupts_a_blocking_wait(tmp_path):
+@pytest.mark.parametrize("call", [
+    "db.subscribe_stream('t').next()",
+    "db.query('SELECT COUNT(*) AS n FROM generate_series(1, 100000000000)')",
+])
+def test_ctrl_c_interrupts_a_blocking_wait(tmp_path, call):
     import signal
     import subprocess
     import sys
 
     script = tmp_path / "block.py"
     script.write_text(
-        "import laminardb, sys\n"
+        "import laminardb, sys, time\n"
         "db = laminardb.open(':memory:')\n"
         "db.execute('CREATE SOURCE s (a INT)')\n"
         "db.execute('CREATE STREAM t AS SELECT a FROM s')\n"
         "db.start()\n"
-        "sub = db.subscribe_stream('t')\n"
         "print('ready', flush=True)\n"
         "try:\n"
-        "    sub.next()\n"
+        f"    {call}\n"
         "except KeyboardInterrupt:\n"
-        "    print('interrupted', flush=True)\n"
+        "    print('interrupted', time.time(), flush=True)\n"
         "    sys.exit(3)\n"
     )
     p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "ready"
-    time.sleep(0.2)
-    sent = time.monotonic()
+    time.sleep(0.3)
+    sent = time.time()
     p.send_signal(signal.SIGINT)
-    out, _ = p.communicate(timeout=10)
-    elapsed = time.monotonic() - sent
-    assert p.returncode == 3 and "interrupted" in out
-    assert elapsed < 1.0, f"took {elapsed:.3f}s"
+    out, _ = p.communicate(timeout=30)
+    assert p.returncode == 3 and "interrupted" in out, out
+    # The wait notices Ctrl-C within 100 ms (it checks every 20 ms).
+    reacted = float(out.split()[-1]) - sent
+    assert reacted < 0.1, f"took {reacted:.3f}s"
 
 
 def test_show_prints_rows(trades, capsys):
