@@ -415,3 +415,28 @@ def test_module_level_default_connection():
     laminardb.execute("CREATE SOURCE IF NOT EXISTS mod_src (a INT)")
     laminardb.execute("INSERT INTO mod_src VALUES (41), (1)")
     assert laminardb.sql("SELECT SUM(a) AS s FROM mod_src").to_dicts() == [{"s": 42}]
+
+
+def test_catalog_listing_metrics_and_small_types(trades):
+    trades.execute("CREATE SINK out AS SELECT symbol, n FROM agg WITH (connector = 'blackhole')")
+    trades.insert("trades", {"symbol": "Z", "price": 9.0, "qty": 3})
+    trades.flush()
+    assert [(s.name, s.sql) for s in trades.streams()] == [
+        ("agg", "SELECT symbol, COUNT(*) AS n, SUM(qty) AS q, MAX(price) AS hi FROM trades GROUP BY symbol")]
+    sinks = trades.all_sink_metrics()
+    assert [m.name for m in sinks] == ["out"]
+    m = trades.metrics()
+    assert m.uptime_secs > 0
+    # Window state held until the watermark closes the window.
+    trades.execute("CREATE SOURCE ticks (s VARCHAR, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND)")
+    trades.execute("CREATE STREAM w AS SELECT s, COUNT(*) AS n FROM ticks "
+                   "GROUP BY s, TUMBLE(ts, INTERVAL '1' MINUTE) EMIT ON WINDOW CLOSE")
+    trades.insert("ticks", [{"s": "a", "ts": "2024-01-01T00:00:05"}, {"s": "b", "ts": "2024-01-01T00:00:06"}])
+    trades.flush()
+    assert trades.stream_metrics("w").state_rows >= 2
+    assert trades.stream_metrics("agg").state_rows == 0, "a plain aggregate holds no window state"
+    row = next(iter(laminardb.ChangeEvent(trades.query("SELECT symbol, n FROM agg"))))
+    assert row.keys() == ["symbol", "n"] and row.values() == ["Z", 1]
+    config = laminardb.LaminarConfig(checkpoint_interval_ms=250)
+    assert config.checkpoint_interval_ms == 250 and laminardb.Config is laminardb.LaminarConfig
+    assert laminardb.Watermark(current=1_000, lag_ms=40).lag_ms == 40
