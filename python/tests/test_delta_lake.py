@@ -181,15 +181,7 @@ def test_sink_on_azure_read_back_by_deltalake(tmp_path, monkeypatch):
     monkeypatch.setenv("AZURE_STORAGE_USE_EMULATOR", "true")
     monkeypatch.setenv("AZURITE_BLOB_STORAGE_URL", endpoint)
     uri = f"az://{container}/py-{uuid.uuid4().hex}/inventory"
-    with laminardb.open(str(tmp_path / "db")) as db:
-        db.execute("CREATE SOURCE inv (product_id BIGINT, quantity INT)")
-        db.execute(f"CREATE SINK lake AS SELECT * FROM inv WITH (connector = 'delta-lake', 'table_uri' = '{uri}')")
-        db.start()
-        db.insert("inv", [{"product_id": i, "quantity": i * 2} for i in range(50)])
-        db.flush()
-        wait_for("the commit", lambda: db.sink_metrics("lake").rows_written >= 50)
-    t = DeltaTable(uri, storage_options={"AZURE_STORAGE_USE_EMULATOR": "true"}).to_pyarrow_table()
-    assert sorted(t.column("product_id").to_pylist()) == list(range(50))
+    _inventory_round_trip(tmp_path, uri, {"AZURE_STORAGE_USE_EMULATOR": "true"})
 
 
 def test_sink_on_gcs_read_back_by_deltalake(tmp_path, monkeypatch):
@@ -202,6 +194,11 @@ def test_sink_on_gcs_read_back_by_deltalake(tmp_path, monkeypatch):
                       "private_key_id": ""})
     monkeypatch.setenv("GOOGLE_SERVICE_ACCOUNT_KEY", key)
     uri = f"gs://{bucket}/py-{uuid.uuid4().hex}/inventory"
+    _inventory_round_trip(tmp_path, uri, {"google_service_account_key": key})
+
+
+def _inventory_round_trip(tmp_path, uri, storage_options):
+    """50 rows through a Delta sink at `uri`, read back by deltalake with `storage_options`."""
     with laminardb.open(str(tmp_path / "db")) as db:
         db.execute("CREATE SOURCE inv (product_id BIGINT, quantity INT)")
         db.execute(f"CREATE SINK lake AS SELECT * FROM inv WITH (connector = 'delta-lake', 'table_uri' = '{uri}')")
@@ -209,5 +206,5 @@ def test_sink_on_gcs_read_back_by_deltalake(tmp_path, monkeypatch):
         db.insert("inv", [{"product_id": i, "quantity": i * 2} for i in range(50)])
         db.flush()
         wait_for("the commit", lambda: db.sink_metrics("lake").rows_written >= 50)
-    t = DeltaTable(uri, storage_options={"google_service_account_key": key}).to_pyarrow_table()
+    t = DeltaTable(uri, storage_options=storage_options).to_pyarrow_table()
     assert sorted(t.column("product_id").to_pylist()) == list(range(50))
