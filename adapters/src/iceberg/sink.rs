@@ -817,6 +817,10 @@ impl IcebergSink {
                 }
                 Committed::Conflict(why) => {
                     last = why;
+                    // This attempt's delete files are rewritten for the next one.
+                    for (_, f) in &deletes {
+                        drop(table.file_io().delete(f.file_path()).await);
+                    }
                     self.conflicts += 1;
                     if let Some(s) = &self.status {
                         s.set_counter("iceberg_commit_conflicts", self.conflicts as i64);
