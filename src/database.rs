@@ -1638,8 +1638,32 @@ impl Database {
         if src.pending.load(Ordering::Acquire) < capacity {
             return;
         }
-        while self.release_inflight(src) >= capacity && self.inner.runtime.read().is_some() {
-            std::thread::sleep(Duration::from_micros(200));
+        while self.release_inflight(src) >= capacity {
+            let Some(rt) = self.inner.runtime.read().clone() else { return };
+            let Some(front) = src.inflight.lock().front().map(|&(e, _)| e) else {
+                std::thread::sleep(Duration::from_micros(200));
+                continue;
+            };
+            // The oldest rows in flight wait for their epoch to close: close it now rather than
+            // at the coordinator's next tick.
+            if front >= rt.current_epoch() && rt.close_epoch().is_err() {
+                return;
+            }
+            // Wait for the slowest dataflow reading the source to deliver that epoch (woken as
+            // soon as it does); a sink still committing it is polled.
+            let slowest = {
+                let st = self.inner.state.lock();
+                st.dataflows()
+                    .filter(|s| s.sources.contains(&src.def.name))
+                    .filter_map(|s| Some((s.progress()?, s.running.lock().as_ref()?.merger.clone())))
+                    .min_by_key(|(p, _)| *p)
+            };
+            match slowest {
+                Some((_, merger)) if merger.delivered() <= front => {
+                    merger.wait_delivered(front + 1, Duration::from_millis(2));
+                }
+                _ => std::thread::sleep(Duration::from_micros(200)),
+            }
         }
     }
 

@@ -28,7 +28,9 @@ fn random_row(rng: &mut StdRng, id: i64) -> String {
     format!(r#"{{"id": {id}, "g": {g}, "v": {v}, "w": {w}}}"#)
 }
 
-fn run(seed: u64, workers: usize) {
+/// `changes`: how many changes each epoch makes (from 64 rows on, batches are pre-aggregated
+/// before the exchange).
+fn run(seed: u64, workers: usize, epochs: usize, changes: std::ops::Range<usize>) {
     let mut rng = StdRng::seed_from_u64(seed);
     let db = common::db_with_workers(workers);
     db.execute("CREATE SOURCE t (id BIGINT, g INT, v BIGINT, w VARCHAR, PRIMARY KEY (id))").expect("source");
@@ -39,8 +41,8 @@ fn run(seed: u64, workers: usize) {
     let schema = db.schema("t").expect("schema");
     let mut live: Vec<i64> = Vec::new();
     let mut next_id = 0i64;
-    for epoch in 0..40 {
-        let changes = rng.random_range(1..25);
+    for epoch in 0..epochs {
+        let changes = rng.random_range(changes.clone());
         let mut rows = Vec::new();
         let mut deletes = Vec::new();
         for _ in 0..changes {
@@ -84,13 +86,22 @@ fn run(seed: u64, workers: usize) {
 #[test]
 fn oracle_single_worker() {
     for seed in 0..4 {
-        run(seed, 1);
+        run(seed, 1, 40, 1..25);
     }
 }
 
 #[test]
 fn oracle_two_workers() {
     for seed in 10..14 {
-        run(seed, 2);
+        run(seed, 2, 40, 1..25);
+    }
+}
+
+/// Epochs of hundreds of changes: inserts, updates and deletes arrive as batches large enough
+/// to be pre-aggregated before the exchange.
+#[test]
+fn oracle_large_batches() {
+    for (seed, workers) in [(20, 1), (21, 2), (22, 2)] {
+        run(seed, workers, 12, 100..400);
     }
 }

@@ -35,7 +35,9 @@ struct Acc {
     max: i64,
 }
 
-fn run(seed: u64, workers: usize) {
+/// `per_round`: how many rows each round inserts (from 64 rows on, batches are pre-aggregated
+/// before the exchange).
+fn run(seed: u64, workers: usize, per_round: std::ops::Range<usize>) {
     let mut rng = StdRng::seed_from_u64(seed);
     let db = common::db_with_workers(workers);
     db.execute("CREATE SOURCE ev (k INT, v BIGINT, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '2' SECOND)")
@@ -58,7 +60,7 @@ fn run(seed: u64, workers: usize) {
         now += rng.random_range(0..2500);
         let mut rows = Vec::new();
         let mut max = i64::MIN;
-        for _ in 0..rng.random_range(1..8) {
+        for _ in 0..rng.random_range(per_round.clone()) {
             let off = now + rng.random_range(-7000..1000);
             let (k, v) = (rng.random_range(0..3), rng.random_range(0..100));
             rows.push(format!(r#"{{"k": {k}, "v": {v}, "ts": "{}"}}"#, ts_text(off)));
@@ -125,14 +127,22 @@ fn run(seed: u64, workers: usize) {
 #[test]
 fn window_oracle_single_worker() {
     for seed in 0..3 {
-        run(seed, 1);
+        run(seed, 1, 1..8);
+    }
+}
+
+/// Batches large enough to be pre-aggregated: partial rows carry the late-row counts too.
+#[test]
+fn window_oracle_large_batches() {
+    for (seed, workers) in [(40, 1), (41, 2), (42, 2)] {
+        run(seed, workers, 64..300);
     }
 }
 
 #[test]
 fn window_oracle_two_workers() {
     for seed in 30..33 {
-        run(seed, 2);
+        run(seed, 2, 1..8);
     }
 }
 

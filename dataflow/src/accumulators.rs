@@ -32,7 +32,38 @@ pub trait Accumulator: Send {
     fn save(&self, g: u32, out: &mut Enc);
     /// Restores group `g` from a snapshot written by [`Accumulator::save`].
     fn load(&mut self, g: u32, input: &mut Dec<'_>) -> Result<()>;
+    /// The column types of this aggregate's partial state when it can be pre-aggregated before
+    /// the exchange (the state of some rows, merged later into the owning worker's state);
+    /// `None` when it cannot.
+    fn partial_types(&self) -> Option<Vec<DataType>> {
+        None
+    }
+    /// The partial state of the listed groups, one column per [`Accumulator::partial_types`]
+    /// entry.
+    fn export(&self, _groups: &[u32]) -> Result<Vec<ArrayRef>> {
+        Err(DataflowError::Internal("this aggregate has no partial state".into()))
+    }
+    /// Folds partial states made by [`Accumulator::export`]: row `i` into group `groups[i]`.
+    fn merge(&mut self, _groups: &[u32], _partial: &[ArrayRef], _num_groups: usize) -> Result<()> {
+        Err(DataflowError::Internal("this aggregate has no partial state".into()))
+    }
 }
+
+/// Column `i` of a partial state as a primitive array of type `T`.
+fn partial_col<T: ArrowPrimitiveType>(partial: &[ArrayRef], i: usize) -> Result<&PrimitiveArray<T>> {
+    partial
+        .get(i)
+        .and_then(|a| a.as_primitive_opt::<T>())
+        .ok_or_else(|| DataflowError::Internal("malformed partial aggregate state".into()))
+}
+
+/// Exact 128-bit sums as a partial-state column (raw values; precision is not checked).
+fn i128_column(values: impl Iterator<Item = i128>) -> Result<ArrayRef> {
+    Ok(Arc::new(Decimal128Array::from_iter_values(values).with_precision_and_scale(38, 0)?))
+}
+
+/// Type of an exact 128-bit sum column in partial states.
+const I128_TYPE: DataType = DataType::Decimal128(38, 0);
 
 /// Builds the accumulator for an aggregate over an argument of type `arg_type`.
 pub fn create_accumulator(
@@ -116,6 +147,21 @@ impl Accumulator for CountAcc {
         self.counts[g as usize] = input.i64()?;
         Ok(())
     }
+
+    fn partial_types(&self) -> Option<Vec<DataType>> {
+        Some(vec![DataType::Int64])
+    }
+
+    fn export(&self, groups: &[u32]) -> Result<Vec<ArrayRef>> {
+        Ok(vec![self.evaluate(groups)?])
+    }
+
+    fn merge(&mut self, groups: &[u32], partial: &[ArrayRef], n: usize) -> Result<()> {
+        grow(&mut self.counts, n, 0);
+        let c = partial_col::<Int64Type>(partial, 0)?;
+        groups.iter().zip(c.values()).for_each(|(&g, &c)| self.counts[g as usize] += c);
+        Ok(())
+    }
 }
 
 /// SUM/AVG over integers: exact 128-bit sums.
@@ -181,6 +227,29 @@ impl Accumulator for IntSum {
         grow(&mut self.nonnull, g as usize + 1, 0);
         self.sums[g as usize] = input.i128()?;
         self.nonnull[g as usize] = input.i64()?;
+        Ok(())
+    }
+
+    fn partial_types(&self) -> Option<Vec<DataType>> {
+        Some(vec![I128_TYPE, DataType::Int64])
+    }
+
+    fn export(&self, groups: &[u32]) -> Result<Vec<ArrayRef>> {
+        Ok(vec![
+            i128_column(groups.iter().map(|&g| self.sums[g as usize]))?,
+            Arc::new(Int64Array::from_iter_values(groups.iter().map(|&g| self.nonnull[g as usize]))),
+        ])
+    }
+
+    fn merge(&mut self, groups: &[u32], partial: &[ArrayRef], n: usize) -> Result<()> {
+        grow(&mut self.sums, n, 0);
+        grow(&mut self.nonnull, n, 0);
+        let s = partial_col::<arrow::datatypes::Decimal128Type>(partial, 0)?;
+        let c = partial_col::<Int64Type>(partial, 1)?;
+        for ((&g, &s), &c) in groups.iter().zip(s.values()).zip(c.values()) {
+            self.sums[g as usize] += s;
+            self.nonnull[g as usize] += c;
+        }
         Ok(())
     }
 }
@@ -253,6 +322,29 @@ impl Accumulator for FloatSum {
         self.nonnull[g as usize] = input.i64()?;
         Ok(())
     }
+
+    fn partial_types(&self) -> Option<Vec<DataType>> {
+        Some(vec![DataType::Float64, DataType::Int64])
+    }
+
+    fn export(&self, groups: &[u32]) -> Result<Vec<ArrayRef>> {
+        Ok(vec![
+            Arc::new(Float64Array::from_iter_values(groups.iter().map(|&g| self.sums[g as usize]))),
+            Arc::new(Int64Array::from_iter_values(groups.iter().map(|&g| self.nonnull[g as usize]))),
+        ])
+    }
+
+    fn merge(&mut self, groups: &[u32], partial: &[ArrayRef], n: usize) -> Result<()> {
+        grow(&mut self.sums, n, 0.0);
+        grow(&mut self.nonnull, n, 0);
+        let s = partial_col::<Float64Type>(partial, 0)?;
+        let c = partial_col::<Int64Type>(partial, 1)?;
+        for ((&g, &s), &c) in groups.iter().zip(s.values()).zip(c.values()) {
+            self.sums[g as usize] += s;
+            self.nonnull[g as usize] += c;
+        }
+        Ok(())
+    }
 }
 
 /// SUM/AVG over DECIMAL(p, s): exact sums of the unscaled integers.
@@ -313,6 +405,31 @@ impl Accumulator for DecimalSum {
         grow(&mut self.nonnull, g as usize + 1, 0);
         self.sums[g as usize] = input.i128()?;
         self.nonnull[g as usize] = input.i64()?;
+        Ok(())
+    }
+
+    fn partial_types(&self) -> Option<Vec<DataType>> {
+        Some(vec![I128_TYPE, DataType::Int64])
+    }
+
+    fn export(&self, groups: &[u32]) -> Result<Vec<ArrayRef>> {
+        Ok(vec![
+            i128_column(groups.iter().map(|&g| self.sums[g as usize]))?,
+            Arc::new(Int64Array::from_iter_values(groups.iter().map(|&g| self.nonnull[g as usize]))),
+        ])
+    }
+
+    fn merge(&mut self, groups: &[u32], partial: &[ArrayRef], n: usize) -> Result<()> {
+        grow(&mut self.sums, n, 0);
+        grow(&mut self.nonnull, n, 0);
+        let s = partial_col::<arrow::datatypes::Decimal128Type>(partial, 0)?;
+        let c = partial_col::<Int64Type>(partial, 1)?;
+        for ((&g, &s), &c) in groups.iter().zip(s.values()).zip(c.values()) {
+            self.sums[g as usize] = self.sums[g as usize]
+                .checked_add(s)
+                .ok_or_else(|| DataflowError::Eval("SUM overflows DECIMAL".into()))?;
+            self.nonnull[g as usize] += c;
+        }
         Ok(())
     }
 }
@@ -378,6 +495,32 @@ impl<T: ArrowPrimitiveType> Accumulator for PrimExtreme<T> {
                 buf.typed_data::<T::Native>().first().copied()
             }
         };
+        Ok(())
+    }
+
+    fn partial_types(&self) -> Option<Vec<DataType>> {
+        Some(vec![T::DATA_TYPE])
+    }
+
+    fn export(&self, groups: &[u32]) -> Result<Vec<ArrayRef>> {
+        Ok(vec![self.evaluate(groups)?])
+    }
+
+    fn merge(&mut self, groups: &[u32], partial: &[ArrayRef], n: usize) -> Result<()> {
+        grow(&mut self.best, n, None);
+        let v = partial_col::<T>(partial, 0)?;
+        let want = if self.max { std::cmp::Ordering::Greater } else { std::cmp::Ordering::Less };
+        for (i, &g) in groups.iter().enumerate() {
+            if v.is_null(i) {
+                continue;
+            }
+            let x = v.value(i);
+            let slot = &mut self.best[g as usize];
+            match slot {
+                Some(cur) if x.compare(*cur) != want => {}
+                _ => *slot = Some(x),
+            }
+        }
         Ok(())
     }
 }

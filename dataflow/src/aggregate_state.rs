@@ -258,6 +258,27 @@ fn hash_column(col: &ArrayRef, hasher: &ahash::RandomState, hashes: &mut [u64]) 
     true
 }
 
+/// Number of count columns after the keys in a partial aggregate batch: the net multiplicity
+/// of the rows folded into each partial group, then the number of rows.
+pub const PARTIAL_COUNTS: usize = 2;
+
+/// The layout of partial aggregates of `plan` (key columns, the net multiplicity and number of
+/// the rows folded in, then each aggregate's partial state), or `None` when some aggregate
+/// cannot be pre-aggregated (MIN/MAX under retractions, COUNT DISTINCT, non-primitive MIN/MAX).
+pub fn partial_schema(plan: &AggregatePlan, arg_types: &[Option<DataType>]) -> Option<arrow::datatypes::SchemaRef> {
+    use arrow::datatypes::{Field, Schema};
+    let mut fields: Vec<Field> = plan.keys.output_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new("__rows", DataType::Int64, false));
+    fields.push(Field::new("__n", DataType::Int64, false));
+    for (i, (spec, t)) in plan.aggs.iter().zip(arg_types).enumerate() {
+        let acc = create_accumulator(spec.kind, t.as_ref(), plan.input_append_only).ok()?;
+        for (j, t) in acc.partial_types()?.into_iter().enumerate() {
+            fields.push(Field::new(format!("__p{i}_{j}"), t, true));
+        }
+    }
+    Some(Arc::new(Schema::new(fields)))
+}
+
 /// Incremental grouped aggregation state.
 pub struct GroupedAggregate {
     plan: Arc<AggregatePlan>,
@@ -396,6 +417,42 @@ impl GroupedAggregate {
         }
         for (values, acc) in args.iter().zip(self.accs.iter_mut()) {
             acc.update(&groups, values.as_ref(), batch, ng)?;
+        }
+        Ok(())
+    }
+
+    /// Folds a batch of partial aggregates made by a
+    /// [`Combiner`](crate::combine::Combiner) for the same plan (layout: [`partial_schema`]).
+    pub fn apply_partial(&mut self, batch: &DiffBatch, hashes: Option<&[u64]>) -> Result<()> {
+        let n = batch.num_rows();
+        if n == 0 {
+            return Ok(());
+        }
+        let cols = batch.data.columns();
+        let nk = self.plan.keys.output_schema().fields().len();
+        let rows = cols
+            .get(nk)
+            .and_then(|c| c.as_primitive_opt::<arrow::datatypes::Int64Type>())
+            .ok_or_else(|| DataflowError::Internal("malformed partial aggregate batch".into()))?;
+        let groups = self.groups.intern(&cols[..nk], n, hashes)?;
+        let ng = self.groups.len();
+        self.grow(ng);
+        for (&g, &r) in groups.iter().zip(rows.values()) {
+            let g = g as usize;
+            self.row_counts[g] += r;
+            if !self.is_changed[g] {
+                self.is_changed[g] = true;
+                self.changed.push(g as u32);
+            }
+        }
+        let mut at = nk + PARTIAL_COUNTS;
+        for acc in self.accs.iter_mut() {
+            let width = acc.partial_types().map_or(0, |t| t.len());
+            let part = cols
+                .get(at..at + width)
+                .ok_or_else(|| DataflowError::Internal("malformed partial aggregate batch".into()))?;
+            acc.merge(&groups, part, ng)?;
+            at += width;
         }
         Ok(())
     }

@@ -209,6 +209,10 @@ pub struct Routed {
     /// uses the same hash, so the receiving aggregate need not hash the rows again).
     #[serde(default)]
     pub hashes: Option<Vec<u64>>,
+    /// True when the rows are partial aggregates made by a
+    /// [`Combiner`](crate::combine::Combiner), not input rows.
+    #[serde(default)]
+    pub partial: bool,
 }
 
 #[cfg(test)]

@@ -37,6 +37,7 @@ pub mod batch;
 pub mod build;
 pub mod checkpoint;
 pub mod codec;
+pub mod combine;
 pub mod error;
 pub mod join_state;
 pub mod merge;

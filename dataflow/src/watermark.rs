@@ -150,34 +150,42 @@ impl WatermarkReader {
     }
 }
 
+/// How values of an event-time column type become milliseconds (a monotonic map over the
+/// column's values cast to `Int64`).
+fn ms_of(t: &DataType) -> Result<fn(i64) -> i64> {
+    Ok(match t {
+        DataType::Timestamp(unit, _) => match unit {
+            TimeUnit::Second => |v: i64| v.saturating_mul(1000),
+            TimeUnit::Millisecond => |v| v,
+            TimeUnit::Microsecond => |v| v.div_euclid(1000),
+            TimeUnit::Nanosecond => |v| v.div_euclid(1_000_000),
+        },
+        DataType::Date32 => |d| d * 86_400_000,
+        DataType::Date64 => |v| v,
+        t if t.is_integer() => |v| v,
+        t => return Err(DataflowError::Eval(format!("an event-time column must be a TIMESTAMP or BIGINT, not {t}"))),
+    })
+}
+
 /// An event-time column (TIMESTAMP of any unit, DATE or an integer of milliseconds) as
 /// milliseconds.
 pub fn event_time_ms(column: &ArrayRef) -> Result<Int64Array> {
-    let scale = |a: &ArrayRef, f: fn(i64) -> i64| -> Result<Int64Array> {
-        let c = arrow::compute::cast(a, &DataType::Int64)?;
-        Ok(c.as_primitive::<Int64Type>().unary(f))
-    };
-    match column.data_type() {
-        DataType::Timestamp(unit, _) => match unit {
-            TimeUnit::Second => scale(column, |v| v.saturating_mul(1000)),
-            TimeUnit::Millisecond => scale(column, |v| v),
-            TimeUnit::Microsecond => scale(column, |v| v.div_euclid(1000)),
-            TimeUnit::Nanosecond => scale(column, |v| v.div_euclid(1_000_000)),
-        },
-        DataType::Date32 => scale(column, |d| d * 86_400_000),
-        DataType::Date64 => scale(column, |v| v),
-        t if t.is_integer() => scale(column, |v| v),
-        t => Err(DataflowError::Eval(format!("an event-time column must be a TIMESTAMP or BIGINT, not {t}"))),
+    let f = ms_of(column.data_type())?;
+    let c = arrow::compute::cast(column, &DataType::Int64)?;
+    let c = c.as_primitive::<Int64Type>();
+    if column.data_type() == &DataType::Timestamp(TimeUnit::Millisecond, None) || column.data_type() == &DataType::Int64
+    {
+        return Ok(c.clone());
     }
+    Ok(c.unary(f))
 }
 
 /// The largest value of an event-time column, in milliseconds (`None` when all null or empty).
+/// The maximum is taken over the stored values, then converted (the conversion is monotonic).
 pub fn max_event_time_ms(column: &ArrayRef) -> Option<i64> {
-    let ms = event_time_ms(column).ok()?;
-    if ms.null_count() == ms.len() {
-        return None;
-    }
-    arrow::compute::max(&ms)
+    let f = ms_of(column.data_type()).ok()?;
+    let c = arrow::compute::cast(column, &DataType::Int64).ok()?;
+    arrow::compute::max(c.as_primitive::<Int64Type>()).map(f)
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ impl<'scope> AggregateExt<'scope> for BatchStream<'scope> {
         stats: Arc<DataflowStats>,
         ckpt: OperatorCheckpoints,
     ) -> BatchStream<'scope> {
-        let routed = route_by_keys(self, plan.keys.clone(), stats.clone(), "aggregate");
+        let routed = route_by_keys(self, plan.keys.clone(), Some(plan.clone()), stats.clone(), "aggregate");
 
         let arg_types: Vec<_> =
             plan.aggs.iter().map(|a| a.arg.as_ref().map(|f| f.output_schema().field(0).data_type().clone())).collect();
@@ -54,11 +54,11 @@ impl<'scope> AggregateExt<'scope> for BatchStream<'scope> {
                         }
                     }
                 }
-                let mut pending: PendingEpochs<Vec<(DiffBatch, Option<Vec<u64>>)>> = BTreeMap::new();
+                let mut pending: PendingEpochs<Vec<Routed>> = BTreeMap::new();
                 move |(input, frontier), output| {
                     input.for_each(|cap, data| {
                         if let Some(batches) = epoch_slot(&mut pending, &cap) {
-                            batches.extend(data.drain(..).map(|r| (r.batch, r.hashes)));
+                            batches.append(data);
                         }
                     });
                     let Ok(state) = state.as_mut() else {
@@ -75,14 +75,18 @@ impl<'scope> AggregateExt<'scope> for BatchStream<'scope> {
                             ckpt.deliver(&req, state.snapshot(req.full));
                         }
                         let Some((_, (cap, batches))) = pending.pop_first() else { break };
-                        for (b, hashes) in &batches {
+                        for Routed { batch: b, hashes, partial, .. } in &batches {
                             // Whole batches use the routing hashes; rows isolated after an error
                             // are hashed again.
                             let whole = std::cell::Cell::new(true);
                             b.isolate(
                                 |part| {
                                     let h = if whole.replace(false) { hashes.as_deref() } else { None };
-                                    state.apply_hashed(part, h)
+                                    if *partial {
+                                        state.apply_partial(part, h)
+                                    } else {
+                                        state.apply_hashed(part, h)
+                                    }
                                 },
                                 |rows, e| stats.record_error("aggregate", rows, e),
                             );

@@ -45,8 +45,8 @@ impl<'scope> JoinExt<'scope> for BatchStream<'scope> {
         watermarks: &WatermarkFeed,
         ckpt: OperatorCheckpoints,
     ) -> BatchStream<'scope> {
-        let left = route_by_keys(self, plan.left_keys.clone(), stats.clone(), "join");
-        let right = route_by_keys(right, plan.right_keys.clone(), stats.clone(), "join");
+        let left = route_by_keys(self, plan.left_keys.clone(), None, stats.clone(), "join");
+        let right = route_by_keys(right, plan.right_keys.clone(), None, stats.clone(), "join");
         let mut reader = plan.time_bound.as_ref().map(|_| watermarks.reader());
         left.binary_frontier::<_, CapacityContainerBuilder<Vec<DiffBatch>>, _, _, _, _>(
             right,

@@ -21,21 +21,32 @@ use timely::dataflow::Stream;
 
 use crate::aggregate_state::{key_hashes, owner};
 use crate::batch::{DiffBatch, Routed};
+use crate::combine::{Combined, Combiner};
 use crate::error::{DataflowError, Result};
-use crate::plan::BatchFn;
+use crate::plan::{AggregatePlan, BatchFn};
 use crate::stats::DataflowStats;
 use crate::watermark::WatermarkReader;
 
 /// The stream type every operator consumes and produces: epochs of signed Arrow batches.
 pub type BatchStream<'scope> = Stream<'scope, u64, Vec<DiffBatch>>;
 
-/// Splits a batch by the hash of its keys into one batch per worker that owns them.
-fn partition(batch: &DiffBatch, keys: &dyn BatchFn, converter: &RowConverter, peers: usize) -> Result<Vec<Routed>> {
+/// Splits a batch by the hash of its keys into one batch per worker that owns them. `hashes`:
+/// the keys' routing hashes, if already computed.
+fn partition(
+    batch: &DiffBatch,
+    keys: &dyn BatchFn,
+    converter: &RowConverter,
+    peers: usize,
+    hashes: Option<Vec<u64>>,
+) -> Result<Vec<Routed>> {
     if peers == 1 {
-        return Ok(vec![Routed { target: 0, batch: batch.clone(), hashes: None }]);
+        return Ok(vec![Routed { target: 0, batch: batch.clone(), hashes: None, partial: false }]);
     }
     let keys = keys.eval(&batch.data)?;
-    let hashes = key_hashes(converter, keys.columns(), batch.num_rows())?;
+    let hashes = match hashes {
+        Some(h) => h,
+        None => key_hashes(converter, keys.columns(), batch.num_rows())?,
+    };
     // A single VARCHAR key's hash is also the grouping hash: pass it on.
     let single_string = matches!(keys.columns(), [c] if c.data_type() == &arrow::datatypes::DataType::Utf8);
     let n = batch.num_rows();
@@ -50,16 +61,19 @@ fn partition(batch: &DiffBatch, keys: &dyn BatchFn, converter: &RowConverter, pe
         }
         let part_hashes = single_string.then(|| idx.iter().map(|&i| hashes[i as usize]).collect());
         let b = if idx.len() == batch.num_rows() { batch.clone() } else { batch.take(&UInt32Array::from(idx))? };
-        out.push(Routed { target: target as u32, batch: b, hashes: part_hashes });
+        out.push(Routed { target: target as u32, batch: b, hashes: part_hashes, partial: false });
     }
     Ok(out)
 }
 
 /// Splits every batch of `stream` by the hash of `keys` into batches addressed to the worker owning
-/// each key (the input of an exchange by `Routed::target`). Failures count against `operator`.
+/// each key (the input of an exchange by `Routed::target`). With `combine`, batches are first
+/// folded into partial aggregates of that plan where it pays ([`Combiner`]). Failures count
+/// against `operator`.
 pub(crate) fn route_by_keys<'scope>(
     stream: BatchStream<'scope>,
     keys: Arc<dyn BatchFn>,
+    combine: Option<Arc<AggregatePlan>>,
     stats: Arc<DataflowStats>,
     operator: &'static str,
 ) -> Stream<'scope, u64, Vec<Routed>> {
@@ -68,18 +82,35 @@ pub(crate) fn route_by_keys<'scope>(
         keys.output_schema().fields().iter().map(|f| SortField::new(f.data_type().clone())).collect();
     stream.unary::<CapacityContainerBuilder<Vec<Routed>>, _, _, _>(Pipeline, "Partition", move |_, _| {
         let converter = RowConverter::new(fields).ok();
+        let mut combiner = combine.and_then(Combiner::new);
         move |input, output| {
             input.for_each(|cap, data| {
                 let mut session = output.session(&cap);
                 for batch in data.drain(..) {
-                    let routed = match &converter {
-                        Some(c) => partition(&batch, keys.as_ref(), c, peers),
-                        None => Err(DataflowError::Internal(format!("{operator} key types are not orderable"))),
+                    let Some(c) = &converter else {
+                        let e = DataflowError::Internal(format!("{operator} key types are not orderable"));
+                        stats.record_error(operator, batch.num_rows(), &e);
+                        continue;
                     };
-                    match routed {
-                        Ok(parts) => parts.into_iter().for_each(|r| session.give(r)),
-                        Err(e) => stats.record_error(operator, batch.num_rows(), &e),
-                    }
+                    let routed = match combiner.as_mut() {
+                        // Rows that fail to evaluate are isolated and counted; the rest are
+                        // combined or routed.
+                        Some(comb) => batch.isolate(
+                            |b| match comb.combine(b, peers)? {
+                                Combined::Partial(parts) => Ok(parts),
+                                Combined::Rows(hashes) => partition(b, keys.as_ref(), c, peers, hashes),
+                            },
+                            |rows, e| stats.record_error(operator, rows, e),
+                        ),
+                        None => match partition(&batch, keys.as_ref(), c, peers, None) {
+                            Ok(parts) => vec![parts],
+                            Err(e) => {
+                                stats.record_error(operator, batch.num_rows(), &e);
+                                Vec::new()
+                            }
+                        },
+                    };
+                    routed.into_iter().flatten().for_each(|r| session.give(r));
                 }
             });
         }

@@ -51,7 +51,7 @@ impl<'scope> SessionExt<'scope> for BatchStream<'scope> {
         let nkeys = plan.keys.output_schema().fields().len();
         let group_keys: Vec<usize> = (0..nkeys).filter(|&i| i != session.start_key && i != close.end_key).collect();
         let route: Arc<dyn BatchFn> = Arc::new(KeySubset::new(plan.keys.clone(), group_keys));
-        let routed = route_by_keys(self, route, stats.clone(), "window");
+        let routed = route_by_keys(self, route, None, stats.clone(), "window");
         let arg_types: Vec<_> =
             plan.aggs.iter().map(|a| a.arg.as_ref().map(|f| f.output_schema().field(0).data_type().clone())).collect();
         let mut reader = watermarks.reader();

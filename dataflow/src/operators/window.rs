@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt32Array};
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, UInt32Array};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, TimeUnit};
 use timely::container::CapacityContainerBuilder;
@@ -38,9 +38,48 @@ fn ms_to_type(ms: Int64Array, t: &DataType) -> Result<ArrayRef> {
     Ok(cast(&scaled, t)?)
 }
 
+/// Tumbling windows of `size_ms` computed in the time column's own unit (millisecond,
+/// microsecond or nanosecond timestamps, or integers of milliseconds): no conversion per row,
+/// and a row in the same window as the previous one reuses its start instead of dividing.
+/// `None` for other column types.
+fn tumble_native(spec: &WindowSpec, batch: &DiffBatch, size_ms: i64) -> Result<Option<DiffBatch>> {
+    let col = batch.data.column(spec.time_column);
+    let per_ms: i64 = match col.data_type() {
+        DataType::Timestamp(TimeUnit::Millisecond, _) | DataType::Int64 => 1,
+        DataType::Timestamp(TimeUnit::Microsecond, _) => 1000,
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => 1_000_000,
+        _ => return Ok(None),
+    };
+    let t = spec.output_schema.field(spec.time_column).data_type();
+    if t != col.data_type() {
+        return Ok(None);
+    }
+    let Some(size) = size_ms.checked_mul(per_ms) else { return Ok(None) };
+    let values = cast(col, &DataType::Int64)?;
+    let values = values.as_primitive::<arrow::datatypes::Int64Type>();
+    let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+    let mut starts = Vec::with_capacity(values.len());
+    let mut ends = Vec::with_capacity(values.len());
+    for &v in values.values() {
+        if v < lo || v >= hi {
+            lo = v.saturating_sub(v.rem_euclid(size));
+            hi = lo.saturating_add(size);
+        }
+        starts.push(lo);
+        ends.push(hi);
+    }
+    let nulls = values.nulls().cloned();
+    let start = Int64Array::new(starts.into(), nulls.clone());
+    let end = Int64Array::new(ends.into(), nulls);
+    let mut cols = batch.data.columns().to_vec();
+    cols.push(cast(&start, t)?);
+    cols.push(cast(&end, t)?);
+    let data = RecordBatch::try_new(spec.output_schema.clone(), cols)?;
+    Ok(Some(DiffBatch { data, diffs: batch.diffs.clone() }))
+}
+
 /// Rows of `batch` with their windows appended.
 pub fn assign_windows(spec: &WindowSpec, batch: &DiffBatch) -> Result<DiffBatch> {
-    let ts = event_time_ms(batch.data.column(spec.time_column))?;
     let (size, slide) = match spec.kind {
         WindowKind::Tumble { size_ms } => (size_ms, size_ms),
         WindowKind::Hop { size_ms, slide_ms } => (size_ms, slide_ms),
@@ -51,6 +90,12 @@ pub fn assign_windows(spec: &WindowSpec, batch: &DiffBatch) -> Result<DiffBatch>
         return Err(DataflowError::Eval("window size and slide must be positive".into()));
     }
     let t = spec.output_schema.field(spec.time_column).data_type();
+    if slide == size {
+        if let Some(out) = tumble_native(spec, batch, size)? {
+            return Ok(out);
+        }
+    }
+    let ts = event_time_ms(batch.data.column(spec.time_column))?;
     if slide == size || slide == i64::MAX {
         // One window per row: computed column-wise.
         let start_ms: Int64Array = if slide == size { ts.unary(|v| v.div_euclid(size) * size) } else { ts.clone() };
@@ -163,15 +208,29 @@ impl Windows {
     /// Splits a batch by window end and folds each part into its window; returns rows late.
     /// Fails only before touching the state (the keys do not evaluate); a part whose aggregate
     /// arguments fail is narrowed down to its failing rows, which are counted in `stats`.
+    /// `partial`: the batch holds partial aggregates ([`crate::combine`]), whose keys are its
+    /// first columns and whose row counts say how many input rows each stands for.
     fn apply(
         &mut self,
         batch: &DiffBatch,
+        partial: bool,
         late_bound: i64,
         touched: &mut Vec<i64>,
         stats: &DataflowStats,
     ) -> Result<usize> {
-        let keys = self.plan.keys.eval(&batch.data)?;
-        let ends = event_time_ms(keys.column(self.close.end_key))?;
+        let keys = if partial { None } else { Some(self.plan.keys.eval(&batch.data)?) };
+        let end_column = match &keys {
+            Some(k) => k.column(self.close.end_key),
+            None => batch.data.column(self.close.end_key),
+        };
+        let ends = event_time_ms(end_column)?;
+        let nk = self.plan.keys.output_schema().fields().len();
+        let rows_of = |i: usize| -> usize {
+            match partial {
+                true => batch.data.columns()[nk + 1].as_primitive::<arrow::datatypes::Int64Type>().value(i) as usize,
+                false => 1,
+            }
+        };
         // Rows by window end; a batch usually spans a window or two, so the last one found is
         // tried first.
         let mut parts: Vec<(Option<i64>, Vec<u32>)> = Vec::new();
@@ -181,7 +240,7 @@ impl Windows {
             let e = ends.is_valid(i).then(|| ends.value(i));
             if let Some(e) = e {
                 if e <= late_bound || e <= self.closed_upto {
-                    late += 1;
+                    late += rows_of(i);
                     continue;
                 }
             }
@@ -205,7 +264,10 @@ impl Windows {
                 Some(a) => a,
                 None => self.open.entry(end).or_insert(GroupedAggregate::new(self.plan.clone(), &self.arg_types)?),
             };
-            part.isolate(|p| agg.apply(p), |rows, e| stats.record_error("window", rows, e));
+            part.isolate(
+                |p| if partial { agg.apply_partial(p, None) } else { agg.apply(p) },
+                |rows, e| stats.record_error("window", rows, e),
+            );
             touched.push(end);
         }
         Ok(late)
@@ -264,7 +326,7 @@ impl<'scope> WindowExt<'scope> for BatchStream<'scope> {
         watermarks: &WatermarkFeed,
         ckpt: OperatorCheckpoints,
     ) -> BatchStream<'scope> {
-        let routed = route_by_keys(self, plan.keys.clone(), stats.clone(), "window");
+        let routed = route_by_keys(self, plan.keys.clone(), Some(plan.clone()), stats.clone(), "window");
         let arg_types: Vec<_> =
             plan.aggs.iter().map(|a| a.arg.as_ref().map(|f| f.output_schema().field(0).data_type().clone())).collect();
         let mut reader = watermarks.reader();
@@ -288,11 +350,11 @@ impl<'scope> WindowExt<'scope> for BatchStream<'scope> {
                     }
                 }
                 let mut gauge = StateGauge::new(stats.clone());
-                let mut pending: PendingEpochs<Vec<DiffBatch>> = BTreeMap::new();
+                let mut pending: PendingEpochs<Vec<(DiffBatch, bool)>> = BTreeMap::new();
                 move |(input, frontier), output| {
                     input.for_each(|cap, data| {
                         if let Some(batches) = epoch_slot(&mut pending, &cap) {
-                            batches.extend(data.drain(..).map(|r| r.batch));
+                            batches.extend(data.drain(..).map(|r| (r.batch, r.partial)));
                         }
                     });
                     // Complete epochs in segments that end at checkpoint epochs: each segment's
@@ -318,9 +380,9 @@ impl<'scope> WindowExt<'scope> for BatchStream<'scope> {
                             let late_bound = reader.watermark(&close.sources);
                             let mut touched = Vec::new();
                             let mut late = 0;
-                            for b in &batches {
+                            for (b, partial) in &batches {
                                 let done = b.isolate(
-                                    |part| w.apply(part, late_bound, &mut touched, &stats),
+                                    |part| w.apply(part, *partial, late_bound, &mut touched, &stats),
                                     |rows, e| stats.record_error("window", rows, e),
                                 );
                                 late += done.iter().sum::<usize>();
