@@ -1,13 +1,11 @@
 //! Ingestion: coercing incoming batches to a source's schema, and the source's stored contents
 //! (append-only batches, or the current row per primary key for upsert sources).
 
-use std::collections::HashMap;
-
 use arrow::array::{new_null_array, Array, ArrayRef, Int64Array, RecordBatch, RecordBatchOptions};
 use arrow::compute::{cast_with_options, CastOptions};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::util::display::FormatOptions;
-use arrow_row::{OwnedRow, RowConverter, SortField};
+use arrow_row::{RowConverter, SortField};
 use laminar_dataflow::batch::DiffBatch;
 
 use crate::error::{codes, LaminarError, Result};
@@ -157,7 +155,7 @@ pub struct UpsertState {
     key_indices: Vec<usize>,
     key_converter: RowConverter,
     row_converter: RowConverter,
-    rows: HashMap<OwnedRow, OwnedRow>,
+    rows: KeyedRows,
 }
 
 impl SourceData {
@@ -189,7 +187,7 @@ impl SourceData {
             key_indices: primary_key.to_vec(),
             key_converter: RowConverter::new(primary_key.iter().map(sort).collect())?,
             row_converter: RowConverter::new((0..schema.fields().len()).map(|i| sort(&i)).collect())?,
-            rows: HashMap::new(),
+            rows: KeyedRows::default(),
         }))
     }
 
@@ -278,7 +276,8 @@ impl SourceData {
                 if u.rows.is_empty() {
                     return Ok(Vec::new());
                 }
-                let cols = u.row_converter.convert_rows(u.rows.values().map(|r| r.row()))?;
+                let parser = u.row_converter.parser();
+                let cols = u.row_converter.convert_rows(u.rows.values().map(|r| parser.parse(r)))?;
                 Ok(vec![RecordBatch::try_new(u.schema.clone(), cols)?])
             }
             SourceData::Unkeyed(_, b) => Ok(b.clone()),
@@ -368,11 +367,9 @@ impl UpsertState {
     fn upsert(&mut self, batch: RecordBatch) -> Result<DiffBatch> {
         let keys = self.key_rows(&batch)?;
         let rows = self.row_converter.convert_columns(batch.columns())?;
-        let mut retracted: Vec<OwnedRow> = Vec::new();
+        let mut retracted = Retracted::default();
         for i in 0..batch.num_rows() {
-            if let Some(old) = self.rows.insert(keys.row(i).owned(), rows.row(i).owned()) {
-                retracted.push(old);
-            }
+            self.rows.insert(keys.row(i).as_ref(), rows.row(i).as_ref(), &mut retracted);
         }
         self.changes(retracted, batch)
     }
@@ -392,8 +389,10 @@ impl UpsertState {
             cols.push(if c.data_type() == t { c } else { arrow::compute::cast(&c, t)? });
         }
         let keys = self.key_converter.convert_columns(&cols)?;
-        let retracted: Vec<OwnedRow> =
-            (0..keys_batch.num_rows()).filter_map(|i| self.rows.remove(&keys.row(i).owned())).collect();
+        let mut retracted = Retracted::default();
+        for i in 0..keys_batch.num_rows() {
+            self.rows.remove(keys.row(i).as_ref(), &mut retracted);
+        }
         if retracted.is_empty() {
             return Ok(None);
         }
@@ -401,16 +400,121 @@ impl UpsertState {
         self.changes(retracted, empty).map(Some)
     }
 
-    fn changes(&self, retracted: Vec<OwnedRow>, inserted: RecordBatch) -> Result<DiffBatch> {
+    fn changes(&self, retracted: Retracted, inserted: RecordBatch) -> Result<DiffBatch> {
         if retracted.is_empty() {
             return Ok(DiffBatch::inserts(inserted));
         }
-        let old_cols = self.row_converter.convert_rows(retracted.iter().map(|r| r.row()))?;
+        let parser = self.row_converter.parser();
+        let old_cols = self.row_converter.convert_rows(retracted.iter().map(|r| parser.parse(r)))?;
         let old = RecordBatch::try_new(self.schema.clone(), old_cols)?;
         let data = arrow::compute::concat_batches(&self.schema, &[old, inserted.clone()])?;
         let mut diffs = vec![-1i64; retracted.len()];
         diffs.extend(std::iter::repeat_n(1, inserted.num_rows()));
         Ok(DiffBatch::with_diffs(data, Int64Array::from(diffs))?)
+    }
+}
+
+/// Row-encoded rows replaced or removed by a change, in one buffer.
+#[derive(Default)]
+struct Retracted {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Retracted {
+    fn push(&mut self, row: &[u8]) {
+        self.bytes.extend_from_slice(row);
+        self.ends.push(self.bytes.len());
+    }
+
+    fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts.zip(&self.ends).map(|(s, &e)| &self.bytes[s..e])
+    }
+}
+
+/// One row per key, both row-encoded, in arenas (no allocation per row): a hash table of slot
+/// ids over the key bytes; freed slots are reused.
+#[derive(Default)]
+struct KeyedRows {
+    table: hashbrown::HashTable<u32>,
+    keys: laminar_dataflow::rowstore::RowSlots,
+    rows: laminar_dataflow::rowstore::RowSlots,
+    hashes: Vec<u64>,
+    free: Vec<u32>,
+    len: usize,
+    hasher: ahash::RandomState,
+}
+
+impl KeyedRows {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn clear(&mut self) {
+        *self = Self { hasher: self.hasher.clone(), ..Self::default() };
+    }
+
+    /// Sets the row of `key`; a row it replaces is added to `replaced`.
+    fn insert(&mut self, key: &[u8], row: &[u8], replaced: &mut Retracted) {
+        let hash = self.hasher.hash_one(key);
+        let keys = &self.keys;
+        match self.table.find(hash, |&s| keys.get(s as usize) == Some(key)) {
+            Some(&s) => {
+                if let Some(old) = self.rows.get(s as usize) {
+                    replaced.push(old);
+                }
+                self.rows.set(s as usize, Some(row));
+            }
+            None => {
+                let s = match self.free.pop() {
+                    Some(s) => s,
+                    None => {
+                        self.hashes.push(0);
+                        (self.hashes.len() - 1) as u32
+                    }
+                };
+                self.hashes[s as usize] = hash;
+                self.keys.set(s as usize, Some(key));
+                self.rows.set(s as usize, Some(row));
+                let hashes = &self.hashes;
+                self.table.insert_unique(hash, s, |&t| hashes[t as usize]);
+                self.len += 1;
+            }
+        }
+    }
+
+    /// Removes the row of `key`, adding it to `removed`.
+    fn remove(&mut self, key: &[u8], removed: &mut Retracted) {
+        let hash = self.hasher.hash_one(key);
+        let keys = &self.keys;
+        if let Ok(entry) = self.table.find_entry(hash, |&s| keys.get(s as usize) == Some(key)) {
+            let (s, _) = entry.remove();
+            if let Some(old) = self.rows.get(s as usize) {
+                removed.push(old);
+            }
+            self.keys.set(s as usize, None);
+            self.rows.set(s as usize, None);
+            self.free.push(s);
+            self.len -= 1;
+        }
+    }
+
+    /// Every row held.
+    fn values(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        (0..self.hashes.len()).filter_map(|s| self.rows.get(s))
     }
 }
 
@@ -451,6 +555,31 @@ pub fn concat_or_empty(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Re
 
 #[cfg(test)]
 mod tests {
+
+    /// Keyed rows: replacing reports the old row, removing frees the slot for the next key,
+    /// and the contents are exactly the live rows.
+    #[test]
+    fn keyed_rows_replace_remove_and_reuse_slots() {
+        let mut k = KeyedRows::default();
+        let mut out = Retracted::default();
+        k.insert(b"a", b"row-a1", &mut out);
+        k.insert(b"b", b"row-b1", &mut out);
+        assert!(out.is_empty());
+        k.insert(b"a", b"row-a2", &mut out);
+        assert_eq!(out.iter().collect::<Vec<_>>(), vec![&b"row-a1"[..]]);
+        k.remove(b"b", &mut out);
+        k.remove(b"zz", &mut out);
+        assert_eq!(out.iter().collect::<Vec<_>>(), vec![&b"row-a1"[..], &b"row-b1"[..]]);
+        assert_eq!(k.len(), 1);
+        k.insert(b"c", b"row-c1", &mut out);
+        assert_eq!(k.hashes.len(), 2, "the freed slot is reused");
+        let mut rows: Vec<&[u8]> = k.values().collect();
+        rows.sort();
+        assert_eq!(rows, vec![&b"row-a2"[..], &b"row-c1"[..]]);
+        k.clear();
+        assert!(k.is_empty() && k.values().next().is_none());
+    }
+
     use super::*;
     use std::sync::Arc;
 
