@@ -143,7 +143,7 @@ pub enum SourceData {
     /// Inserted batches within the retention.
     Append(History),
     /// The current row of each primary key.
-    Upsert(UpsertState),
+    Upsert(Box<UpsertState>),
     /// An updating source whose key its connector learns from the peer at start (a CDC source
     /// without a PRIMARY KEY in its DDL): rows as inserted until [`SourceData::set_key`].
     Unkeyed(SchemaRef, Vec<RecordBatch>),
@@ -182,13 +182,13 @@ impl SourceData {
 
     fn keyed(schema: &SchemaRef, primary_key: &[usize]) -> Result<Self> {
         let sort = |i: &usize| SortField::new(schema.field(*i).data_type().clone());
-        Ok(SourceData::Upsert(UpsertState {
+        Ok(SourceData::Upsert(Box::new(UpsertState {
             schema: schema.clone(),
             key_indices: primary_key.to_vec(),
             key_converter: RowConverter::new(primary_key.iter().map(sort).collect())?,
             row_converter: RowConverter::new((0..schema.fields().len()).map(|i| sort(&i)).collect())?,
             rows: KeyedRows::default(),
-        }))
+        })))
     }
 
     /// Number of rows currently held.
