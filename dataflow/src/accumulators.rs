@@ -62,6 +62,34 @@ fn i128_column(values: impl Iterator<Item = i128>) -> Result<ArrayRef> {
     Ok(Arc::new(Decimal128Array::from_iter_values(values).with_precision_and_scale(38, 0)?))
 }
 
+/// The partial state of exact (128-bit) sums: the sums and the non-null counts.
+fn export_exact_sums(sums: &[i128], nonnull: &[i64], groups: &[u32]) -> Result<Vec<ArrayRef>> {
+    Ok(vec![
+        i128_column(groups.iter().map(|&g| sums[g as usize]))?,
+        Arc::new(Int64Array::from_iter_values(groups.iter().map(|&g| nonnull[g as usize]))),
+    ])
+}
+
+/// Folds partial exact sums made by [`export_exact_sums`] into `sums`/`nonnull`.
+fn merge_exact_sums(
+    sums: &mut Vec<i128>,
+    nonnull: &mut Vec<i64>,
+    groups: &[u32],
+    partial: &[ArrayRef],
+    n: usize,
+    overflow: &str,
+) -> Result<()> {
+    grow(sums, n, 0);
+    grow(nonnull, n, 0);
+    let s = partial_col::<arrow::datatypes::Decimal128Type>(partial, 0)?;
+    let c = partial_col::<Int64Type>(partial, 1)?;
+    for ((&g, &s), &c) in groups.iter().zip(s.values()).zip(c.values()) {
+        sums[g as usize] = sums[g as usize].checked_add(s).ok_or_else(|| DataflowError::Eval(overflow.into()))?;
+        nonnull[g as usize] += c;
+    }
+    Ok(())
+}
+
 /// Type of an exact 128-bit sum column in partial states.
 const I128_TYPE: DataType = DataType::Decimal128(38, 0);
 
@@ -235,22 +263,11 @@ impl Accumulator for IntSum {
     }
 
     fn export(&self, groups: &[u32]) -> Result<Vec<ArrayRef>> {
-        Ok(vec![
-            i128_column(groups.iter().map(|&g| self.sums[g as usize]))?,
-            Arc::new(Int64Array::from_iter_values(groups.iter().map(|&g| self.nonnull[g as usize]))),
-        ])
+        export_exact_sums(&self.sums, &self.nonnull, groups)
     }
 
     fn merge(&mut self, groups: &[u32], partial: &[ArrayRef], n: usize) -> Result<()> {
-        grow(&mut self.sums, n, 0);
-        grow(&mut self.nonnull, n, 0);
-        let s = partial_col::<arrow::datatypes::Decimal128Type>(partial, 0)?;
-        let c = partial_col::<Int64Type>(partial, 1)?;
-        for ((&g, &s), &c) in groups.iter().zip(s.values()).zip(c.values()) {
-            self.sums[g as usize] += s;
-            self.nonnull[g as usize] += c;
-        }
-        Ok(())
+        merge_exact_sums(&mut self.sums, &mut self.nonnull, groups, partial, n, "SUM overflows BIGINT")
     }
 }
 
@@ -413,24 +430,11 @@ impl Accumulator for DecimalSum {
     }
 
     fn export(&self, groups: &[u32]) -> Result<Vec<ArrayRef>> {
-        Ok(vec![
-            i128_column(groups.iter().map(|&g| self.sums[g as usize]))?,
-            Arc::new(Int64Array::from_iter_values(groups.iter().map(|&g| self.nonnull[g as usize]))),
-        ])
+        export_exact_sums(&self.sums, &self.nonnull, groups)
     }
 
     fn merge(&mut self, groups: &[u32], partial: &[ArrayRef], n: usize) -> Result<()> {
-        grow(&mut self.sums, n, 0);
-        grow(&mut self.nonnull, n, 0);
-        let s = partial_col::<arrow::datatypes::Decimal128Type>(partial, 0)?;
-        let c = partial_col::<Int64Type>(partial, 1)?;
-        for ((&g, &s), &c) in groups.iter().zip(s.values()).zip(c.values()) {
-            self.sums[g as usize] = self.sums[g as usize]
-                .checked_add(s)
-                .ok_or_else(|| DataflowError::Eval("SUM overflows DECIMAL".into()))?;
-            self.nonnull[g as usize] += c;
-        }
-        Ok(())
+        merge_exact_sums(&mut self.sums, &mut self.nonnull, groups, partial, n, "SUM overflows DECIMAL")
     }
 }
 

@@ -397,13 +397,7 @@ impl GroupedAggregate {
         }
         // Evaluate everything before touching the state: a failing expression leaves it intact.
         let keys = self.plan.keys.eval(&batch.data)?;
-        let mut args = Vec::with_capacity(self.plan.aggs.len());
-        for spec in &self.plan.aggs {
-            args.push(match &spec.arg {
-                Some(f) => Some(f.eval(&batch.data)?.column(0).clone()),
-                None => None,
-            });
-        }
+        let args = self.plan.eval_args(&batch.data)?;
         let groups = self.groups.intern(keys.columns(), n, hashes)?;
         let ng = self.groups.len();
         self.grow(ng);

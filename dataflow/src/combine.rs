@@ -84,13 +84,7 @@ impl Combiner {
             return Ok(Combined::Rows(None));
         }
         let keys = self.plan.keys.eval(&batch.data)?;
-        let mut args = Vec::with_capacity(self.plan.aggs.len());
-        for spec in &self.plan.aggs {
-            args.push(match &spec.arg {
-                Some(f) => Some(f.eval(&batch.data)?.column(0).clone()),
-                None => None,
-            });
-        }
+        let args = self.plan.eval_args(&batch.data)?;
         // Word keys are grouped by a local hash; routing hashes are then computed for the groups
         // only. Other keys are grouped with their routing hashes.
         let (groups, first, row_hashes) = match word_columns(keys.columns()) {

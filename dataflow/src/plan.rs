@@ -88,6 +88,20 @@ pub struct AggregatePlan {
     pub input_append_only: bool,
 }
 
+impl AggregatePlan {
+    /// Each aggregate's argument evaluated over `batch` (`None` for `COUNT(*)`).
+    pub fn eval_args(&self, batch: &RecordBatch) -> Result<Vec<Option<arrow::array::ArrayRef>>> {
+        let mut args = Vec::with_capacity(self.aggs.len());
+        for spec in &self.aggs {
+            args.push(match &spec.arg {
+                Some(f) => Some(f.eval(batch)?.column(0).clone()),
+                None => None,
+            });
+        }
+        Ok(args)
+    }
+}
+
 /// Which rows of an equi-join appear in its output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum JoinKind {
