@@ -649,9 +649,10 @@ impl GroupedAggregate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::testing::Columns;
     use crate::plan::{AggKind, AggSpec, BatchFn};
     use arrow::array::{AsArray, Int64Array, StringArray};
-    use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
+    use arrow::datatypes::{DataType, Field, Int64Type, Schema};
 
     #[test]
     fn short_keys_compare_like_slices() {
@@ -695,22 +696,6 @@ mod tests {
         }
     }
 
-    /// Selects one column by index.
-    #[derive(Debug)]
-    struct Col(usize, SchemaRef);
-
-    impl BatchFn for Col {
-        fn eval(&self, b: &RecordBatch) -> Result<RecordBatch> {
-            Ok(RecordBatch::try_new(self.1.clone(), vec![b.column(self.0).clone()])?)
-        }
-        fn output_schema(&self) -> SchemaRef {
-            self.1.clone()
-        }
-        fn describe(&self) -> String {
-            format!("#{}", self.0)
-        }
-    }
-
     fn plan(append_only: bool) -> Arc<AggregatePlan> {
         let key = Arc::new(Schema::new(vec![Field::new("k", DataType::Utf8, true)]));
         let val = Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, true)]));
@@ -720,9 +705,9 @@ mod tests {
             Field::new("s", DataType::Int64, true),
             Field::new("hi", DataType::Int64, true),
         ]));
-        let arg = || Some(Arc::new(Col(1, val.clone())) as Arc<dyn BatchFn>);
+        let arg = || Some(Arc::new(Columns(vec![1], val.clone())) as Arc<dyn BatchFn>);
         Arc::new(AggregatePlan {
-            keys: Arc::new(Col(0, key)),
+            keys: Arc::new(Columns(vec![0], key)),
             aggs: vec![
                 AggSpec { kind: AggKind::CountStar, arg: None, output_type: DataType::Int64 },
                 AggSpec { kind: AggKind::Sum, arg: arg(), output_type: DataType::Int64 },

@@ -407,24 +407,9 @@ fn intern_words_n<const S: usize>(cols: &[WordColumn]) -> (Vec<u32>, Vec<u32>) {
 mod tests {
     use super::*;
     use crate::aggregate_state::GroupedAggregate;
+    use crate::plan::testing::Columns;
     use crate::plan::{AggKind, AggSpec, BatchFn};
     use arrow::datatypes::{Field, Schema};
-
-    /// Selects columns by index.
-    #[derive(Debug)]
-    struct Cols(Vec<usize>, SchemaRef);
-
-    impl BatchFn for Cols {
-        fn eval(&self, b: &RecordBatch) -> Result<RecordBatch> {
-            Ok(b.project(&self.0)?)
-        }
-        fn output_schema(&self) -> SchemaRef {
-            self.1.clone()
-        }
-        fn describe(&self) -> String {
-            "cols".into()
-        }
-    }
 
     fn input_schema() -> SchemaRef {
         Arc::new(Schema::new(vec![
@@ -437,9 +422,9 @@ mod tests {
 
     fn plan(key_cols: Vec<usize>, append_only: bool) -> Arc<AggregatePlan> {
         let input = input_schema();
-        let keys = Arc::new(Cols(key_cols.clone(), Arc::new(input.project(&key_cols).expect("keys"))));
+        let keys = Arc::new(Columns(key_cols.clone(), Arc::new(input.project(&key_cols).expect("keys"))));
         let col =
-            |i: usize| -> Arc<dyn BatchFn> { Arc::new(Cols(vec![i], Arc::new(input.project(&[i]).expect("arg")))) };
+            |i: usize| -> Arc<dyn BatchFn> { Arc::new(Columns(vec![i], Arc::new(input.project(&[i]).expect("arg")))) };
         let aggs = vec![
             AggSpec { kind: AggKind::CountStar, arg: None, output_type: DataType::Int64 },
             AggSpec { kind: AggKind::Count, arg: Some(col(2)), output_type: DataType::Int64 },

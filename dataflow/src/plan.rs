@@ -102,6 +102,30 @@ impl AggregatePlan {
     }
 }
 
+/// Test helpers shared by the operator state tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// Selects columns by index; the second field is the schema of the result.
+    #[derive(Debug)]
+    pub(crate) struct Columns(pub Vec<usize>, pub SchemaRef);
+
+    impl BatchFn for Columns {
+        fn eval(&self, b: &RecordBatch) -> Result<RecordBatch> {
+            let cols = self.0.iter().map(|&i| b.column(i).clone()).collect();
+            let rows = arrow::array::RecordBatchOptions::new().with_row_count(Some(b.num_rows()));
+            Ok(RecordBatch::try_new_with_options(self.1.clone(), cols, &rows)?)
+        }
+        fn output_schema(&self) -> SchemaRef {
+            self.1.clone()
+        }
+        fn describe(&self) -> String {
+            format!("{:?}", self.0)
+        }
+    }
+}
+
 /// Which rows of an equi-join appear in its output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum JoinKind {
