@@ -345,6 +345,9 @@ pub struct Collector {
     state: Mutex<Collected>,
     changed: Condvar,
     expected: usize,
+    /// The dataflows whose operator snapshots count (a stream dropped from a group of
+    /// dataflows that goes on still runs its operators, and they still answer the barrier).
+    dataflows: std::collections::HashSet<u64>,
 }
 
 /// What has arrived for one checkpoint.
@@ -364,9 +367,9 @@ pub struct Collected {
 }
 
 impl Collector {
-    /// Expects `expected` arrivals in all.
-    pub fn new(expected: usize) -> Arc<Self> {
-        Arc::new(Self { state: Mutex::new(Collected::default()), changed: Condvar::new(), expected })
+    /// Expects `expected` arrivals in all, operator snapshots of the given dataflows only.
+    pub fn new(expected: usize, dataflows: std::collections::HashSet<u64>) -> Arc<Self> {
+        Arc::new(Self { state: Mutex::new(Collected::default()), changed: Condvar::new(), expected, dataflows })
     }
 
     fn arrive(&self, f: impl FnOnce(&mut Collected)) {
@@ -419,6 +422,9 @@ impl Collector {
 
 impl SnapshotSink for Collector {
     fn deliver(&self, dataflow: u64, operator: u32, worker: usize, _epoch: u64, state: Vec<u8>) {
+        if !self.dataflows.contains(&dataflow) {
+            return;
+        }
         self.arrive(|st| {
             st.operators.insert((dataflow, operator, worker), state);
         });

@@ -140,7 +140,15 @@ impl StageSignal {
 struct Running {
     id: u64,
     merger: Arc<EpochMerger>,
+    /// Stateful operators the dataflow runs itself (not read from a stream it shares them with).
+    operators: u32,
 }
+
+/// Checkpointed state to start a dataflow from: operator snapshots and the stream's contents.
+type Restore = (RestoreState, Option<Vec<RecordBatch>>);
+
+/// A stream to install, its dataflow id and what it restores.
+type Member = (Arc<StreamEntry>, u64, Option<Restore>);
 
 struct StreamEntry {
     def: CreateStream,
@@ -784,50 +792,68 @@ impl Database {
         entry: &Arc<StreamEntry>,
         id: u64,
         replay: bool,
-        restore: Option<(RestoreState, Option<Vec<RecordBatch>>)>,
+        restore: Option<Restore>,
     ) -> Result<()> {
-        let output = entry.output.clone();
-        let restore = match restore {
-            Some((state, contents)) => {
-                output.restore(contents.as_deref().unwrap_or_default())?;
-                Some(Arc::new(state))
-            }
-            None => {
-                output.reset()?;
-                None
-            }
-        };
-        let merger = Arc::new(EpochMerger::new(rt.workers(), Box::new(move |e, b| output.deliver(e, b))));
+        self.install_group(st, rt, vec![(entry.clone(), id, restore)], replay)
+    }
+
+    /// Installs the dataflows of several streams as one (see [`Runtime::install_group`]): a
+    /// stream that reads another reads its operators' output instead of running a copy of
+    /// them. Members are in dependency order and either all restore or none does.
+    fn install_group(&self, st: &State, rt: &Arc<Runtime>, members: Vec<Member>, replay: bool) -> Result<()> {
+        let plans: Vec<&laminar_dataflow::plan::PlanNode> = members.iter().map(|(e, ..)| &e.planned.plan).collect();
+        let operators = laminar_dataflow::build::operators_built(&plans);
+        let mut reqs = Vec::with_capacity(members.len());
+        let mut running = Vec::with_capacity(members.len());
         let guard = self.inner.ingest.lock();
-        let st_sources = entry.planned.plan.sources();
-        let mut backfill = Vec::new();
-        for name in st_sources.into_iter().filter(|_| replay && restore.is_none()) {
-            let src = st
-                .sources
-                .get(&name)
-                .ok_or_else(|| LaminarError::Internal(format!("stream reads unknown source '{name}'")))?;
-            let batches = src.data.lock().snapshot()?;
-            backfill.push((name, batches.into_iter().map(DiffBatch::inserts).collect::<Vec<_>>()));
+        let mut backfilled = false;
+        for ((entry, id, restore), operators) in members.into_iter().zip(operators) {
+            let output = entry.output.clone();
+            let restore = match restore {
+                Some((state, contents)) => {
+                    output.restore(contents.as_deref().unwrap_or_default())?;
+                    Some(Arc::new(state))
+                }
+                None => {
+                    output.reset()?;
+                    None
+                }
+            };
+            let merger = Arc::new(EpochMerger::new(rt.workers(), Box::new(move |e, b| output.deliver(e, b))));
+            let mut backfill = Vec::new();
+            for name in entry.planned.plan.sources().into_iter().filter(|_| replay && restore.is_none()) {
+                let src = st
+                    .sources
+                    .get(&name)
+                    .ok_or_else(|| LaminarError::Internal(format!("stream reads unknown source '{name}'")))?;
+                let batches = src.data.lock().snapshot()?;
+                backfill.push((name, batches.into_iter().map(DiffBatch::inserts).collect::<Vec<_>>()));
+            }
+            backfilled |= backfill.iter().any(|(_, b)| !b.is_empty());
+            reqs.push(InstallRequest {
+                id,
+                plan: entry.planned.plan.clone(),
+                output: merger.clone(),
+                backfill,
+                stats: entry.stats.clone(),
+                restore,
+            });
+            running.push((entry, Running { id, merger, operators }));
         }
-        let backfilled = backfill.iter().any(|(_, b)| !b.is_empty());
-        rt.install(InstallRequest {
-            id,
-            plan: entry.planned.plan.clone(),
-            output: merger.clone(),
-            backfill,
-            stats: entry.stats.clone(),
-            restore,
-        })?;
-        *entry.running.lock() = Some(Running { id, merger: merger.clone() });
+        rt.install_group(reqs)?;
+        let mergers: Vec<(String, Arc<EpochMerger>)> =
+            running.iter().map(|(e, r)| (e.def.name.clone(), r.merger.clone())).collect();
+        for (entry, r) in running {
+            *entry.running.lock() = Some(r);
+        }
         drop(guard);
         if backfilled {
-            // Return once the sources' existing contents are reflected in the new stream.
+            // Return once the sources' existing contents are reflected in the new streams.
             let epoch = rt.close_epoch()?;
-            if !merger.wait_delivered(epoch, Duration::from_secs(300)) {
-                return Err(LaminarError::Internal(format!(
-                    "backfilling '{}' did not finish within 300 s",
-                    entry.def.name
-                )));
+            for (name, merger) in mergers {
+                if !merger.wait_delivered(epoch, Duration::from_secs(300)) {
+                    return Err(LaminarError::Internal(format!("backfilling '{name}' did not finish within 300 s")));
+                }
             }
         }
         Ok(())
@@ -892,6 +918,10 @@ impl Database {
             .chain(st.queries.values().cloned())
             .collect();
         let mut result = Ok(());
+        // Streams that read one another run as one dataflow, each reading the operators of the
+        // streams it reads (instead of a copy of them); a group either restores or backfills.
+        let mut groups: Vec<Vec<Member>> = Vec::new();
+        let mut group_of: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
         for s in streams {
             let id = st.next_id;
             st.next_id += 1;
@@ -902,9 +932,43 @@ impl Database {
                     break;
                 }
             };
-            if let Err(e) = self.install(&st, &rt, &s, id, true, state) {
-                result = Err(e);
-                break;
+            let restores = state.is_some();
+            let mut joined: Vec<usize> = s
+                .planned
+                .references
+                .iter()
+                .filter_map(|r| group_of.get(r).copied())
+                .filter(|&g| groups[g].first().is_some_and(|m| m.2.is_some() == restores))
+                .collect();
+            joined.sort_unstable();
+            joined.dedup();
+            let g = match joined.split_first() {
+                Some((&g, rest)) => {
+                    for &other in rest {
+                        let moved = std::mem::take(&mut groups[other]);
+                        for m in &moved {
+                            group_of.insert(m.0.def.name.clone(), g);
+                        }
+                        groups[g].extend(moved);
+                    }
+                    g
+                }
+                None => {
+                    groups.push(Vec::new());
+                    groups.len() - 1
+                }
+            };
+            if st.streams.contains_key(&s.def.name) {
+                group_of.insert(s.def.name.clone(), g);
+            }
+            groups[g].push((s, id, state));
+        }
+        if result.is_ok() {
+            for members in groups.into_iter().filter(|g| !g.is_empty()) {
+                if let Err(e) = self.install_group(&st, &rt, members, true) {
+                    result = Err(e);
+                    break;
+                }
             }
         }
         // Sinks next, so that they see everything the sources produce.
@@ -1160,20 +1224,20 @@ impl Database {
             .map(|(n, e)| (n.clone(), e.clone()))
             .chain(st.sinks.iter().map(|(n, s)| (n.clone(), s.entry.clone())));
         for (name, e) in entries {
-            let Some(r) = e.running.lock().as_ref().map(|r| (r.id, r.merger.clone())) else { continue };
+            let Some(r) = e.running.lock().as_ref().map(|r| (r.id, r.merger.clone(), r.operators)) else { continue };
             parts.push(Part {
                 name,
                 sql: e.sql.clone(),
                 id: r.0,
                 merger: r.1,
-                operators: e.planned.plan.stateful_operators(),
+                operators: r.2,
                 output: e.output.clone(),
                 sink: e.sink.lock().clone(),
             });
         }
         let workers = rt.workers();
         let expected: usize = parts.iter().map(|p| p.operators as usize * workers + 1).sum();
-        let collector = checkpoint::Collector::new(expected);
+        let collector = checkpoint::Collector::new(expected, parts.iter().map(|p| p.id).collect());
         // The barrier: no source chunk is half applied, no insert half sent.
         let sources: Vec<Arc<SourceEntry>> = st.sources.values().cloned().collect();
         let mut chunk_guards = Vec::with_capacity(sources.len());
@@ -1264,13 +1328,16 @@ impl Database {
         let op_bytes: u64 = operators.values().map(|v| v.len() as u64).sum();
         for p in &parts {
             let mut saved = checkpoint::StreamCheckpoint { sql: p.sql.clone(), dataflow: p.id, ..Default::default() };
-            for ordinal in 0..p.operators {
-                for w in 0..workers {
-                    let Some(state) = operators.remove(&(p.id, ordinal, w)) else { continue };
-                    let file = format!("op-{}-{ordinal}-{w}.bin", safe(&p.name));
-                    files.push((file.clone(), state));
-                    saved.operators.push((ordinal, w, file));
-                }
+            // Ordinals need not be dense: those of operators shared with a stream it reads are
+            // that stream's.
+            let mut mine: Vec<(u32, usize)> =
+                operators.keys().filter(|k| k.0 == p.id).map(|&(_, ordinal, w)| (ordinal, w)).collect();
+            mine.sort_unstable();
+            for (ordinal, w) in mine {
+                let Some(state) = operators.remove(&(p.id, ordinal, w)) else { continue };
+                let file = format!("op-{}-{ordinal}-{w}.bin", safe(&p.name));
+                files.push((file.clone(), state));
+                saved.operators.push((ordinal, w, file));
             }
             if let Some(state) = collected.sink_states.get(&p.name) {
                 let file = format!("sink-{}.bin", safe(&p.name));

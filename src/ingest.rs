@@ -7,6 +7,7 @@ use arrow::datatypes::{DataType, SchemaRef};
 use arrow::util::display::FormatOptions;
 use arrow_row::{RowConverter, SortField};
 use laminar_dataflow::batch::DiffBatch;
+use laminar_dataflow::rowstore::{bytes_eq, hash_hi, slot_hash};
 
 use crate::error::{codes, LaminarError, Result};
 
@@ -441,14 +442,15 @@ impl Retracted {
     }
 }
 
-/// One row per key, both row-encoded, in arenas (no allocation per row): a hash table of slot
-/// ids over the key bytes; freed slots are reused.
+/// One row per key, both row-encoded, in arenas (no allocation per row): a hash table of
+/// (slot id, upper half of the key's hash) over the key bytes; freed slots are reused.
 #[derive(Default)]
 struct KeyedRows {
-    table: hashbrown::HashTable<u32>,
+    table: hashbrown::HashTable<(u32, u32)>,
     keys: laminar_dataflow::rowstore::RowSlots,
     rows: laminar_dataflow::rowstore::RowSlots,
-    hashes: Vec<u64>,
+    /// Slots ever made (freed ones are in `free`).
+    slots: usize,
     free: Vec<u32>,
     len: usize,
     hasher: ahash::RandomState,
@@ -469,28 +471,26 @@ impl KeyedRows {
 
     /// Sets the row of `key`; a row it replaces is added to `replaced`.
     fn insert(&mut self, key: &[u8], row: &[u8], replaced: &mut Retracted) {
-        let hash = self.hasher.hash_one(key);
+        let hi = hash_hi(self.hasher.hash_one(key));
         let keys = &self.keys;
-        match self.table.find(hash, |&s| keys.get(s as usize) == Some(key)) {
-            Some(&s) => {
+        match self
+            .table
+            .find(slot_hash(hi), |&(s, h)| h == hi && keys.get(s as usize).is_some_and(|k| bytes_eq(k, key)))
+        {
+            Some(&(s, _)) => {
                 if let Some(old) = self.rows.get(s as usize) {
                     replaced.push(old);
                 }
                 self.rows.set(s as usize, Some(row));
             }
             None => {
-                let s = match self.free.pop() {
-                    Some(s) => s,
-                    None => {
-                        self.hashes.push(0);
-                        (self.hashes.len() - 1) as u32
-                    }
-                };
-                self.hashes[s as usize] = hash;
+                let s = self.free.pop().unwrap_or_else(|| {
+                    self.slots += 1;
+                    (self.slots - 1) as u32
+                });
                 self.keys.set(s as usize, Some(key));
                 self.rows.set(s as usize, Some(row));
-                let hashes = &self.hashes;
-                self.table.insert_unique(hash, s, |&t| hashes[t as usize]);
+                self.table.insert_unique(slot_hash(hi), (s, hi), |&(_, h)| slot_hash(h));
                 self.len += 1;
             }
         }
@@ -498,10 +498,13 @@ impl KeyedRows {
 
     /// Removes the row of `key`, adding it to `removed`.
     fn remove(&mut self, key: &[u8], removed: &mut Retracted) {
-        let hash = self.hasher.hash_one(key);
+        let hi = hash_hi(self.hasher.hash_one(key));
         let keys = &self.keys;
-        if let Ok(entry) = self.table.find_entry(hash, |&s| keys.get(s as usize) == Some(key)) {
-            let (s, _) = entry.remove();
+        let found = self
+            .table
+            .find_entry(slot_hash(hi), |&(s, h)| h == hi && keys.get(s as usize).is_some_and(|k| bytes_eq(k, key)));
+        if let Ok(entry) = found {
+            let ((s, _), _) = entry.remove();
             if let Some(old) = self.rows.get(s as usize) {
                 removed.push(old);
             }
@@ -514,7 +517,7 @@ impl KeyedRows {
 
     /// Every row held.
     fn values(&self) -> impl Iterator<Item = &[u8]> + '_ {
-        (0..self.hashes.len()).filter_map(|s| self.rows.get(s))
+        (0..self.slots).filter_map(|s| self.rows.get(s))
     }
 }
 
@@ -572,7 +575,7 @@ mod tests {
         assert_eq!(out.iter().collect::<Vec<_>>(), vec![&b"row-a1"[..], &b"row-b1"[..]]);
         assert_eq!(k.len(), 1);
         k.insert(b"c", b"row-c1", &mut out);
-        assert_eq!(k.hashes.len(), 2, "the freed slot is reused");
+        assert_eq!(k.slots, 2, "the freed slot is reused");
         let mut rows: Vec<&[u8]> = k.values().collect();
         rows.sort();
         assert_eq!(rows, vec![&b"row-a2"[..], &b"row-c1"[..]]);

@@ -1,7 +1,7 @@
 //! Checkpoints and recovery: a pipeline checkpointed at some epoch, crashed (dropped without a
 //! graceful shutdown) after more input, and reopened must hold exactly what a pipeline that only
 //! ever saw the input up to the checkpoint holds, and must go on from there identically, for
-//! aggregates, joins, tumbling and session windows and plain streams, with incremental
+//! aggregates, joins, tumbling and session windows, plain streams and streams reading streams, with incremental
 //! checkpoints and a different number of workers after the restart.
 
 mod common;
@@ -27,9 +27,24 @@ const DDL: &[&str] = &[
     "CREATE STREAM visits AS SELECT usr, window_start, window_end, COUNT(*) AS n FROM clicks \
      GROUP BY usr, SESSION(ts, INTERVAL '3' SECOND)",
     "CREATE STREAM big AS SELECT id, amount FROM orders WHERE amount > 50",
+    // Streams reading streams: each runs in one dataflow with the stream it reads.
+    "CREATE STREAM region_counts AS SELECT region, COUNT(*) AS n FROM unmatched GROUP BY region",
+    "CREATE STREAM busy_regions AS SELECT region, total FROM by_region WHERE n > 3",
+    "CREATE STREAM window_sums AS SELECT cust, SUM(n) AS n FROM per_window GROUP BY cust",
 ];
 
-const STREAMS: &[&str] = &["per_cust", "by_region", "unmatched", "per_window", "closed_windows", "visits", "big"];
+const STREAMS: &[&str] = &[
+    "per_cust",
+    "by_region",
+    "unmatched",
+    "per_window",
+    "closed_windows",
+    "visits",
+    "big",
+    "region_counts",
+    "busy_regions",
+    "window_sums",
+];
 
 fn ts(ms: i64) -> String {
     let (s, milli) = (ms.div_euclid(1000), ms.rem_euclid(1000));

@@ -382,3 +382,118 @@ fn ad_hoc_query_subscriptions_are_temporary() {
     db.flush().expect("flush");
     db.shutdown().expect("shutdown");
 }
+
+/// Streams that read streams run in one dataflow with them (sharing their operators). Their
+/// results equal the same queries written against the sources; dropping a reader leaves the
+/// streams it read running; a reader created while the pipeline runs (and so computed on its
+/// own) is restored from a checkpoint into the shared dataflow at the next start.
+#[test]
+fn streams_reading_streams_share_operators_and_recover() {
+    let dir = temp_dir("shared-streams");
+    let insert = |db: &Database, from: i64, to: i64| {
+        let schema = db.schema("orders").expect("schema");
+        let ids: Vec<i64> = (from..to).collect();
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(Int64Array::from(ids.clone())),
+                Arc::new(Int64Array::from(ids.iter().map(|i| i % 7).collect::<Vec<_>>())),
+                Arc::new(Int64Array::from(ids.iter().map(|i| i % 11 * 3).collect::<Vec<_>>())),
+            ],
+        )
+        .expect("orders");
+        db.insert("orders", &batch).expect("insert");
+        // Updates of earlier orders (same id, new amount) retract through every layer.
+        if from >= 20 {
+            let schema = db.schema("orders").expect("schema");
+            let upd: Vec<i64> = (from - 20..from - 10).collect();
+            let batch = RecordBatch::try_new(
+                schema,
+                vec![
+                    Arc::new(Int64Array::from(upd.clone())),
+                    Arc::new(Int64Array::from(upd.iter().map(|i| i % 7).collect::<Vec<_>>())),
+                    Arc::new(Int64Array::from(upd.iter().map(|i| 100 + i).collect::<Vec<_>>())),
+                ],
+            )
+            .expect("updates");
+            db.insert("orders", &batch).expect("update");
+        }
+        db.flush().expect("flush");
+    };
+    let same = |db: &Database, stream: &str, direct: &str| {
+        assert_eq!(
+            common::sorted_query(db, &format!("SELECT * FROM {stream}")),
+            common::sorted_query(db, direct),
+            "{stream}"
+        );
+    };
+    let check = |db: &Database, with_late: bool| {
+        same(db, "joined", "SELECT o.id, o.amount, c.name FROM orders o JOIN customers c ON o.k = c.k");
+        same(
+            db,
+            "per_name",
+            "SELECT c.name, COUNT(*) AS n, SUM(o.amount) AS amt FROM orders o JOIN customers c ON o.k = c.k \
+             GROUP BY c.name",
+        );
+        same(
+            db,
+            "big_names",
+            "SELECT name, n FROM (SELECT c.name, COUNT(*) AS n, SUM(o.amount) AS amt FROM orders o \
+             JOIN customers c ON o.k = c.k GROUP BY c.name) WHERE amt > 200",
+        );
+        if with_late {
+            same(
+                db,
+                "late_total",
+                "SELECT COUNT(*) AS n, SUM(o.amount) AS amt FROM orders o JOIN customers c ON o.k = c.k",
+            );
+        }
+    };
+    {
+        let db = Database::open(&dir).expect("open");
+        db.execute("CREATE SOURCE orders (id BIGINT, k BIGINT, amount BIGINT, PRIMARY KEY (id))").expect("orders");
+        db.execute("CREATE SOURCE customers (k BIGINT, name VARCHAR, PRIMARY KEY (k))").expect("customers");
+        db.insert_json("customers", r#"[{"k":0,"name":"a"},{"k":1,"name":"b"},{"k":2,"name":"c"},{"k":3,"name":"a"}]"#)
+            .expect("customers");
+        db.execute("CREATE STREAM joined AS SELECT o.id, o.amount, c.name FROM orders o JOIN customers c ON o.k = c.k")
+            .expect("joined");
+        db.execute(
+            "CREATE STREAM per_name AS SELECT name, COUNT(*) AS n, SUM(amount) AS amt FROM joined GROUP BY name",
+        )
+        .expect("per_name");
+        db.execute("CREATE STREAM big_names AS SELECT name, n FROM per_name WHERE amt > 200").expect("big_names");
+        db.execute("CREATE STREAM doomed AS SELECT name, MAX(amount) AS hi FROM joined GROUP BY name").expect("doomed");
+        db.start().expect("start");
+        insert(&db, 0, 40);
+        check(&db, false);
+        // A reader of a running stream, then a reader dropped: the others go on.
+        db.execute("CREATE STREAM late_total AS SELECT COUNT(*) AS n, SUM(amount) AS amt FROM joined")
+            .expect("late_total");
+        db.execute("DROP STREAM doomed").expect("drop");
+        insert(&db, 40, 80);
+        db.insert_json("customers", r#"[{"k":1,"name":"z"},{"k":5,"name":"b"}]"#).expect("renames");
+        db.flush().expect("flush");
+        check(&db, true);
+        db.checkpoint().expect("checkpoint");
+        insert(&db, 80, 100);
+        drop(db);
+    }
+    let db = Database::open(&dir).expect("reopen");
+    db.start().expect("restart");
+    db.flush().expect("flush");
+    check(&db, true);
+    insert(&db, 100, 150);
+    db.insert_json("customers", r#"[{"k":6,"name":"c"}]"#).expect("more");
+    db.flush().expect("flush");
+    check(&db, true);
+    // Every order but those of key 4 (no customer) is joined.
+    assert_eq!(
+        common::sorted_query(&db, "SELECT n FROM late_total"),
+        common::sorted_query(&db, "SELECT COUNT(*) FROM orders WHERE k <> 4")
+    );
+    for m in db.all_stream_metrics() {
+        assert_eq!(m.dropped, 0, "{}: {:?}", m.name, m.last_error);
+    }
+    db.shutdown().expect("shutdown");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -17,7 +17,7 @@ use crate::batch::DiffBatch;
 use crate::codec::{Dec, Enc};
 use crate::error::{DataflowError, Result};
 use crate::plan::AggregatePlan;
-use crate::rowstore::RowSlots;
+use crate::rowstore::{bytes_eq, RowSlots};
 
 /// Maps group keys to dense group ids.
 ///
@@ -299,32 +299,13 @@ pub struct GroupedAggregate {
 /// Decides which of some keys (given as key columns) this worker owns.
 pub type Owns<'a> = &'a dyn Fn(&[ArrayRef], usize) -> Result<Vec<bool>>;
 
-/// Whether two optional keys are equal; short keys are compared with a few word loads instead
-/// of a call to `memcmp` (which cost more than the comparison for keys of a few bytes).
+/// Whether two optional keys are equal (see [`bytes_eq`]).
 #[inline]
 fn same_key(a: Option<&[u8]>, b: Option<&[u8]>) -> bool {
     match (a, b) {
-        (Some(a), Some(b)) => a.len() == b.len() && if a.len() <= 16 { short_eq(a, b) } else { a == b },
+        (Some(a), Some(b)) => bytes_eq(a, b),
         (None, None) => true,
         _ => false,
-    }
-}
-
-/// `a == b` for slices of one length of at most 16 bytes: two overlapping loads from each end.
-#[inline]
-fn short_eq(a: &[u8], b: &[u8]) -> bool {
-    let n = a.len();
-    let word = |s: &[u8], at: usize, w: usize| -> u64 {
-        let mut x = [0u8; 8];
-        x[..w].copy_from_slice(&s[at..at + w]);
-        u64::from_le_bytes(x)
-    };
-    if n >= 8 {
-        word(a, 0, 8) == word(b, 0, 8) && word(a, n - 8, 8) == word(b, n - 8, 8)
-    } else if n >= 4 {
-        word(a, 0, 4) == word(b, 0, 4) && word(a, n - 4, 4) == word(b, n - 4, 4)
-    } else {
-        a.iter().zip(b).all(|(x, y)| x == y)
     }
 }
 
@@ -656,7 +637,7 @@ mod tests {
 
     #[test]
     fn short_keys_compare_like_slices() {
-        let words: Vec<Vec<u8>> = (0..=17)
+        let words: Vec<Vec<u8>> = (0..=70)
             .flat_map(|n| {
                 let base: Vec<u8> = (0..n as u8).map(|i| b'a' + i).collect();
                 let mut variants = vec![base.clone()];

@@ -60,30 +60,101 @@ impl BuildContext {
     }
 }
 
-/// Builds the operators of `node` over the given source streams (one stream per source name).
+/// Operators built so far in one dataflow, by the identity of the plan subtree they compute:
+/// a later plan (or a later part of the same plan) that contains the same subtree reads them
+/// instead of building a copy. A stream that reads another stream carries that stream's plan
+/// (sharing its compiled parts), so in a group of dataflows it reads the other's output.
+#[derive(Default)]
+pub struct Built<'scope> {
+    streams: HashMap<String, BatchStream<'scope>>,
+}
+
+/// The identity of a plan subtree: its operators' compiled parts (shared, not copied, where a
+/// plan is inlined into another) and its inputs'.
+fn identity(node: &PlanNode) -> String {
+    fn at<T: ?Sized>(p: &Arc<T>) -> usize {
+        Arc::as_ptr(p) as *const () as usize
+    }
+    match node {
+        PlanNode::Source { name, .. } => format!("source {name:?}"),
+        PlanNode::Filter { input, predicate } => format!("filter {:x} ({})", at(predicate), identity(input)),
+        PlanNode::Project { input, map } => format!("project {:x} ({})", at(map), identity(input)),
+        PlanNode::Aggregate { input, plan } => format!("aggregate {:x} ({})", at(plan), identity(input)),
+        PlanNode::WindowAssign { input, spec } => format!("window {:x} ({})", at(spec), identity(input)),
+        PlanNode::WindowAggregate { input, plan, close } => {
+            format!("window aggregate {:x} {:x} ({})", at(plan), at(close), identity(input))
+        }
+        PlanNode::Join { left, right, plan } => {
+            format!("join {:x} ({}) ({})", at(plan), identity(left), identity(right))
+        }
+        PlanNode::Union { inputs, .. } => {
+            let parts: Vec<String> = inputs.iter().map(identity).collect();
+            format!("union ({})", parts.join(") ("))
+        }
+    }
+}
+
+/// For plans built in this order into one dataflow, how many stateful operators each one
+/// builds itself (the rest it reads from an earlier plan or an earlier part of itself). Its
+/// operators keep the ordinals they would have if it were built alone.
+pub fn operators_built(plans: &[&PlanNode]) -> Vec<u32> {
+    fn count(node: &PlanNode, seen: &mut std::collections::HashSet<String>) -> u32 {
+        if !seen.insert(identity(node)) {
+            return 0;
+        }
+        let own = match node {
+            PlanNode::Aggregate { .. } | PlanNode::WindowAggregate { .. } | PlanNode::Join { .. } => 1,
+            _ => 0,
+        };
+        own + node.inputs().into_iter().map(|i| count(i, seen)).sum::<u32>()
+    }
+    let mut seen = std::collections::HashSet::new();
+    plans.iter().map(|p| count(p, &mut seen)).collect()
+}
+
+/// Builds the operators of `node` over the given source streams (one stream per source name),
+/// reusing the ones in `built` for subtrees computed already.
 pub fn build_plan<'scope>(
     node: &PlanNode,
     sources: &HashMap<String, BatchStream<'scope>>,
     ctx: &BuildContext,
+    built: &mut Built<'scope>,
+) -> Option<BatchStream<'scope>> {
+    let id = identity(node);
+    if let Some(s) = built.streams.get(&id) {
+        // Its operators' ordinals stay taken, so this plan's others keep theirs.
+        ctx.next_ordinal.set(ctx.next_ordinal.get() + node.stateful_operators());
+        return Some(s.clone());
+    }
+    let out = build_node(node, sources, ctx, built)?;
+    built.streams.insert(id, out.clone());
+    Some(out)
+}
+
+fn build_node<'scope>(
+    node: &PlanNode,
+    sources: &HashMap<String, BatchStream<'scope>>,
+    ctx: &BuildContext,
+    built: &mut Built<'scope>,
 ) -> Option<BatchStream<'scope>> {
     let stats = &ctx.stats;
     Some(match node {
         PlanNode::Source { name, .. } => sources.get(name)?.clone(),
         PlanNode::Filter { input, predicate } => {
-            build_plan(input, sources, ctx)?.filter_batches(predicate.clone(), stats.clone())
+            build_plan(input, sources, ctx, built)?.filter_batches(predicate.clone(), stats.clone())
         }
         PlanNode::Project { input, map } => {
-            build_plan(input, sources, ctx)?.project_batches(map.clone(), stats.clone())
+            build_plan(input, sources, ctx, built)?.project_batches(map.clone(), stats.clone())
         }
         PlanNode::Aggregate { input, plan } => {
-            let rows = build_plan(input, sources, ctx)?;
+            let rows = build_plan(input, sources, ctx, built)?;
             rows.aggregate_batches(plan.clone(), stats.clone(), ctx.operator_checkpoints())
         }
         PlanNode::WindowAssign { input, spec } => {
-            build_plan(input, sources, ctx)?.assign_windows(spec.clone(), stats.clone())
+            build_plan(input, sources, ctx, built)?.assign_windows(spec.clone(), stats.clone())
         }
         PlanNode::WindowAggregate { input, plan, close } => {
-            let rows = build_plan(input, sources, ctx)?;
+            let rows = build_plan(input, sources, ctx, built)?;
             let ckpt = ctx.operator_checkpoints();
             match close.session {
                 Some(_) => rows.session_aggregate(
@@ -98,13 +169,13 @@ pub fn build_plan<'scope>(
             }
         }
         PlanNode::Join { left, right, plan } => {
-            let l = build_plan(left, sources, ctx)?;
-            let r = build_plan(right, sources, ctx)?;
+            let l = build_plan(left, sources, ctx, built)?;
+            let r = build_plan(right, sources, ctx, built)?;
             let ckpt = ctx.operator_checkpoints();
             l.join_batches(r, plan.clone(), (left.schema(), right.schema()), stats.clone(), &ctx.watermarks, ckpt)
         }
         PlanNode::Union { inputs, .. } => {
-            let streams: Vec<_> = inputs.iter().map(|i| build_plan(i, sources, ctx)).collect::<Option<_>>()?;
+            let streams: Vec<_> = inputs.iter().map(|i| build_plan(i, sources, ctx, built)).collect::<Option<_>>()?;
             let scope = streams.first()?.scope();
             scope.concatenate(streams)
         }

@@ -21,6 +21,7 @@ use crate::batch::DiffBatch;
 use crate::codec::{Dec, Enc};
 use crate::error::{DataflowError, Result};
 use crate::plan::JoinPlan;
+use crate::rowstore::{bytes_eq, hash_hi, slot_hash};
 use crate::watermark::{event_time_ms, NO_WATERMARK};
 
 const NONE: u32 = u32::MAX;
@@ -60,6 +61,8 @@ struct GroupSlot {
     head: u32,
     /// Incremented when the slot is freed, so stale references to it can be told apart.
     generation: u32,
+    /// The key is in the side's `dirty` set already.
+    dirty: bool,
 }
 
 /// One input of the join: its distinct rows grouped by key, bytes in one arena (no allocation
@@ -71,14 +74,15 @@ struct Side {
     free_rows: Vec<u32>,
     groups: Vec<GroupSlot>,
     free_groups: Vec<u32>,
-    /// Row ids by the hash of their bytes.
-    row_index: HashTable<u32>,
-    /// Group ids by the hash of their key bytes.
-    group_index: HashTable<u32>,
+    /// Row ids by the hash of their bytes, as (id, upper half of the hash): see [`slot_hash`].
+    row_index: HashTable<(u32, u32)>,
+    /// Group ids by the hash of their key bytes, likewise.
+    group_index: HashTable<(u32, u32)>,
     /// Event time → (group, generation) holding a row with that time (time-bounded joins).
     expiry: BTreeMap<i64, Vec<(u32, u32)>>,
     live: usize,
-    /// Keys whose rows changed since the last snapshot.
+    /// Keys whose rows changed since the last snapshot (each live group once, flagged in its
+    /// slot; removed groups' keys stay here after their slot is freed).
     dirty: KeySet,
 }
 
@@ -97,7 +101,7 @@ impl KeySet {
     }
 
     fn insert(&mut self, hash: u64, key: &[u8]) {
-        if self.index.find(hash, |&i| self.get(i as usize) == key).is_some() {
+        if self.index.find(hash, |&i| bytes_eq(self.get(i as usize), key)).is_some() {
             return;
         }
         self.entries.push((self.arena.len() as u64, key.len() as u32, hash));
@@ -142,11 +146,13 @@ impl Side {
 
     /// The id of a row with these bytes (`hash` of them).
     fn find_row(&self, hash: u64, row: &[u8]) -> Option<u32> {
-        self.row_index.find(hash, |&id| self.row_bytes(id) == row).copied()
+        let hi = hash_hi(hash);
+        self.row_index.find(slot_hash(hi), |&(id, h)| h == hi && bytes_eq(self.row_bytes(id), row)).map(|e| e.0)
     }
 
     fn find_group(&self, hash: u64, key: &[u8]) -> Option<u32> {
-        self.group_index.find(hash, |&id| self.group_bytes(id) == key).copied()
+        let hi = hash_hi(hash);
+        self.group_index.find(slot_hash(hi), |&(id, h)| h == hi && bytes_eq(self.group_bytes(id), key)).map(|e| e.0)
     }
 
     /// The rows of the group with this key.
@@ -161,14 +167,30 @@ impl Side {
         (off, bytes.len() as u32)
     }
 
+    /// Records that the rows of group `g` changed.
+    #[inline]
+    fn mark_dirty(&mut self, g: u32) {
+        let slot = &mut self.groups[g as usize];
+        if !slot.dirty {
+            slot.dirty = true;
+            let (off, len, hash) = (slot.off as usize, slot.len as usize, slot.hash);
+            self.dirty.insert(hash, &self.arena[off..off + len]);
+        }
+    }
+
+    /// Takes the changed keys and clears the flags.
+    fn take_dirty(&mut self) -> KeySet {
+        self.groups.iter_mut().for_each(|g| g.dirty = false);
+        self.dirty.take()
+    }
+
     /// Adds a new distinct row (not present) under `key`.
     fn insert(&mut self, key_hash: u64, key: &[u8], row_hash: u64, row: &[u8], info: RowInfo, track_expiry: bool) {
-        self.dirty.insert(key_hash, key);
         let group = match self.find_group(key_hash, key) {
             Some(g) => g,
             None => {
                 let (off, len) = self.push_bytes(key);
-                let slot = GroupSlot { off, len, hash: key_hash, head: NONE, generation: 0 };
+                let slot = GroupSlot { off, len, hash: key_hash, head: NONE, generation: 0, dirty: false };
                 let g = match self.free_groups.pop() {
                     Some(g) => {
                         let generation = self.groups[g as usize].generation;
@@ -180,11 +202,12 @@ impl Side {
                         (self.groups.len() - 1) as u32
                     }
                 };
-                let groups = &self.groups;
-                self.group_index.insert_unique(key_hash, g, |&id| groups[id as usize].hash);
+                let hi = hash_hi(key_hash);
+                self.group_index.insert_unique(slot_hash(hi), (g, hi), |&(_, h)| slot_hash(h));
                 g
             }
         };
+        self.mark_dirty(group);
         let (off, len) = self.push_bytes(row);
         let head = self.groups[group as usize].head;
         let slot = RowSlot { off, len, hash: row_hash, group, prev: NONE, next: head, info };
@@ -202,8 +225,8 @@ impl Side {
             self.rows[head as usize].prev = id;
         }
         self.groups[group as usize].head = id;
-        let rows = &self.rows;
-        self.row_index.insert_unique(row_hash, id, |&r| rows[r as usize].hash);
+        let hi = hash_hi(row_hash);
+        self.row_index.insert_unique(slot_hash(hi), (id, hi), |&(_, h)| slot_hash(h));
         self.live += 1;
         if track_expiry && info.ts != i64::MAX {
             let generation = self.groups[group as usize].generation;
@@ -214,10 +237,8 @@ impl Side {
     /// Removes row `id`.
     fn remove(&mut self, id: u32) {
         let r = self.rows[id as usize];
-        let g = self.groups[r.group as usize];
-        let key = &self.arena[g.off as usize..g.off as usize + g.len as usize];
-        self.dirty.insert(g.hash, key);
-        if let Ok(e) = self.row_index.find_entry(r.hash, |&x| x == id) {
+        self.mark_dirty(r.group);
+        if let Ok(e) = self.row_index.find_entry(slot_hash(hash_hi(r.hash)), |&(x, _)| x == id) {
             e.remove();
         }
         if r.prev != NONE {
@@ -235,13 +256,14 @@ impl Side {
         if self.groups[r.group as usize].head == NONE {
             let g = r.group;
             let hash = self.groups[g as usize].hash;
-            if let Ok(e) = self.group_index.find_entry(hash, |&x| x == g) {
+            if let Ok(e) = self.group_index.find_entry(slot_hash(hash_hi(hash)), |&(x, _)| x == g) {
                 e.remove();
             }
             let slot = &mut self.groups[g as usize];
             self.garbage += slot.len as usize;
             slot.len = 0;
             slot.generation = slot.generation.wrapping_add(1);
+            slot.dirty = false;
             self.free_groups.push(g);
         }
         if self.garbage >= COMPACT_MIN && self.garbage * 2 >= self.arena.len() {
@@ -254,18 +276,16 @@ impl Side {
         if info.mult == 0 {
             self.remove(id);
         } else {
-            let g = self.groups[self.rows[id as usize].group as usize];
-            let key = &self.arena[g.off as usize..g.off as usize + g.len as usize];
-            self.dirty.insert(g.hash, key);
+            self.mark_dirty(self.rows[id as usize].group);
             self.rows[id as usize].info = info;
         }
     }
 
     /// Appends the rows of every key (`full`) or of the keys changed since the last snapshot.
     fn snapshot(&mut self, full: bool, out: &mut Enc) {
-        let dirty = self.dirty.take();
+        let dirty = self.take_dirty();
         let keys: Vec<(u64, &[u8])> = if full {
-            self.group_index.iter().map(|&g| (self.groups[g as usize].hash, self.group_bytes(g))).collect()
+            self.group_index.iter().map(|&(g, _)| (self.groups[g as usize].hash, self.group_bytes(g))).collect()
         } else {
             (0..dirty.entries.len()).map(|i| (dirty.entries[i].2, dirty.get(i))).collect()
         };
@@ -518,7 +538,7 @@ impl Touched {
     fn touch(&mut self, side: &Side, delta: &Delta, loc: Loc, hash: u64, old: Option<(u32, RowInfo)>, ts: i64) -> u32 {
         let bytes = loc_bytes(side, delta, loc);
         let entries = &self.entries;
-        if let Some(&i) = self.index.find(hash, |&i| loc_bytes(side, delta, entries[i as usize].loc) == bytes) {
+        if let Some(&i) = self.index.find(hash, |&i| bytes_eq(loc_bytes(side, delta, entries[i as usize].loc), bytes)) {
             return i;
         }
         let i = self.entries.len() as u32;
@@ -657,8 +677,8 @@ impl JoinState {
             return Err(DataflowError::Internal("corrupt state snapshot (trailing bytes)".into()));
         }
         // Restoring is not a change to checkpoint again.
-        self.left.dirty = KeySet::default();
-        self.right.dirty = KeySet::default();
+        self.left.take_dirty();
+        self.right.take_dirty();
         Ok(())
     }
 
@@ -709,7 +729,7 @@ impl JoinState {
         for (e, null_key) in all {
             let (list, table) = if null_key { (&mut null_keys, &mut null_index) } else { (&mut entries, &mut index) };
             let row = bytes(&e);
-            match table.find(e.row_hash, |&j| bytes(&list[j as usize]) == row) {
+            match table.find(e.row_hash, |&j| bytes_eq(bytes(&list[j as usize]), row)) {
                 Some(&j) => list[j as usize].diff += e.diff,
                 None => {
                     let j = list.len() as u32;
@@ -747,7 +767,12 @@ impl JoinState {
         // dL ⋈ R (old R): each left delta row against the right state.
         for (i, e) in dl.entries.iter().enumerate() {
             let (l, k) = (dl.row(e), dl.key(e));
-            let old = self.left.find_row(e.row_hash, l).map(|id| (id, self.left.rows[id as usize].info));
+            // (Inner joins need no per-row state here: `apply_delta` finds the row once.)
+            let old = if track {
+                self.left.find_row(e.row_hash, l).map(|id| (id, self.left.rows[id as usize].info))
+            } else {
+                None
+            };
             let li = if track {
                 let loc = old.map_or(Loc::Delta(i as u32), |(id, _)| Loc::Side(id));
                 let li = tl.touch(&self.left, &dl, loc, e.row_hash, old, e.ts);
@@ -773,7 +798,11 @@ impl JoinState {
         // L ⋈ dR (old L).
         for (j, e) in dr.entries.iter().enumerate() {
             let (r, k) = (dr.row(e), dr.key(e));
-            let old = self.right.find_row(e.row_hash, r).map(|id| (id, self.right.rows[id as usize].info));
+            let old = if track {
+                self.right.find_row(e.row_hash, r).map(|id| (id, self.right.rows[id as usize].info))
+            } else {
+                None
+            };
             let ri = if track {
                 let loc = old.map_or(Loc::Delta(j as u32), |(id, _)| Loc::Side(id));
                 let ri = tr.touch(&self.right, &dr, loc, e.row_hash, old, e.ts);
@@ -807,7 +836,7 @@ impl JoinState {
                         break;
                     }
                     let er = &dr.entries[j as usize];
-                    if dr.key(er) != k {
+                    if !bytes_eq(dr.key(er), k) {
                         continue;
                     }
                     // Only rows new in this epoch count changes of the other side here: a

@@ -394,6 +394,20 @@ impl PlanNode {
         }
     }
 
+    /// The nodes this one reads, in build order.
+    pub fn inputs(&self) -> Vec<&PlanNode> {
+        match self {
+            PlanNode::Source { .. } => Vec::new(),
+            PlanNode::Filter { input, .. }
+            | PlanNode::Project { input, .. }
+            | PlanNode::WindowAssign { input, .. }
+            | PlanNode::Aggregate { input, .. }
+            | PlanNode::WindowAggregate { input, .. } => vec![input],
+            PlanNode::Join { left, right, .. } => vec![left, right],
+            PlanNode::Union { inputs, .. } => inputs.iter().collect(),
+        }
+    }
+
     /// Names of the sources this plan reads.
     pub fn sources(&self) -> BTreeSet<String> {
         let mut out = BTreeSet::new();

@@ -5,6 +5,51 @@ use hashbrown::HashTable;
 
 const NONE: u32 = u32::MAX;
 
+/// The hash a table of `(id, hash_hi)` entries files an entry under: derived from the upper
+/// half of the full hash, which the entry keeps, so growing the table rehashes from the table
+/// alone (no visit to the row's bytes or slot, a cache miss each) and a probe rejects other
+/// rows without touching them.
+#[inline]
+pub fn slot_hash(hi: u32) -> u64 {
+    u64::from(hi).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
+/// The half of a 64-bit hash kept next to a table entry (see [`slot_hash`]).
+#[inline]
+pub fn hash_hi(hash: u64) -> u32 {
+    (hash >> 32) as u32
+}
+
+/// `a == b` for byte rows and keys of a few dozen bytes: word loads instead of a call to
+/// `memcmp`, which cost more than the comparison itself for rows this short.
+#[inline]
+pub fn bytes_eq(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("8 bytes"));
+    if n >= 8 {
+        if n > 64 {
+            return a == b;
+        }
+        // Whole words from the front, then one (possibly overlapping) word ending at the end.
+        let mut at = 0;
+        while at + 8 < n {
+            if word(a, at) != word(b, at) {
+                return false;
+            }
+            at += 8;
+        }
+        word(a, n - 8) == word(b, n - 8)
+    } else if n >= 4 {
+        let half = |s: &[u8], at: usize| u32::from_le_bytes(s[at..at + 4].try_into().expect("4 bytes"));
+        half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4)
+    } else {
+        a.iter().zip(b).all(|(x, y)| x == y)
+    }
+}
+
 /// Compacts an arena when at least this many bytes are garbage and they are half of it.
 const COMPACT_MIN: usize = 1 << 20;
 
@@ -70,7 +115,8 @@ impl RowSlots {
 
 /// A multiset of byte rows with signed counts (the consolidated contents of a collection).
 pub struct RowBag {
-    table: HashTable<u32>,
+    /// (entry, upper half of its hash); see [`slot_hash`].
+    table: HashTable<(u32, u32)>,
     /// (arena offset, length, count); count 0 marks a free entry.
     entries: Vec<(u64, u32, i64)>,
     free: Vec<u32>,
@@ -106,17 +152,18 @@ impl RowBag {
             return;
         }
         self.total += diff;
-        let hash = self.hasher.hash_one(row);
+        let hi = hash_hi(self.hasher.hash_one(row));
+        let hash = slot_hash(hi);
         let (entries, arena) = (&self.entries, &self.arena);
-        let found = self.table.find(hash, |&e| {
+        let found = self.table.find(hash, |&(e, h)| {
             let (off, len, _) = entries[e as usize];
-            &arena[off as usize..off as usize + len as usize] == row
+            h == hi && bytes_eq(&arena[off as usize..off as usize + len as usize], row)
         });
-        if let Some(&e) = found {
+        if let Some(&(e, _)) = found {
             let c = &mut self.entries[e as usize].2;
             *c += diff;
             if *c == 0 {
-                if let Ok(occ) = self.table.find_entry(hash, |&x| x == e) {
+                if let Ok(occ) = self.table.find_entry(hash, |&(x, _)| x == e) {
                     occ.remove();
                 }
                 self.garbage += self.entries[e as usize].1 as usize;
@@ -140,11 +187,7 @@ impl RowBag {
                 (self.entries.len() - 1) as u32
             }
         };
-        let (entries, arena, hasher) = (&self.entries, &self.arena, &self.hasher);
-        self.table.insert_unique(hash, e, |&x| {
-            let (off, len, _) = entries[x as usize];
-            hasher.hash_one(&arena[off as usize..off as usize + len as usize])
-        });
+        self.table.insert_unique(hash, (e, hi), |&(_, h)| slot_hash(h));
     }
 
     fn compact(&mut self) {
@@ -165,7 +208,7 @@ impl RowBag {
 
     /// Distinct rows present, with their counts.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], i64)> + '_ {
-        self.table.iter().map(|&e| (self.bytes(e), self.entries[e as usize].2))
+        self.table.iter().map(|&(e, _)| (self.bytes(e), self.entries[e as usize].2))
     }
 
     /// Sum of all counts.

@@ -6,7 +6,7 @@
 //! by broadcasting `Advance` to every worker through the same FIFO channels, so all data sent
 //! before a close belongs to an earlier epoch on every worker.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{JoinHandle, Thread};
@@ -20,7 +20,7 @@ use timely::dataflow::InputHandle;
 use timely::WorkerConfig;
 
 use crate::batch::DiffBatch;
-use crate::build::{build_plan, BuildContext};
+use crate::build::{build_plan, BuildContext, Built};
 use crate::checkpoint::{CheckpointFeed, CheckpointRequest, RestoreState, SnapshotSink};
 use crate::error::{DataflowError, Result};
 use crate::operators::capture::{CaptureExt, EpochSink};
@@ -67,7 +67,7 @@ pub struct InstallRequest {
 }
 
 enum Command {
-    Install(Arc<InstallRequest>),
+    Install(Arc<[Arc<InstallRequest>]>),
     Remove(u64),
     Data(Arc<str>, DiffBatch),
     /// Opens epoch `.0`; `.1` holds the watermarks at the close of the epoch before it; `.2`
@@ -204,17 +204,31 @@ impl Runtime {
 
     /// Installs a dataflow on every worker.
     pub fn install(&self, req: InstallRequest) -> Result<()> {
-        let req = Arc::new(req);
+        self.install_group(vec![req])
+    }
+
+    /// Installs several dataflows as one timely dataflow, in order: where a plan shares a
+    /// subtree with an earlier one (a stream that reads a stream carries the other's plan), its
+    /// operators are built once and feed both. Each request keeps its id (for
+    /// [`Runtime::remove`] and checkpoints), output, counters and restored state; the requests
+    /// must all backfill or all restore.
+    pub fn install_group(&self, reqs: Vec<InstallRequest>) -> Result<()> {
+        if reqs.is_empty() {
+            return Ok(());
+        }
+        let reqs: Arc<[Arc<InstallRequest>]> = reqs.into_iter().map(Arc::new).collect();
         // Under the advance lock like data: every worker installs at the same epoch.
         self.with_senders(|s| {
             let _order = self.shared.advance_lock.read();
-            s.iter().try_for_each(|tx| tx.send(Command::Install(req.clone())).map_err(|_| DataflowError::NotRunning))
+            s.iter().try_for_each(|tx| tx.send(Command::Install(reqs.clone())).map_err(|_| DataflowError::NotRunning))
         })??;
         self.unpark(None);
         Ok(())
     }
 
-    /// Removes a dataflow: its inputs close and its operators finish.
+    /// Removes a dataflow: its inputs close and its operators finish. A member of a group
+    /// ([`Runtime::install_group`]) stops reporting output; the group's operators run until
+    /// its last member is removed.
     pub fn remove(&self, id: u64) -> Result<()> {
         self.with_senders(|s| s.iter().for_each(|tx| drop(tx.send(Command::Remove(id)))))?;
         self.unpark(None);
@@ -331,6 +345,22 @@ struct Installed {
     inputs: Vec<(String, Handle)>,
     watermarks: WatermarkFeed,
     checkpoints: CheckpointFeed,
+    /// Per member id: set when it is removed, which silences its output.
+    members: HashMap<u64, Arc<AtomicBool>>,
+}
+
+/// An output that stops reporting once its dataflow is removed from a group that goes on.
+struct Detachable {
+    sink: Arc<dyn EpochSink>,
+    removed: Arc<AtomicBool>,
+}
+
+impl EpochSink for Detachable {
+    fn report(&self, worker: usize, frontier: Option<u64>, ready: Vec<(u64, Vec<DiffBatch>)>) {
+        if !self.removed.load(Ordering::Acquire) {
+            self.sink.report(worker, frontier, ready);
+        }
+    }
 }
 
 fn worker_loop(worker: &mut timely::worker::Worker, rx: Receiver<Command>, initial_epoch: u64) {
@@ -339,7 +369,9 @@ fn worker_loop(worker: &mut timely::worker::Worker, rx: Receiver<Command>, initi
     // since the runtime started: start from the initial epoch, not from the shared counter, which
     // may already count advances still queued behind earlier commands.
     let mut epoch = initial_epoch;
+    // By the id of a group's first member; `group_of` maps the other members' ids to it.
     let mut installed: HashMap<u64, Installed> = HashMap::new();
+    let mut group_of: HashMap<u64, u64> = HashMap::new();
     loop {
         let mut worked = false;
         let mut closed = false;
@@ -374,12 +406,24 @@ fn worker_loop(worker: &mut timely::worker::Worker, rx: Receiver<Command>, initi
                                 epoch = e;
                             }
                         }
-                        Command::Install(req) => {
-                            let df = install(worker, &req, epoch, index);
-                            installed.insert(req.id, df);
+                        Command::Install(reqs) => {
+                            let df = install(worker, &reqs, epoch, index);
+                            let first = reqs[0].id;
+                            for r in &reqs[1..] {
+                                group_of.insert(r.id, first);
+                            }
+                            installed.insert(first, df);
                         }
                         Command::Remove(id) => {
-                            installed.remove(&id);
+                            let group = group_of.remove(&id).unwrap_or(id);
+                            if let Some(df) = installed.get_mut(&group) {
+                                if let Some(removed) = df.members.remove(&id) {
+                                    removed.store(true, Ordering::Release);
+                                }
+                                if df.members.is_empty() {
+                                    installed.remove(&group);
+                                }
+                            }
                         }
                     }
                 }
@@ -408,43 +452,58 @@ fn worker_loop(worker: &mut timely::worker::Worker, rx: Receiver<Command>, initi
     }
 }
 
-fn install(worker: &mut timely::worker::Worker, req: &InstallRequest, epoch: u64, index: usize) -> Installed {
+fn install(worker: &mut timely::worker::Worker, reqs: &[Arc<InstallRequest>], epoch: u64, index: usize) -> Installed {
     let mut inputs: Vec<(String, Handle)> = Vec::new();
     let watermarks = WatermarkFeed::default();
     let checkpoints = CheckpointFeed::default();
-    let ctx = BuildContext {
-        stats: req.stats.clone(),
-        watermarks: watermarks.clone(),
-        checkpoints: checkpoints.clone(),
-        dataflow: req.id,
-        worker: index,
-        peers: worker.peers(),
-        restore: req.restore.clone(),
-        next_ordinal: std::cell::Cell::new(0),
-    };
+    let mut members = HashMap::new();
+    let peers = worker.peers();
     worker.dataflow::<u64, _, _>(|scope| {
         let mut streams = HashMap::new();
-        for name in req.plan.sources() {
+        let names: BTreeSet<String> = reqs.iter().flat_map(|r| r.plan.sources()).collect();
+        for name in names {
             let mut h: Handle = InputHandle::new();
             let s = scope.input_from(&mut h);
             streams.insert(name.clone(), s);
             inputs.push((name, h));
         }
-        if let Some(out) = build_plan(&req.plan, &streams, &ctx) {
-            out.capture_epochs(index, req.output.clone());
+        let mut built = Built::default();
+        for req in reqs {
+            let ctx = BuildContext {
+                stats: req.stats.clone(),
+                watermarks: watermarks.clone(),
+                checkpoints: checkpoints.clone(),
+                dataflow: req.id,
+                worker: index,
+                peers,
+                restore: req.restore.clone(),
+                next_ordinal: std::cell::Cell::new(0),
+            };
+            let removed = Arc::new(AtomicBool::new(false));
+            members.insert(req.id, removed.clone());
+            if let Some(out) = build_plan(&req.plan, &streams, &ctx, &mut built) {
+                out.capture_epochs(index, Arc::new(Detachable { sink: req.output.clone(), removed }));
+            }
         }
     });
     for (_, h) in inputs.iter_mut() {
         h.advance_to(epoch);
     }
-    if index == 0 && req.restore.is_none() {
-        for (source, batches) in &req.backfill {
-            if let Some((_, h)) = inputs.iter_mut().find(|(n, _)| n == source) {
-                batches.iter().for_each(|b| h.send(b.clone()));
+    if index == 0 {
+        // Each source's existing contents once, however many members read it.
+        let mut fed = BTreeSet::new();
+        for req in reqs.iter().filter(|r| r.restore.is_none()) {
+            for (source, batches) in &req.backfill {
+                if !fed.insert(source.clone()) {
+                    continue;
+                }
+                if let Some((_, h)) = inputs.iter_mut().find(|(n, _)| n == source) {
+                    batches.iter().for_each(|b| h.send(b.clone()));
+                }
             }
         }
     }
-    Installed { inputs, watermarks, checkpoints }
+    Installed { inputs, watermarks, checkpoints, members }
 }
 
 #[cfg(test)]
