@@ -479,19 +479,36 @@ struct Pairs {
     /// much (the other row's multiplicity) if the pair passes the conditions.
     left_touch: Vec<Touch>,
     right_touch: Vec<Touch>,
+    /// Whether the touches are kept (outer joins).
+    track: bool,
 }
 
 type Touch = Option<(u32, i64)>;
 
 impl Pairs {
+    fn with_capacity(n: usize, track: bool) -> Self {
+        Self {
+            left: Vec::with_capacity(n * 32),
+            left_ends: Vec::with_capacity(n),
+            right: Vec::with_capacity(n * 32),
+            right_ends: Vec::with_capacity(n),
+            weights: Vec::with_capacity(n),
+            left_touch: Vec::new(),
+            right_touch: Vec::new(),
+            track,
+        }
+    }
+
     fn push(&mut self, l: &[u8], r: &[u8], w: i64, lt: Touch, rt: Touch) {
         self.left.extend_from_slice(l);
         self.left_ends.push(self.left.len());
         self.right.extend_from_slice(r);
         self.right_ends.push(self.right.len());
         self.weights.push(w);
-        self.left_touch.push(lt);
-        self.right_touch.push(rt);
+        if self.track {
+            self.left_touch.push(lt);
+            self.right_touch.push(rt);
+        }
     }
 
     fn len(&self) -> usize {
@@ -757,7 +774,8 @@ impl JoinState {
             return Ok(Vec::new());
         }
         let track = self.track_matches;
-        let mut pairs = Pairs::default();
+        // At least one candidate per changed row in the common case (a key match each).
+        let mut pairs = Pairs::with_capacity(dl.entries.len() + dr.entries.len(), track);
         let mut tl = Touched::default();
         let mut tr = Touched::default();
         // The touched entry of each delta row (outer joins).
