@@ -181,3 +181,52 @@ fn build_node<'scope>(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::testing::Columns;
+    use crate::plan::{AggKind, AggSpec, AggregatePlan, BatchFn};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    fn schema() -> arrow::datatypes::SchemaRef {
+        Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, true)]))
+    }
+
+    fn source() -> PlanNode {
+        PlanNode::Source { name: "s".into(), schema: schema(), append_only: true }
+    }
+
+    fn count_by_k(input: PlanNode) -> PlanNode {
+        let out =
+            Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, true), Field::new("n", DataType::Int64, true)]));
+        let plan = AggregatePlan {
+            keys: Arc::new(Columns(vec![0], schema())),
+            aggs: vec![AggSpec { kind: AggKind::CountStar, arg: None, output_type: DataType::Int64 }],
+            output_schema: out,
+            input_append_only: true,
+        };
+        PlanNode::Aggregate { input: Box::new(input), plan: Arc::new(plan) }
+    }
+
+    fn first_column(input: PlanNode) -> PlanNode {
+        PlanNode::Project { input: Box::new(input), map: Arc::new(Columns(vec![0], schema())) as Arc<dyn BatchFn> }
+    }
+
+    /// A plan that carries another's (a stream reading a stream) builds only its own operators;
+    /// the same query compiled twice shares nothing; a subtree used twice in one plan is built
+    /// once.
+    #[test]
+    fn shared_subtrees_are_built_once() {
+        let a = count_by_k(source());
+        let b = first_column(a.clone());
+        let c = count_by_k(b.clone());
+        assert_eq!(operators_built(&[&a, &b, &c]), vec![1, 0, 1]);
+        assert_eq!(operators_built(&[&c]), vec![2]);
+        let again = count_by_k(source());
+        assert_eq!(operators_built(&[&a, &again]), vec![1, 1]);
+        let twice = PlanNode::Union { inputs: vec![a.clone(), a.clone()], schema: a.schema() };
+        assert_eq!(operators_built(&[&twice]), vec![1]);
+        assert_eq!(twice.stateful_operators(), 2, "ordinals are still counted for both copies");
+    }
+}
