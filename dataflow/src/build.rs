@@ -102,11 +102,7 @@ pub fn operators_built(plans: &[&PlanNode]) -> Vec<u32> {
         if !seen.insert(identity(node)) {
             return 0;
         }
-        let own = match node {
-            PlanNode::Aggregate { .. } | PlanNode::WindowAggregate { .. } | PlanNode::Join { .. } => 1,
-            _ => 0,
-        };
-        own + node.inputs().into_iter().map(|i| count(i, seen)).sum::<u32>()
+        u32::from(node.is_stateful()) + node.inputs().into_iter().map(|i| count(i, seen)).sum::<u32>()
     }
     let mut seen = std::collections::HashSet::new();
     plans.iter().map(|p| count(p, &mut seen)).collect()

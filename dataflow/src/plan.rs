@@ -378,20 +378,15 @@ impl PlanNode {
         }
     }
 
-    /// Number of operators that keep state (aggregates, windows, joins): each delivers one
+    /// Whether this node's operator keeps state (aggregates, windows, joins): it delivers one
     /// snapshot per worker and checkpoint.
+    pub fn is_stateful(&self) -> bool {
+        matches!(self, PlanNode::Aggregate { .. } | PlanNode::WindowAggregate { .. } | PlanNode::Join { .. })
+    }
+
+    /// Number of stateful operators in the plan (see [`PlanNode::is_stateful`]).
     pub fn stateful_operators(&self) -> u32 {
-        match self {
-            PlanNode::Source { .. } => 0,
-            PlanNode::Filter { input, .. } | PlanNode::Project { input, .. } | PlanNode::WindowAssign { input, .. } => {
-                input.stateful_operators()
-            }
-            PlanNode::Aggregate { input, .. } | PlanNode::WindowAggregate { input, .. } => {
-                1 + input.stateful_operators()
-            }
-            PlanNode::Join { left, right, .. } => 1 + left.stateful_operators() + right.stateful_operators(),
-            PlanNode::Union { inputs, .. } => inputs.iter().map(PlanNode::stateful_operators).sum(),
-        }
+        u32::from(self.is_stateful()) + self.inputs().into_iter().map(PlanNode::stateful_operators).sum::<u32>()
     }
 
     /// The nodes this one reads, in build order.
