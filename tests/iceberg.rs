@@ -20,7 +20,7 @@ use iceberg::io::FileIO;
 use iceberg::spec::TableMetadata;
 use iceberg::table::Table;
 use iceberg::{Runtime, TableIdent};
-use laminardb::Database;
+use laminardb::{Database, LaminarConfig};
 
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime")
@@ -224,7 +224,14 @@ fn file_counts(catalog: &Path, ns: &str, name: &str) -> (usize, usize) {
 fn upsert_merges_on_the_key_with_position_deletes() {
     let dir = tempfile::tempdir().expect("dir");
     let catalog = dir.path().join("catalog.db");
-    let db = memory_db();
+    // Epochs close only at flush(): the delete and the insert before the same flush land in
+    // one epoch, hence one commit (the coordinator would otherwise close an epoch between them
+    // now and then, making four commits of three).
+    let db = Database::open_with_config(
+        ":memory:",
+        LaminarConfig { workers: Some(1), epoch_interval: Duration::from_secs(3600), ..Default::default() },
+    )
+    .expect("open");
     db.execute("CREATE SOURCE s (id BIGINT PRIMARY KEY, name VARCHAR)").expect("source");
     let sink = |name: &str, query: &str, extra: &str| {
         db.execute(&format!(
