@@ -497,3 +497,66 @@ fn streams_reading_streams_share_operators_and_recover() {
     db.shutdown().expect("shutdown");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A window in GROUP BY may sit in a subquery or a CTE (Nexmark q7 and q5 in their usual form):
+/// the results equal those of the same queries with the windowed part defined as a stream.
+#[test]
+fn windows_in_subqueries_and_ctes() {
+    let db = common::db_with_workers(2);
+    db.execute(
+        "CREATE SOURCE bid (auction BIGINT, price BIGINT, date_time TIMESTAMP, \
+         WATERMARK FOR date_time AS date_time - INTERVAL '1' SECOND)",
+    )
+    .expect("bid");
+    let window = "SELECT window_start, window_end, MAX(price) AS maxprice FROM bid \
+                  GROUP BY TUMBLE(date_time, INTERVAL '10' SECOND)";
+    let counts = "SELECT auction, window_start, COUNT(*) AS n FROM bid \
+                  GROUP BY auction, TUMBLE(date_time, INTERVAL '10' SECOND)";
+    db.execute(&format!("CREATE STREAM maxima AS {window}")).expect("maxima");
+    db.execute(&format!("CREATE STREAM counts AS {counts}")).expect("counts");
+    let q7 = |w: &str| {
+        format!(
+            "SELECT b.auction, b.price, b.date_time FROM bid b JOIN {w} ON b.price = w.maxprice \
+             WHERE b.date_time >= w.window_start AND b.date_time < w.window_end"
+        )
+    };
+    db.execute(&format!("CREATE STREAM q7_nested AS {}", q7(&format!("({window}) w")))).expect("q7 nested");
+    db.execute(&format!("CREATE STREAM q7_streams AS {}", q7("maxima w"))).expect("q7 streams");
+    db.execute(&format!(
+        "CREATE STREAM top_cte AS WITH c AS ({counts}) SELECT window_start, MAX(n) AS top FROM c GROUP BY window_start"
+    ))
+    .expect("cte");
+    db.execute("CREATE STREAM top_streams AS SELECT window_start, MAX(n) AS top FROM counts GROUP BY window_start")
+        .expect("top streams");
+    let e = db
+        .execute(&format!(
+            "CREATE STREAM two AS SELECT * FROM ({window}) a JOIN ({window}) b ON a.maxprice = b.maxprice"
+        ))
+        .expect_err("two windows");
+    assert!(e.to_string().contains("two windowed GROUP BYs"), "{e}");
+    db.start().expect("start");
+    let rows: Vec<String> = (0..3000)
+        .map(|i| {
+            let ms = i * 20;
+            format!(
+                r#"{{"auction": {}, "price": {}, "date_time": "2024-01-01T00:{:02}:{:02}.{:03}"}}"#,
+                i % 13,
+                i * 7919 % 1000,
+                ms / 60_000,
+                ms / 1000 % 60,
+                ms % 1000
+            )
+        })
+        .collect();
+    for chunk in rows.chunks(500) {
+        db.insert_json("bid", &chunk.join("\n")).expect("insert");
+        db.flush().expect("flush");
+    }
+    let q7_rows = common::sorted_query(&db, "SELECT * FROM q7_nested");
+    assert!(q7_rows.len() >= 6, "{q7_rows:?}");
+    assert_eq!(q7_rows, common::sorted_query(&db, "SELECT * FROM q7_streams"));
+    let top = common::sorted_query(&db, "SELECT * FROM top_cte");
+    assert_eq!(top.len(), 6, "{top:?}");
+    assert_eq!(top, common::sorted_query(&db, "SELECT * FROM top_streams"));
+    db.shutdown().expect("shutdown");
+}

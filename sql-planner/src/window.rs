@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::sql::sqlparser::ast::{
-    Expr as SqlExpr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Ident, ObjectName, SelectItem,
-    SetExpr, Statement as SqlStatement, TableAlias, TableFactor, Value,
+    Expr as SqlExpr, FunctionArg, FunctionArgExpr, FunctionArguments, GroupByExpr, Ident, ObjectName, Query, Select,
+    SelectItem, SetExpr, Statement as SqlStatement, TableAlias, TableFactor, Value,
 };
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use datafusion::sql::sqlparser::parser::Parser;
@@ -124,11 +124,71 @@ fn ident(name: &str) -> SqlExpr {
     SqlExpr::Identifier(Ident::new(name))
 }
 
-/// Rewrites a query with a window in GROUP BY; `None` when it has none.
+/// Rewrites a query with a window in GROUP BY (at the top level, or in one subquery or CTE);
+/// `None` when it has none.
 pub(crate) fn rewrite(sql: &str) -> Result<Option<(String, WindowedRelation)>> {
     let Ok(mut statements) = Parser::parse_sql(&GenericDialect {}, sql) else { return Ok(None) };
     let [SqlStatement::Query(q)] = statements.as_mut_slice() else { return Ok(None) };
-    let SetExpr::Select(select) = q.body.as_mut() else { return Ok(None) };
+    let mut found = None;
+    visit_query(q, &mut found)?;
+    Ok(found.map(|w| (q.to_string(), w)))
+}
+
+/// Rewrites the windowed SELECT of `q` or of a query nested in it (CTEs, derived tables in
+/// FROM and joins, set operations); at most one may have a window.
+fn visit_query(q: &mut Query, found: &mut Option<WindowedRelation>) -> Result<()> {
+    if let Some(with) = &mut q.with {
+        for cte in with.cte_tables.iter_mut() {
+            visit_query(&mut cte.query, found)?;
+        }
+    }
+    visit_set(&mut q.body, found)
+}
+
+fn visit_set(body: &mut SetExpr, found: &mut Option<WindowedRelation>) -> Result<()> {
+    match body {
+        SetExpr::Select(select) => {
+            for from in select.from.iter_mut() {
+                visit_factor(&mut from.relation, found)?;
+                for j in from.joins.iter_mut() {
+                    visit_factor(&mut j.relation, found)?;
+                }
+            }
+            if let Some(w) = rewrite_select(select)? {
+                if found.is_some() {
+                    return Err(PlanError::Unsupported(
+                        "two windowed GROUP BYs in one query; define one of them as a stream".into(),
+                    ));
+                }
+                *found = Some(w);
+            }
+            Ok(())
+        }
+        SetExpr::Query(q) => visit_query(q, found),
+        SetExpr::SetOperation { left, right, .. } => {
+            visit_set(left, found)?;
+            visit_set(right, found)
+        }
+        _ => Ok(()),
+    }
+}
+
+fn visit_factor(t: &mut TableFactor, found: &mut Option<WindowedRelation>) -> Result<()> {
+    match t {
+        TableFactor::Derived { subquery, .. } => visit_query(subquery, found),
+        TableFactor::NestedJoin { table_with_joins, .. } => {
+            visit_factor(&mut table_with_joins.relation, found)?;
+            for j in table_with_joins.joins.iter_mut() {
+                visit_factor(&mut j.relation, found)?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Rewrites one SELECT with a window in its GROUP BY; `None` when it has none.
+fn rewrite_select(select: &mut Select) -> Result<Option<WindowedRelation>> {
     let GroupByExpr::Expressions(groups, _) = &mut select.group_by else { return Ok(None) };
     let mut found: Option<(usize, SqlExpr, WindowKind, String)> = None;
     for (i, g) in groups.iter().enumerate() {
@@ -168,7 +228,7 @@ pub(crate) fn rewrite(sql: &str) -> Result<Option<(String, WindowedRelation)>> {
         *alias = Some(TableAlias { explicit: true, name: Ident::new(base.clone()), columns: Vec::new() });
     }
     *name = ObjectName::from(vec![Ident::new(VIEW)]);
-    Ok(Some((q.to_string(), WindowedRelation { base, kind, time_column })))
+    Ok(Some(WindowedRelation { base, kind, time_column }))
 }
 
 /// The catalog as a windowed query sees it: the base relations plus the windowed view.
