@@ -807,6 +807,7 @@ impl Database {
         let mut running = Vec::with_capacity(members.len());
         let guard = self.inner.ingest.lock();
         let mut backfilled = false;
+        let mut contents: std::collections::HashMap<String, Vec<DiffBatch>> = std::collections::HashMap::new();
         for ((entry, id, restore), operators) in members.into_iter().zip(operators) {
             let output = entry.output.clone();
             let restore = match restore {
@@ -822,12 +823,20 @@ impl Database {
             let merger = Arc::new(EpochMerger::new(rt.workers(), Box::new(move |e, b| output.deliver(e, b))));
             let mut backfill = Vec::new();
             for name in entry.planned.plan.sources().into_iter().filter(|_| replay && restore.is_none()) {
-                let src = st
-                    .sources
-                    .get(&name)
-                    .ok_or_else(|| LaminarError::Internal(format!("stream reads unknown source '{name}'")))?;
-                let batches = src.data.lock().snapshot()?;
-                backfill.push((name, batches.into_iter().map(DiffBatch::inserts).collect::<Vec<_>>()));
+                // Each source's contents are read once for the group (the batches are shared).
+                let batches = match contents.get(&name) {
+                    Some(b) => b,
+                    None => {
+                        let src = st
+                            .sources
+                            .get(&name)
+                            .ok_or_else(|| LaminarError::Internal(format!("stream reads unknown source '{name}'")))?;
+                        let batches: Vec<DiffBatch> =
+                            src.data.lock().snapshot()?.into_iter().map(DiffBatch::inserts).collect();
+                        contents.entry(name.clone()).or_insert(batches)
+                    }
+                };
+                backfill.push((name, batches.clone()));
             }
             backfilled |= backfill.iter().any(|(_, b)| !b.is_empty());
             reqs.push(InstallRequest {

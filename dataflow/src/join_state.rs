@@ -468,7 +468,6 @@ pub struct JoinEpochStats {
 }
 
 /// Accumulates candidate (left, right) pairs as row bytes.
-#[derive(Default)]
 struct Pairs {
     left: Vec<u8>,
     left_ends: Vec<usize>,
