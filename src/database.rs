@@ -118,6 +118,8 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Inserts smaller than this are staged and sent together, at the latest ~1 ms later.
 const STAGE_ROWS: usize = 1024;
+/// Inserts are sliced ([`Database::ingest`]) into parts of at least this many rows.
+const MIN_SLICE_ROWS: usize = 4096;
 
 /// Wakes the thread that sends staged rows.
 #[derive(Default)]
@@ -1157,7 +1159,7 @@ impl Database {
                 if batch.num_rows() == 0 {
                     return Ok(());
                 }
-                self.note_insert(src, &batch);
+                self.note_insert(src, &batch, false);
                 self.ingest_now(src, batch)
             }
             Change::Delete(keys) => {
@@ -1180,8 +1182,10 @@ impl Database {
     }
 
     /// Counts inserted rows and advances the source's watermark.
-    fn note_insert(&self, src: &SourceEntry, batch: &RecordBatch) {
-        if let Some(w) = src.def.watermark.as_ref().filter(|_| !src.connector_watermarks) {
+    /// Counts an insert; `watermark`: also moves the source's watermark now (rows that are sent
+    /// at once move it in [`Database::send_change`]).
+    fn note_insert(&self, src: &SourceEntry, batch: &RecordBatch, watermark: bool) {
+        if let Some(w) = src.def.watermark.as_ref().filter(|_| watermark && !src.connector_watermarks) {
             if let Some(max) = max_event_time_ms(batch, &w.column) {
                 src.watermark.fetch_max(max.saturating_sub(w.delay_ms), Ordering::AcqRel);
             }
@@ -1553,9 +1557,9 @@ impl Database {
         if n == 0 {
             return Ok(0);
         }
-        self.note_insert(&src, &batch);
         // Stage small inserts (bounded by a quarter of the buffer, so that backpressure stays fine-grained).
         let stage_limit = STAGE_ROWS.min(self.inner.config.buffer_size / 4).max(1);
+        self.note_insert(&src, &batch, n < stage_limit);
         if n < stage_limit {
             let staged_rows = {
                 let mut staged = src.staged.lock();
@@ -1621,9 +1625,25 @@ impl Database {
         Ok(())
     }
 
+    /// Sends a batch, waiting for room first. A batch much larger than a quarter of the buffer
+    /// goes in slices of that size, checked as a whole beforehand (so it is still all or
+    /// nothing): the inserting thread prepares the next slice (an upsert source's key lookups)
+    /// while the workers process the previous one, and backpressure stays fine-grained.
     fn ingest(&self, src: &SourceEntry, batch: RecordBatch) -> Result<()> {
-        self.wait_for_capacity(src);
-        self.ingest_now(src, batch)
+        let slice = (self.inner.config.buffer_size / 4).max(MIN_SLICE_ROWS);
+        let n = batch.num_rows();
+        if n < 2 * slice {
+            self.wait_for_capacity(src);
+            return self.ingest_now(src, batch);
+        }
+        src.data.lock().check(&batch)?;
+        let parts = n.div_ceil(slice);
+        for i in 0..parts {
+            let (from, to) = (n * i / parts, n * (i + 1) / parts);
+            self.wait_for_capacity(src);
+            self.ingest_now(src, batch.slice(from, to - from))?;
+        }
+        Ok(())
     }
 
     /// Ingests without waiting for room (connector sources wait asynchronously beforehand).
@@ -1669,12 +1689,15 @@ impl Database {
     /// Sends a source change into the running pipeline (caller holds the ingest lock). The
     /// source's watermark moves with it, never ahead of the rows that justify it.
     fn send_change(&self, src: &SourceEntry, change: DiffBatch) -> Result<()> {
-        let Some(rt) = self.inner.runtime.read().clone() else { return Ok(()) };
-        let n = change.num_rows();
         let watermark = src.def.watermark.as_ref().filter(|_| !src.connector_watermarks).and_then(|w| {
             let col = change.data.column_by_name(&w.column)?;
             laminar_dataflow::watermark::max_event_time_ms(col).map(|m| m.saturating_sub(w.delay_ms))
         });
+        if let Some(wm) = watermark {
+            src.watermark.fetch_max(wm, Ordering::AcqRel);
+        }
+        let Some(rt) = self.inner.runtime.read().clone() else { return Ok(()) };
+        let n = change.num_rows();
         rt.send_with_watermark(&src.name, change, watermark)?;
         // The change lands in this epoch or an earlier one.
         let bound = rt.current_epoch();

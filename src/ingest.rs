@@ -1,9 +1,9 @@
 //! Ingestion: coercing incoming batches to a source's schema, and the source's stored contents
 //! (append-only batches, or the current row per primary key for upsert sources).
 
-use arrow::array::{new_null_array, Array, ArrayRef, Int64Array, RecordBatch, RecordBatchOptions};
+use arrow::array::{new_null_array, Array, ArrayRef, AsArray, Int64Array, RecordBatch, RecordBatchOptions};
 use arrow::compute::{cast_with_options, CastOptions};
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use arrow::util::display::FormatOptions;
 use arrow_row::{RowConverter, SortField};
 use laminar_dataflow::batch::DiffBatch;
@@ -68,6 +68,8 @@ pub fn coerce_batch(source: &str, batch: &RecordBatch, schema: &SchemaRef) -> Re
                 let c = batch.column(i);
                 if c.data_type() == target.data_type() {
                     c.clone()
+                } else if let Some(scaled) = finer_timestamps(c, target.data_type()) {
+                    scaled
                 } else if castable(c.data_type(), target.data_type()) {
                     cast_with_options(c, target.data_type(), &opts).map_err(|e| {
                         LaminarError::schema(format!(
@@ -97,6 +99,43 @@ pub fn coerce_batch(source: &str, batch: &RecordBatch, schema: &SchemaRef) -> Re
         cols.push(col);
     }
     Ok(RecordBatch::try_new_with_options(schema.clone(), cols, &RecordBatchOptions::new().with_row_count(Some(n)))?)
+}
+
+/// Timestamps converted to a finer unit (milliseconds to microseconds, say) in one vectorized
+/// pass; `None` for other conversions, and when a value would overflow (the general cast then
+/// reports it).
+fn finer_timestamps(col: &ArrayRef, target: &DataType) -> Option<ArrayRef> {
+    let (DataType::Timestamp(from, _), DataType::Timestamp(to, _)) = (col.data_type(), target) else {
+        return None;
+    };
+    let per_second = |u: &TimeUnit| match u {
+        TimeUnit::Second => 1i64,
+        TimeUnit::Millisecond => 1_000,
+        TimeUnit::Microsecond => 1_000_000,
+        TimeUnit::Nanosecond => 1_000_000_000,
+    };
+    let factor = per_second(to) / per_second(from);
+    if factor <= 1 {
+        return None;
+    }
+    let values = cast_with_options(col, &DataType::Int64, &CastOptions::default()).ok()?;
+    let values = values.as_primitive::<arrow::datatypes::Int64Type>();
+    let limit = i64::MAX / factor;
+    let mut overflow = false;
+    let scaled: Vec<i64> = values
+        .values()
+        .iter()
+        .map(|&v| {
+            overflow |= v > limit || v < -limit;
+            v.wrapping_mul(factor)
+        })
+        .collect();
+    if overflow {
+        return None;
+    }
+    let data =
+        Int64Array::new(scaled.into(), values.nulls().cloned()).into_data().into_builder().data_type(target.clone());
+    Some(arrow::array::make_array(data.build().ok()?))
 }
 
 /// How much of an append-only source's history is kept for ad-hoc queries and for backfilling
@@ -157,6 +196,8 @@ pub struct UpsertState {
     key_converter: RowConverter,
     row_converter: RowConverter,
     rows: KeyedRows,
+    /// The key is one integer column: looked up by value, without encoding it.
+    int_key: bool,
 }
 
 impl SourceData {
@@ -189,6 +230,7 @@ impl SourceData {
             key_converter: RowConverter::new(primary_key.iter().map(sort).collect())?,
             row_converter: RowConverter::new((0..schema.fields().len()).map(|i| sort(&i)).collect())?,
             rows: KeyedRows::default(),
+            int_key: matches!(primary_key, [i] if int_key_type(schema.field(*i).data_type())),
         })))
     }
 
@@ -252,6 +294,15 @@ impl SourceData {
                 b.push(batch.clone());
                 Ok(DiffBatch::inserts(batch))
             }
+        }
+    }
+
+    /// Fails as [`SourceData::insert`] would on `batch`, without applying it (a null primary key
+    /// is the only row-level error).
+    pub fn check(&self, batch: &RecordBatch) -> Result<()> {
+        match self {
+            SourceData::Upsert(u) => u.check_keys(batch),
+            _ => Ok(()),
         }
     }
 
@@ -351,26 +402,59 @@ impl History {
     }
 }
 
+/// Integer key types looked up by value ([`Key::Int`]).
+fn int_key_type(t: &DataType) -> bool {
+    matches!(t, DataType::Int64 | DataType::Int32 | DataType::Int16 | DataType::Int8)
+}
+
+/// One integer key column's values as `i64`.
+fn int_keys(col: &ArrayRef) -> Result<std::borrow::Cow<'_, [i64]>> {
+    use arrow::datatypes::{Int16Type, Int32Type, Int64Type, Int8Type};
+    use std::borrow::Cow;
+    Ok(match col.data_type() {
+        DataType::Int64 => Cow::Borrowed(col.as_primitive::<Int64Type>().values().as_ref()),
+        DataType::Int32 => Cow::Owned(col.as_primitive::<Int32Type>().values().iter().map(|&v| i64::from(v)).collect()),
+        DataType::Int16 => Cow::Owned(col.as_primitive::<Int16Type>().values().iter().map(|&v| i64::from(v)).collect()),
+        DataType::Int8 => Cow::Owned(col.as_primitive::<Int8Type>().values().iter().map(|&v| i64::from(v)).collect()),
+        t => return Err(LaminarError::Internal(format!("{t} is not an integer key type"))),
+    })
+}
+
 impl UpsertState {
-    fn key_rows(&self, batch: &RecordBatch) -> Result<arrow_row::Rows> {
-        let cols: Vec<ArrayRef> = self.key_indices.iter().map(|&i| batch.column(i).clone()).collect();
-        for (c, &i) in cols.iter().zip(&self.key_indices) {
-            if c.null_count() > 0 {
+    fn check_keys(&self, batch: &RecordBatch) -> Result<()> {
+        for &i in &self.key_indices {
+            if batch.column(i).null_count() > 0 {
                 return Err(LaminarError::schema(format!(
                     "primary key column '{}' must not be null",
                     self.schema.field(i).name()
                 )));
             }
         }
+        Ok(())
+    }
+
+    fn key_rows(&self, batch: &RecordBatch) -> Result<arrow_row::Rows> {
+        self.check_keys(batch)?;
+        let cols: Vec<ArrayRef> = self.key_indices.iter().map(|&i| batch.column(i).clone()).collect();
         Ok(self.key_converter.convert_columns(&cols)?)
     }
 
     fn upsert(&mut self, batch: RecordBatch) -> Result<DiffBatch> {
-        let keys = self.key_rows(&batch)?;
-        let rows = self.row_converter.convert_columns(batch.columns())?;
         let mut retracted = Retracted::default();
-        for i in 0..batch.num_rows() {
-            self.rows.insert(keys.row(i).as_ref(), rows.row(i).as_ref(), &mut retracted);
+        if self.int_key {
+            self.check_keys(&batch)?;
+            let keys = int_keys(batch.column(self.key_indices[0]))?;
+            let rows = self.row_converter.convert_columns(batch.columns())?;
+            self.rows.reserve(keys.len());
+            for (i, &k) in keys.iter().enumerate() {
+                self.rows.insert(Key::Int(k), rows.row(i).as_ref(), &mut retracted);
+            }
+        } else {
+            let keys = self.key_rows(&batch)?;
+            let rows = self.row_converter.convert_columns(batch.columns())?;
+            for i in 0..batch.num_rows() {
+                self.rows.insert(Key::Bytes(keys.row(i).as_ref()), rows.row(i).as_ref(), &mut retracted);
+            }
         }
         self.changes(retracted, batch)
     }
@@ -389,10 +473,20 @@ impl UpsertState {
             let t = self.schema.field(i).data_type();
             cols.push(if c.data_type() == t { c } else { arrow::compute::cast(&c, t)? });
         }
-        let keys = self.key_converter.convert_columns(&cols)?;
         let mut retracted = Retracted::default();
-        for i in 0..keys_batch.num_rows() {
-            self.rows.remove(keys.row(i).as_ref(), &mut retracted);
+        if self.int_key {
+            let col = &cols[0];
+            let keys = int_keys(col)?;
+            for (i, &k) in keys.iter().enumerate() {
+                if col.is_valid(i) {
+                    self.rows.remove(Key::Int(k), &mut retracted);
+                }
+            }
+        } else {
+            let keys = self.key_converter.convert_columns(&cols)?;
+            for i in 0..keys_batch.num_rows() {
+                self.rows.remove(Key::Bytes(keys.row(i).as_ref()), &mut retracted);
+            }
         }
         if retracted.is_empty() {
             return Ok(None);
@@ -442,11 +536,29 @@ impl Retracted {
     }
 }
 
-/// One row per key, both row-encoded, in arenas (no allocation per row): a hash table of
-/// (slot id, upper half of the key's hash) over the key bytes; freed slots are reused.
+/// A primary key: row-encoded bytes, or the value of one integer column.
+#[derive(Clone, Copy)]
+enum Key<'a> {
+    Bytes(&'a [u8]),
+    Int(i64),
+}
+
+/// The table hash of an integer key: a multiply with the product's halves folded, so that
+/// both the bucket (low) bits and the tag (high) bits depend on every bit of the key.
+#[inline]
+fn int_hash(k: i64) -> u64 {
+    let h = (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    h ^ (h >> 32)
+}
+
+/// One row per key, row-encoded, in arenas (no allocation per row). Byte keys: a hash table
+/// of (slot id, upper half of the key's hash) over the key bytes, kept in their own arena.
+/// Integer keys: a table of (key, slot id), compared without leaving the table. Freed slots are
+/// reused.
 #[derive(Default)]
 struct KeyedRows {
     table: hashbrown::HashTable<(u32, u32)>,
+    ints: hashbrown::HashTable<(i64, u32)>,
     keys: laminar_dataflow::rowstore::RowSlots,
     rows: laminar_dataflow::rowstore::RowSlots,
     /// Slots ever made (freed ones are in `free`).
@@ -469,50 +581,80 @@ impl KeyedRows {
         *self = Self { hasher: self.hasher.clone(), ..Self::default() };
     }
 
-    /// Sets the row of `key`; a row it replaces is added to `replaced`.
-    fn insert(&mut self, key: &[u8], row: &[u8], replaced: &mut Retracted) {
-        let hi = hash_hi(self.hasher.hash_one(key));
-        let keys = &self.keys;
-        match self
-            .table
-            .find(slot_hash(hi), |&(s, h)| h == hi && keys.get(s as usize).is_some_and(|k| bytes_eq(k, key)))
-        {
-            Some(&(s, _)) => {
-                if let Some(old) = self.rows.get(s as usize) {
-                    replaced.push(old);
-                }
-                self.rows.set(s as usize, Some(row));
-            }
-            None => {
-                let s = self.free.pop().unwrap_or_else(|| {
-                    self.slots += 1;
-                    (self.slots - 1) as u32
-                });
-                self.keys.set(s as usize, Some(key));
-                self.rows.set(s as usize, Some(row));
-                self.table.insert_unique(slot_hash(hi), (s, hi), |&(_, h)| slot_hash(h));
-                self.len += 1;
+    /// Makes room for `n` more integer keys.
+    fn reserve(&mut self, n: usize) {
+        self.ints.reserve(n, |&(k, _)| int_hash(k));
+    }
+
+    /// The slot holding `key`.
+    fn find(&self, key: Key<'_>) -> Option<u32> {
+        match key {
+            Key::Int(k) => self.ints.find(int_hash(k), |&(x, _)| x == k).map(|&(_, s)| s),
+            Key::Bytes(key) => {
+                let hi = hash_hi(self.hasher.hash_one(key));
+                let keys = &self.keys;
+                self.table
+                    .find(slot_hash(hi), |&(s, h)| h == hi && keys.get(s as usize).is_some_and(|k| bytes_eq(k, key)))
+                    .map(|&(s, _)| s)
             }
         }
     }
 
-    /// Removes the row of `key`, adding it to `removed`.
-    fn remove(&mut self, key: &[u8], removed: &mut Retracted) {
-        let hi = hash_hi(self.hasher.hash_one(key));
-        let keys = &self.keys;
-        let found = self
-            .table
-            .find_entry(slot_hash(hi), |&(s, h)| h == hi && keys.get(s as usize).is_some_and(|k| bytes_eq(k, key)));
-        if let Ok(entry) = found {
-            let ((s, _), _) = entry.remove();
+    /// Sets the row of `key`; a row it replaces is added to `replaced`.
+    fn insert(&mut self, key: Key<'_>, row: &[u8], replaced: &mut Retracted) {
+        if let Some(s) = self.find(key) {
             if let Some(old) = self.rows.get(s as usize) {
-                removed.push(old);
+                replaced.push(old);
             }
-            self.keys.set(s as usize, None);
-            self.rows.set(s as usize, None);
-            self.free.push(s);
-            self.len -= 1;
+            self.rows.set(s as usize, Some(row));
+            return;
         }
+        let s = self.free.pop().unwrap_or_else(|| {
+            self.slots += 1;
+            (self.slots - 1) as u32
+        });
+        self.rows.set(s as usize, Some(row));
+        match key {
+            Key::Int(k) => {
+                self.ints.insert_unique(int_hash(k), (k, s), |&(k, _)| int_hash(k));
+            }
+            Key::Bytes(key) => {
+                let hi = hash_hi(self.hasher.hash_one(key));
+                self.keys.set(s as usize, Some(key));
+                self.table.insert_unique(slot_hash(hi), (s, hi), |&(_, h)| slot_hash(h));
+            }
+        }
+        self.len += 1;
+    }
+
+    /// Removes the row of `key`, adding it to `removed`.
+    fn remove(&mut self, key: Key<'_>, removed: &mut Retracted) {
+        let s = match key {
+            Key::Int(k) => match self.ints.find_entry(int_hash(k), |&(x, _)| x == k) {
+                Ok(entry) => entry.remove().0 .1,
+                Err(_) => return,
+            },
+            Key::Bytes(key) => {
+                let hi = hash_hi(self.hasher.hash_one(key));
+                let keys = &self.keys;
+                let found = self.table.find_entry(slot_hash(hi), |&(s, h)| {
+                    h == hi && keys.get(s as usize).is_some_and(|k| bytes_eq(k, key))
+                });
+                match found {
+                    Ok(entry) => entry.remove().0 .0,
+                    Err(_) => return,
+                }
+            }
+        };
+        if let Some(old) = self.rows.get(s as usize) {
+            removed.push(old);
+        }
+        if matches!(key, Key::Bytes(_)) {
+            self.keys.set(s as usize, None);
+        }
+        self.rows.set(s as usize, None);
+        self.free.push(s);
+        self.len -= 1;
     }
 
     /// Every row held.
@@ -563,24 +705,27 @@ mod tests {
     /// and the contents are exactly the live rows.
     #[test]
     fn keyed_rows_replace_remove_and_reuse_slots() {
-        let mut k = KeyedRows::default();
-        let mut out = Retracted::default();
-        k.insert(b"a", b"row-a1", &mut out);
-        k.insert(b"b", b"row-b1", &mut out);
-        assert!(out.is_empty());
-        k.insert(b"a", b"row-a2", &mut out);
-        assert_eq!(out.iter().collect::<Vec<_>>(), vec![&b"row-a1"[..]]);
-        k.remove(b"b", &mut out);
-        k.remove(b"zz", &mut out);
-        assert_eq!(out.iter().collect::<Vec<_>>(), vec![&b"row-a1"[..], &b"row-b1"[..]]);
-        assert_eq!(k.len(), 1);
-        k.insert(b"c", b"row-c1", &mut out);
-        assert_eq!(k.slots, 2, "the freed slot is reused");
-        let mut rows: Vec<&[u8]> = k.values().collect();
-        rows.sort();
-        assert_eq!(rows, vec![&b"row-a2"[..], &b"row-c1"[..]]);
-        k.clear();
-        assert!(k.is_empty() && k.values().next().is_none());
+        for int in [false, true] {
+            let key = |name: &'static [u8]| if int { Key::Int(i64::from(name[0]) - 200) } else { Key::Bytes(name) };
+            let mut k = KeyedRows::default();
+            let mut out = Retracted::default();
+            k.insert(key(b"a"), b"row-a1", &mut out);
+            k.insert(key(b"b"), b"row-b1", &mut out);
+            assert!(out.is_empty());
+            k.insert(key(b"a"), b"row-a2", &mut out);
+            assert_eq!(out.iter().collect::<Vec<_>>(), vec![&b"row-a1"[..]]);
+            k.remove(key(b"b"), &mut out);
+            k.remove(key(b"z"), &mut out);
+            assert_eq!(out.iter().collect::<Vec<_>>(), vec![&b"row-a1"[..], &b"row-b1"[..]]);
+            assert_eq!(k.len(), 1);
+            k.insert(key(b"c"), b"row-c1", &mut out);
+            assert_eq!(k.slots, 2, "the freed slot is reused");
+            let mut rows: Vec<&[u8]> = k.values().collect();
+            rows.sort();
+            assert_eq!(rows, vec![&b"row-a2"[..], &b"row-c1"[..]]);
+            k.clear();
+            assert!(k.is_empty() && k.values().next().is_none());
+        }
     }
 
     use super::*;
@@ -637,6 +782,26 @@ mod tests {
         assert_eq!(out.column(1).null_count(), 2);
     }
 
+    /// Timestamps go to a finer unit exactly, keep their nulls and time zone, and an overflow is
+    /// still an error naming the column.
+    #[test]
+    fn timestamps_convert_to_a_finer_unit() {
+        use arrow::array::{TimestampMicrosecondArray, TimestampMillisecondArray};
+        let tz: Option<Arc<str>> = Some("UTC".into());
+        let target =
+            Arc::new(Schema::new(vec![Field::new("ts", DataType::Timestamp(TimeUnit::Microsecond, tz.clone()), true)]));
+        let ms = TimestampMillisecondArray::from(vec![Some(-1_500), None, Some(1_704_067_200_123)]);
+        let b = RecordBatch::try_from_iter(vec![("ts", Arc::new(ms) as ArrayRef)]).expect("b");
+        let out = coerce_batch("t", &b, &target).expect("coerce");
+        let got = out.column(0).as_any().downcast_ref::<TimestampMicrosecondArray>().expect("us");
+        assert_eq!(got.data_type(), target.field(0).data_type());
+        assert_eq!(got.iter().collect::<Vec<_>>(), vec![Some(-1_500_000), None, Some(1_704_067_200_123_000)]);
+        let huge = TimestampMillisecondArray::from(vec![i64::MAX / 10]);
+        let b = RecordBatch::try_from_iter(vec![("ts", Arc::new(huge) as ArrayRef)]).expect("b");
+        let e = coerce_batch("t", &b, &target).expect_err("overflow");
+        assert!(e.to_string().contains("'ts'"), "{e}");
+    }
+
     #[test]
     fn rejects_unknown_and_mismatched_columns() {
         let s = Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, true)]));
@@ -652,20 +817,35 @@ mod tests {
 
     #[test]
     fn upsert_replaces_and_deletes() {
-        let s = schema();
-        let mut d = SourceData::new(&s, &[0], Retention::Unbounded).expect("state");
-        let b = batch_from_json_rows(&s, r#"[{"id":1,"name":"a","price":1.0},{"id":2,"name":"b","price":2.0}]"#)
-            .expect("json");
-        let c = d.insert(b).expect("ins");
-        assert!(c.diffs.is_none());
-        let b = batch_from_json_rows(&s, r#"{"id":1,"name":"a2","price":3.0}"#).expect("json");
-        let c = d.insert(b).expect("upd");
-        assert_eq!(c.num_rows(), 2);
-        assert_eq!(c.diff(0), -1);
-        assert_eq!(d.num_rows(), 2);
-        let keys = batch_from_json_rows(&s, r#"{"id":2}"#).expect("json");
-        let c = d.delete("t", &keys).expect("del").expect("some");
-        assert_eq!(c.diff(0), -1);
-        assert_eq!(d.num_rows(), 1);
+        // Keyed by the integer id (looked up by value) and by the name (row-encoded bytes).
+        let nullable = Arc::new(Schema::new(
+            schema().fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect::<Vec<_>>(),
+        ));
+        for (key, update, delete) in [
+            (0usize, r#"{"id":1,"name":"a2","price":3.0}"#, r#"{"id":2}"#),
+            (1, r#"{"id":7,"name":"a","price":3.0}"#, r#"{"name":"b"}"#),
+        ] {
+            let s = schema();
+            let mut d = SourceData::new(&s, &[key], Retention::Unbounded).expect("state");
+            let b = batch_from_json_rows(&s, r#"[{"id":1,"name":"a","price":1.0},{"id":2,"name":"b","price":2.0}]"#)
+                .expect("json");
+            let c = d.insert(b).expect("ins");
+            assert!(c.diffs.is_none());
+            let b = batch_from_json_rows(&s, update).expect("json");
+            let c = d.insert(b).expect("upd");
+            assert_eq!(c.num_rows(), 2);
+            assert_eq!(c.diff(0), -1);
+            assert_eq!(c.data.column(2).as_primitive::<arrow::datatypes::Float64Type>().value(0), 1.0);
+            assert_eq!(d.num_rows(), 2);
+            let only_key = Arc::new(Schema::new(vec![nullable.field(key).clone()]));
+            let keys = batch_from_json_rows(&only_key, delete).expect("json");
+            let c = d.delete("t", &keys).expect("del").expect("some");
+            assert_eq!(c.diff(0), -1);
+            assert_eq!(c.data.column(2).as_primitive::<arrow::datatypes::Float64Type>().value(0), 2.0);
+            assert_eq!(d.num_rows(), 1);
+            let nulls = batch_from_json_rows(&nullable, r#"{"price":9.0}"#).expect("json");
+            assert!(d.check(&nulls).is_err() && d.insert(nulls).is_err(), "a null key is refused");
+            assert_eq!(d.num_rows(), 1);
+        }
     }
 }

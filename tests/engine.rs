@@ -362,6 +362,55 @@ fn backpressure_bounds_rows_in_flight_and_loses_nothing() {
     db.shutdown().expect("shutdown");
 }
 
+/// An insert much larger than the buffer goes in slices, with backpressure between them, and
+/// is still all or nothing: a null key in its last row rejects every row. Replacing every key
+/// of an upsert source with one large insert retracts exactly the old rows.
+#[test]
+fn large_inserts_go_in_slices_and_stay_all_or_nothing() {
+    let db = Database::open_with_config(
+        ":memory:",
+        laminardb::LaminarConfig { workers: Some(2), buffer_size: 20_000, ..Default::default() },
+    )
+    .expect("open");
+    db.execute("CREATE SOURCE u (id BIGINT, k BIGINT, PRIMARY KEY (id))").expect("src");
+    db.execute("CREATE STREAM c AS SELECT k, COUNT(*) AS n FROM u GROUP BY k").expect("stream");
+    db.start().expect("start");
+    let sub = db.subscribe_with_mode("c", SubscriptionMode::Changelog).expect("sub");
+    let schema =
+        Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true), Field::new("k", DataType::Int64, true)]));
+    let batch = |ids: Vec<Option<i64>>, m: i64| {
+        let k = Int64Array::from_iter(ids.iter().map(|i| i.map(|i| i % m)));
+        RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(ids)), Arc::new(k)]).expect("batch")
+    };
+    let n = 50_000i64;
+    let mut ids: Vec<Option<i64>> = (0..n).map(Some).collect();
+    ids[n as usize - 1] = None;
+    assert!(db.insert("u", &batch(ids, 7)).is_err(), "a null key fails the insert");
+    db.flush().expect("flush");
+    assert_eq!(common::sorted_query(&db, "SELECT COUNT(*) FROM u"), vec!["0"]);
+    assert!(common::sorted_query(&db, "SELECT * FROM c").is_empty());
+    assert!(sub.try_next().expect("sub").is_none(), "nothing of the failed insert was sent");
+
+    db.insert("u", &batch((0..n).map(Some).collect(), 7)).expect("insert");
+    db.flush().expect("flush");
+    let want = |m: i64| -> Vec<String> {
+        let mut v: Vec<String> = (0..m).map(|k| format!("{k}|{}", (0..n).filter(|i| i % m == k).count())).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(common::sorted_query(&db, "SELECT k, n FROM c"), want(7));
+    let mut epochs = 0;
+    while sub.try_next().expect("sub").is_some() {
+        epochs += 1;
+    }
+    assert!(epochs >= 2, "a 50,000-row insert into a 20,000-row buffer spans epochs, got {epochs}");
+    db.insert("u", &batch((0..n).map(Some).collect(), 5)).expect("replace");
+    db.flush().expect("flush");
+    assert_eq!(common::sorted_query(&db, "SELECT k, n FROM c"), want(5));
+    assert_eq!(common::sorted_query(&db, "SELECT COUNT(*) FROM u"), vec![n.to_string()]);
+    db.shutdown().expect("shutdown");
+}
+
 #[test]
 fn ad_hoc_query_subscriptions_are_temporary() {
     let db = common::db_with_workers(2);
