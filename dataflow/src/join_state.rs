@@ -702,10 +702,10 @@ impl JoinState {
         let (keys_fn, conv) =
             if left { (&self.plan.left_keys, &self.left_conv) } else { (&self.plan.right_keys, &self.right_conv) };
         let ts_col = self.plan.time_bound.as_ref().map(|b| if left { b.left_column } else { b.right_column });
-        let mut rows_of = Vec::new();
-        let mut keys_of = Vec::new();
+        let mut rows_of = Vec::with_capacity(batches.len());
+        let mut keys_of = Vec::with_capacity(batches.len());
         // Every row in order, with whether its key is null.
-        let mut all: Vec<(DeltaRow, bool)> = Vec::new();
+        let mut all: Vec<(DeltaRow, bool)> = Vec::with_capacity(batches.iter().map(DiffBatch::num_rows).sum());
         for b in batches {
             if b.num_rows() == 0 {
                 continue;
@@ -738,9 +738,10 @@ impl JoinState {
         }
         // Consolidate equal rows.
         let bytes = |e: &DeltaRow| rows_of[e.batch as usize].row(e.row as usize).data();
-        let mut entries: Vec<DeltaRow> = Vec::new();
+        // Sized for distinct rows, the usual case: neither grows (and rehashes) row by row.
+        let mut entries: Vec<DeltaRow> = Vec::with_capacity(all.len());
         let mut null_keys: Vec<DeltaRow> = Vec::new();
-        let mut index: HashTable<u32> = HashTable::new();
+        let mut index: HashTable<u32> = HashTable::with_capacity(all.len());
         let mut null_index: HashTable<u32> = HashTable::new();
         for (e, null_key) in all {
             let (list, table) = if null_key { (&mut null_keys, &mut null_index) } else { (&mut entries, &mut index) };
