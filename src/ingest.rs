@@ -101,8 +101,9 @@ pub fn coerce_batch(source: &str, batch: &RecordBatch, schema: &SchemaRef) -> Re
     Ok(RecordBatch::try_new_with_options(schema.clone(), cols, &RecordBatchOptions::new().with_row_count(Some(n)))?)
 }
 
-/// Timestamps converted to a finer unit (milliseconds to microseconds, say) in one vectorized
-/// pass; `None` for other conversions, and when a value would overflow (the general cast then
+/// Timestamps converted to a finer unit (milliseconds to microseconds, say) in one pass of
+/// wrapping multiplies with a range check (the general cast checks every multiplication);
+/// `None` for other conversions, and when a value would overflow (the general cast then
 /// reports it).
 fn finer_timestamps(col: &ArrayRef, target: &DataType) -> Option<ArrayRef> {
     let (DataType::Timestamp(from, _), DataType::Timestamp(to, _)) = (col.data_type(), target) else {
@@ -433,25 +434,19 @@ impl UpsertState {
         Ok(())
     }
 
-    fn key_rows(&self, batch: &RecordBatch) -> Result<arrow_row::Rows> {
-        self.check_keys(batch)?;
-        let cols: Vec<ArrayRef> = self.key_indices.iter().map(|&i| batch.column(i).clone()).collect();
-        Ok(self.key_converter.convert_columns(&cols)?)
-    }
-
     fn upsert(&mut self, batch: RecordBatch) -> Result<DiffBatch> {
+        self.check_keys(&batch)?;
+        let rows = self.row_converter.convert_columns(batch.columns())?;
         let mut retracted = Retracted::default();
         if self.int_key {
-            self.check_keys(&batch)?;
             let keys = int_keys(batch.column(self.key_indices[0]))?;
-            let rows = self.row_converter.convert_columns(batch.columns())?;
             self.rows.reserve(keys.len());
             for (i, &k) in keys.iter().enumerate() {
                 self.rows.insert(Key::Int(k), rows.row(i).as_ref(), &mut retracted);
             }
         } else {
-            let keys = self.key_rows(&batch)?;
-            let rows = self.row_converter.convert_columns(batch.columns())?;
+            let cols: Vec<ArrayRef> = self.key_indices.iter().map(|&i| batch.column(i).clone()).collect();
+            let keys = self.key_converter.convert_columns(&cols)?;
             for i in 0..batch.num_rows() {
                 self.rows.insert(Key::Bytes(keys.row(i).as_ref()), rows.row(i).as_ref(), &mut retracted);
             }
