@@ -906,6 +906,7 @@ impl Database {
             workers: self.inner.config.workers.unwrap_or_else(|| RuntimeConfig::default().workers),
             epoch_interval: self.inner.config.epoch_interval,
             initial_epoch: restore.as_ref().map_or(1, |l| l.head().epoch + 1),
+            checkpoints: self.storage_root().is_some(),
         };
         let rt = match Runtime::start(cfg) {
             Ok(rt) => Arc::new(rt),

@@ -36,6 +36,8 @@ pub struct BuildContext {
     pub restore: Option<Arc<RestoreState>>,
     /// Ordinal of the next stateful operator built.
     pub next_ordinal: Cell<u32>,
+    /// Checkpoints can be taken: operators keep track of what changed between them.
+    pub track_changes: bool,
 }
 
 impl BuildContext {
@@ -49,6 +51,7 @@ impl BuildContext {
             ordinal,
             worker: self.worker,
             peers: self.peers,
+            track_changes: self.track_changes,
             reader: self.checkpoints.reader(),
             restore: self
                 .restore

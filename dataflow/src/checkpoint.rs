@@ -91,6 +91,9 @@ pub struct OperatorCheckpoints {
     pub worker: usize,
     /// Number of workers.
     pub peers: usize,
+    /// Checkpoints can be taken: keep track of what changed between them (otherwise no
+    /// incremental snapshot is ever asked for).
+    pub track_changes: bool,
     /// Checkpoint requests.
     pub reader: CheckpointReader,
     /// Snapshots to load before processing anything, per checkpoint (oldest first).

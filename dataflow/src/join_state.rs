@@ -84,6 +84,8 @@ struct Side {
     /// Keys whose rows changed since the last snapshot (each live group once, flagged in its
     /// slot; removed groups' keys stay here after their slot is freed).
     dirty: KeySet,
+    /// Whether `dirty` is kept (not when no checkpoint can be taken).
+    track_dirty: bool,
 }
 
 /// A set of byte strings in one arena.
@@ -129,6 +131,7 @@ impl Default for Side {
             expiry: BTreeMap::new(),
             live: 0,
             dirty: KeySet::default(),
+            track_dirty: true,
         }
     }
 }
@@ -170,6 +173,9 @@ impl Side {
     /// Records that the rows of group `g` changed.
     #[inline]
     fn mark_dirty(&mut self, g: u32) {
+        if !self.track_dirty {
+            return;
+        }
         let slot = &mut self.groups[g as usize];
         if !slot.dirty {
             slot.dirty = true;
@@ -667,6 +673,13 @@ impl JoinState {
             track_matches,
             hasher: ahash::RandomState::with_seeds(17, 19, 23, 29),
         })
+    }
+
+    /// Whether to keep track of the keys changed between snapshots (on by default). Without
+    /// it only full snapshots are complete: for a pipeline that cannot checkpoint.
+    pub fn track_changes(&mut self, on: bool) {
+        self.left.track_dirty = on;
+        self.right.track_dirty = on;
     }
 
     /// Distinct rows held (left, right).

@@ -38,6 +38,9 @@ pub struct RuntimeConfig {
     /// The first epoch (a restart from a checkpoint of epoch `E` starts at `E + 1`, so that
     /// epoch numbers keep growing across runs).
     pub initial_epoch: u64,
+    /// Whether checkpoints can be asked for; when not, stateful operators skip the bookkeeping
+    /// of incremental snapshots (which keys changed since the last one).
+    pub checkpoints: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -46,6 +49,7 @@ impl Default for RuntimeConfig {
             workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             epoch_interval: Duration::from_millis(1),
             initial_epoch: INITIAL_EPOCH,
+            checkpoints: true,
         }
     }
 }
@@ -111,6 +115,7 @@ impl Runtime {
         let receivers: Arc<Mutex<Vec<Option<Receiver<Command>>>>> =
             Arc::new(Mutex::new(receivers.into_iter().map(Some).collect()));
         let initial_epoch = config.initial_epoch.max(INITIAL_EPOCH);
+        let checkpoints = config.checkpoints;
         let shared = Arc::new(Shared {
             epoch: AtomicU64::new(initial_epoch),
             dirty: AtomicBool::new(false),
@@ -133,7 +138,7 @@ impl Runtime {
             w_shared.threads.lock()[index] = Some(std::thread::current());
             let _ = ready_tx.send(());
             if let Some(rx) = rx {
-                worker_loop(worker, rx, initial_epoch);
+                worker_loop(worker, rx, initial_epoch, checkpoints);
             }
         })
         .map_err(DataflowError::Internal)?;
@@ -363,7 +368,7 @@ impl EpochSink for Detachable {
     }
 }
 
-fn worker_loop(worker: &mut timely::worker::Worker, rx: Receiver<Command>, initial_epoch: u64) {
+fn worker_loop(worker: &mut timely::worker::Worker, rx: Receiver<Command>, initial_epoch: u64, checkpoints: bool) {
     let index = worker.index();
     // Every epoch change reaches this worker as an `Advance` command in its channel, which exists
     // since the runtime started: start from the initial epoch, not from the shared counter, which
@@ -407,7 +412,7 @@ fn worker_loop(worker: &mut timely::worker::Worker, rx: Receiver<Command>, initi
                             }
                         }
                         Command::Install(reqs) => {
-                            let df = install(worker, &reqs, epoch, index);
+                            let df = install(worker, &reqs, epoch, index, checkpoints);
                             let first = reqs[0].id;
                             for r in &reqs[1..] {
                                 group_of.insert(r.id, first);
@@ -452,7 +457,13 @@ fn worker_loop(worker: &mut timely::worker::Worker, rx: Receiver<Command>, initi
     }
 }
 
-fn install(worker: &mut timely::worker::Worker, reqs: &[Arc<InstallRequest>], epoch: u64, index: usize) -> Installed {
+fn install(
+    worker: &mut timely::worker::Worker,
+    reqs: &[Arc<InstallRequest>],
+    epoch: u64,
+    index: usize,
+    track_changes: bool,
+) -> Installed {
     let mut inputs: Vec<(String, Handle)> = Vec::new();
     let watermarks = WatermarkFeed::default();
     let checkpoints = CheckpointFeed::default();
@@ -478,6 +489,7 @@ fn install(worker: &mut timely::worker::Worker, reqs: &[Arc<InstallRequest>], ep
                 peers,
                 restore: req.restore.clone(),
                 next_ordinal: std::cell::Cell::new(0),
+                track_changes,
             };
             let removed = Arc::new(AtomicBool::new(false));
             members.insert(req.id, removed.clone());

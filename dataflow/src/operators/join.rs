@@ -59,6 +59,7 @@ impl<'scope> JoinExt<'scope> for BatchStream<'scope> {
                     stats.record_error("join", 0, e);
                 }
                 if let Ok(st) = state.as_mut() {
+                    st.track_changes(ckpt.track_changes);
                     let owns = owned_by(ckpt.worker, ckpt.peers);
                     for snapshot in ckpt.restore_all() {
                         if let Err(e) = st.restore(snapshot, &owns) {
