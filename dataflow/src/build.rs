@@ -36,7 +36,8 @@ pub struct BuildContext {
     pub restore: Option<Arc<RestoreState>>,
     /// Ordinal of the next stateful operator built.
     pub next_ordinal: Cell<u32>,
-    /// Checkpoints can be taken: operators keep track of what changed between them.
+    /// Checkpoints can be taken ([`crate::runtime::RuntimeConfig::checkpoints`]); when not,
+    /// operators may skip tracking what changed between them.
     pub track_changes: bool,
 }
 

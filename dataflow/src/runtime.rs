@@ -38,8 +38,8 @@ pub struct RuntimeConfig {
     /// The first epoch (a restart from a checkpoint of epoch `E` starts at `E + 1`, so that
     /// epoch numbers keep growing across runs).
     pub initial_epoch: u64,
-    /// Whether checkpoints can be asked for; when not, stateful operators skip the bookkeeping
-    /// of incremental snapshots (which keys changed since the last one).
+    /// Whether checkpoints can be asked for; when not, operators may skip the bookkeeping of
+    /// incremental snapshots (the join no longer records which keys changed since the last).
     pub checkpoints: bool,
 }
 
