@@ -13,11 +13,13 @@ use crate::{Database, ExecuteResult, LaminarConfig};
 
 const USAGE: &str = "usage:
   laminardb run PIPELINE.sql [--db DIR] [--duration SECONDS] [--quiet]
-                [--checkpoint-interval MS] [--workers N]
+                [--checkpoint-interval MS] [--workers N] [--process I --hosts FILE]
       Execute the statements in PIPELINE.sql, start the pipeline and show live progress
       until Ctrl-C (or until every connector source has finished). With --db, objects the
       directory's catalog already holds are kept, and the pipeline resumes from the newest
       checkpoint there (--checkpoint-interval takes one every MS milliseconds).
+      With --process and --hosts, run as process I of a cluster: FILE lists every
+      process's host:port, one per line; start the same pipeline (and --workers) on each.
   laminardb sql [DIR]
       Interactive SQL prompt on the database in DIR (default: in memory).
   laminardb --version";
@@ -41,6 +43,13 @@ pub fn main_with(args: &[String], interrupted: &dyn Fn() -> bool, out: &mut dyn 
             1
         }
     }
+}
+
+/// Reads a hosts file: one `host:port` per line, in process order; blank lines and lines
+/// starting with `#` are skipped.
+pub fn read_hosts(path: &str) -> Result<Vec<String>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read hosts file {path}: {e}"))?;
+    Ok(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from).collect())
 }
 
 /// Splits SQL text into statements at `;` outside quotes and comments.
@@ -100,6 +109,8 @@ fn run(args: &[String], interrupted: &dyn Fn() -> bool, out: &mut dyn Write) -> 
     let mut duration: Option<Duration> = None;
     let mut quiet = false;
     let mut config = LaminarConfig::default();
+    let mut process: Option<usize> = None;
+    let mut hosts: Option<String> = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -119,11 +130,21 @@ fn run(args: &[String], interrupted: &dyn Fn() -> bool, out: &mut dyn Write) -> 
                 let s = it.next().ok_or("--workers needs a number")?;
                 config.workers = Some(s.parse().map_err(|_| format!("bad --workers '{s}'"))?);
             }
+            "--process" => {
+                let s = it.next().ok_or("--process needs an index")?;
+                process = Some(s.parse().map_err(|_| format!("bad --process '{s}'"))?);
+            }
+            "--hosts" => hosts = Some(it.next().ok_or("--hosts needs a file")?.clone()),
             f if file.is_none() && !f.starts_with('-') => file = Some(f.to_string()),
             other => return Err(format!("unexpected argument '{other}'\n{USAGE}")),
         }
     }
     let file = file.ok_or_else(|| format!("run needs a pipeline file\n{USAGE}"))?;
+    config.cluster = match (process, hosts) {
+        (None, None) => None,
+        (Some(p), Some(h)) => Some(crate::ClusterConfig::new(p, read_hosts(&h)?)),
+        _ => return Err("--process and --hosts go together".into()),
+    };
     let sql = std::fs::read_to_string(&file).map_err(|e| format!("cannot read {file}: {e}"))?;
     let db = Database::open_with_config(&dir, config).map_err(|e| e.to_string())?;
     let mut queries = Vec::new();

@@ -22,6 +22,8 @@ use laminar_dataflow::batch::DiffBatch;
 use laminar_dataflow::checkpoint::RestoreState;
 use laminar_dataflow::merge::EpochMerger;
 use laminar_dataflow::runtime::{InstallRequest, Runtime, RuntimeConfig};
+
+pub use laminar_dataflow::cluster::ClusterConfig;
 use laminar_dataflow::stats::DataflowStats;
 use laminar_sql::ddl::{CreateSink, CreateSource, CreateStream, EmitMode, ObjectKind};
 use laminar_sql::{
@@ -53,6 +55,11 @@ pub struct LaminarConfig {
     pub workers: Option<usize>,
     /// How often an epoch that received data is closed.
     pub epoch_interval: Duration,
+    /// Run the pipeline as one process of a cluster (see [`laminar_dataflow::cluster`]): every
+    /// process opens its database with the same addresses and `workers` (required), runs the same
+    /// statements in the same order, and feeds its own part of the sources; streams, views and
+    /// sinks of process 0 see the whole result. `None`: this process alone.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for LaminarConfig {
@@ -63,6 +70,7 @@ impl Default for LaminarConfig {
             checkpoint_interval_ms: None,
             workers: None,
             epoch_interval: Duration::from_millis(1),
+            cluster: None,
         }
     }
 }
@@ -321,6 +329,24 @@ impl Database {
     /// Opens with explicit settings.
     pub fn open_with_config(path: impl AsRef<Path>, config: LaminarConfig) -> Result<Self> {
         let path = path.as_ref();
+        if let Some(c) = &config.cluster {
+            c.validate().map_err(|message| LaminarError::Connection { code: codes::CONNECTION_FAILED, message })?;
+            if config.workers.is_none() {
+                return Err(LaminarError::Connection {
+                    code: codes::CONNECTION_FAILED,
+                    message: "a cluster needs `workers` set, to the same number on every process".into(),
+                });
+            }
+            if config.checkpoint_interval_ms.is_some() {
+                return Err(LaminarError::Connection {
+                    code: codes::CONNECTION_FAILED,
+                    message:
+                        "checkpoint_interval_ms cannot be used with a cluster yet: checkpoints are not coordinated \
+                              across processes"
+                            .into(),
+                });
+            }
+        }
         let dir = if path.as_os_str() == ":memory:" { None } else { Some(path.to_path_buf()) };
         let lock_file = match &dir {
             None => None,
@@ -906,7 +932,8 @@ impl Database {
             workers: self.inner.config.workers.unwrap_or_else(|| RuntimeConfig::default().workers),
             epoch_interval: self.inner.config.epoch_interval,
             initial_epoch: restore.as_ref().map_or(1, |l| l.head().epoch + 1),
-            checkpoints: self.storage_root().is_some(),
+            checkpoints: self.storage_root().is_some() && self.inner.config.cluster.is_none(),
+            cluster: self.inner.config.cluster.clone(),
         };
         let rt = match Runtime::start(cfg) {
             Ok(rt) => Arc::new(rt),
@@ -1862,6 +1889,15 @@ impl Database {
     /// subscription is dropped.
     pub fn subscribe_query(&self, sql: &str, mode: SubscriptionMode) -> Result<Subscription> {
         self.check_open()?;
+        if self.inner.config.cluster.is_some() {
+            // Its dataflow would exist on this process only; every process must build the same.
+            return Err(LaminarError::Subscription {
+                code: codes::SUBSCRIPTION_FAILED,
+                message: "ad-hoc continuous queries cannot run in a cluster: create a stream (on every process) \
+                          and subscribe to it"
+                    .into(),
+            });
+        }
         let sql = match parse_statement(sql)? {
             Statement::Query(q) => q,
             other => {

@@ -168,6 +168,9 @@ impl From<laminar_dataflow::DataflowError> for LaminarError {
     fn from(e: laminar_dataflow::DataflowError) -> Self {
         match e {
             laminar_dataflow::DataflowError::NotRunning => LaminarError::Shutdown("the pipeline is not running".into()),
+            laminar_dataflow::DataflowError::Cluster(message) => {
+                LaminarError::Connection { code: codes::CONNECTION_FAILED, message }
+            }
             other => LaminarError::Internal(other.to_string()),
         }
     }

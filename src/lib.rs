@@ -28,7 +28,7 @@ pub mod ingest;
 pub mod output;
 
 pub use checkpoint::CheckpointResult;
-pub use database::{Connection, Database, LaminarConfig, WatermarkSpec, Writer};
+pub use database::{ClusterConfig, Connection, Database, LaminarConfig, WatermarkSpec, Writer};
 pub use error::{codes, LaminarError, Result};
 pub use info::*;
 /// The connector framework (traits, formats, callback connectors), for programs that add their own.

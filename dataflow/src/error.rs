@@ -17,6 +17,9 @@ pub enum DataflowError {
     /// The runtime is not running or was shut down.
     #[error("runtime is not running")]
     NotRunning,
+    /// The processes of a cluster could not connect or coordinate.
+    #[error("cluster: {0}")]
+    Cluster(String),
     /// An invariant was violated; this is a bug.
     #[error("internal error: {0}")]
     Internal(String),

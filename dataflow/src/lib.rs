@@ -36,6 +36,7 @@ pub mod aggregate_state;
 pub mod batch;
 pub mod build;
 pub mod checkpoint;
+pub mod cluster;
 pub mod codec;
 pub mod combine;
 pub mod error;

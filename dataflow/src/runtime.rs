@@ -5,12 +5,15 @@
 //! command; a coordinator closes the current epoch every `epoch_interval` when data arrived,
 //! by broadcasting `Advance` to every worker through the same FIFO channels, so all data sent
 //! before a close belongs to an earlier epoch on every worker.
+//!
+//! With [`RuntimeConfig::cluster`] the workers of several processes form one timely cluster;
+//! process 0's coordinator then closes the epochs of all of them (see [`crate::cluster`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{JoinHandle, Thread};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use parking_lot::{Mutex, RwLock};
@@ -22,8 +25,11 @@ use timely::WorkerConfig;
 use crate::batch::DiffBatch;
 use crate::build::{build_plan, BuildContext, Built};
 use crate::checkpoint::{CheckpointFeed, CheckpointRequest, RestoreState, SnapshotSink};
+use crate::cluster::{
+    build_allocators, build_control, connect_peers, ClusterConfig, ClusterState, Control, ControlInput,
+};
 use crate::error::{DataflowError, Result};
-use crate::operators::capture::{CaptureExt, EpochSink};
+use crate::operators::capture::{CaptureExt, EpochSink, GatherExt};
 use crate::plan::PlanNode;
 use crate::stats::DataflowStats;
 use crate::watermark::{WatermarkFeed, WatermarkSnapshot, WatermarkTable};
@@ -41,6 +47,8 @@ pub struct RuntimeConfig {
     /// Whether checkpoints can be asked for; when not, operators may skip the bookkeeping of
     /// incremental snapshots (the join no longer records which keys changed since the last).
     pub checkpoints: bool,
+    /// Run as one process of a cluster (`workers` threads in each process); `None`: alone.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for RuntimeConfig {
@@ -50,6 +58,7 @@ impl Default for RuntimeConfig {
             epoch_interval: Duration::from_millis(1),
             initial_epoch: INITIAL_EPOCH,
             checkpoints: true,
+            cluster: None,
         }
     }
 }
@@ -77,6 +86,8 @@ enum Command {
     /// Opens epoch `.0`; `.1` holds the watermarks at the close of the epoch before it; `.2`
     /// asks for a checkpoint of that epoch.
     Advance(u64, Arc<WatermarkSnapshot>, Option<Arc<CheckpointRequest>>),
+    /// Messages for other processes' coordinators (sent by this process's first worker).
+    Control(Vec<(u64, Control)>),
 }
 
 type Handle = InputHandle<u64, CapacityContainerBuilder<Vec<DiffBatch>>>;
@@ -95,6 +106,15 @@ struct Shared {
     advance_lock: RwLock<()>,
     /// Event-time watermarks of the sources, moved under the advance lock together with the data.
     watermarks: WatermarkTable,
+    /// Set when this process is one of a cluster.
+    cluster: Option<Arc<ClusterState>>,
+}
+
+impl Shared {
+    /// This process is a follower of a cluster: its epochs are closed by process 0.
+    fn follower(&self) -> Option<&Arc<ClusterState>> {
+        self.cluster.as_ref().filter(|c| !c.is_leader())
+    }
 }
 
 /// A running set of timely workers.
@@ -111,6 +131,11 @@ impl Runtime {
     /// Starts the workers and the epoch coordinator.
     pub fn start(config: RuntimeConfig) -> Result<Self> {
         let workers = config.workers.max(1);
+        if let Some(c) = &config.cluster {
+            c.validate().map_err(DataflowError::Cluster)?;
+        }
+        let cluster = config.cluster.as_ref().map(|c| Arc::new(ClusterState::new(c, workers)));
+        let process = config.cluster.as_ref().map_or(0, |c| c.process);
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| crossbeam_channel::unbounded()).unzip();
         let receivers: Arc<Mutex<Vec<Option<Receiver<Command>>>>> =
             Arc::new(Mutex::new(receivers.into_iter().map(Some).collect()));
@@ -123,22 +148,26 @@ impl Runtime {
             threads: Mutex::new(vec![None; workers]),
             advance_lock: RwLock::new(()),
             watermarks: WatermarkTable::default(),
+            cluster: cluster.clone(),
         });
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<()>(workers);
-        let comm = if workers == 1 {
-            timely::CommunicationConfig::Thread
-        } else {
-            timely::CommunicationConfig::Process(workers)
+        let (builders, other) = match &config.cluster {
+            Some(c) => build_allocators(connect_peers(c, workers)?, c.process, workers)?,
+            None if workers == 1 => timely::CommunicationConfig::Thread.try_build().map_err(DataflowError::Internal)?,
+            None => timely::CommunicationConfig::Process(workers).try_build().map_err(DataflowError::Internal)?,
         };
-        let (builders, other) = comm.try_build().map_err(DataflowError::Internal)?;
         let w_shared = shared.clone();
         let guards = timely::execute::execute_from(builders, other, WorkerConfig::default(), move |worker| {
-            let index = worker.index();
-            let rx = receivers.lock()[index].take();
-            w_shared.threads.lock()[index] = Some(std::thread::current());
+            // Timely numbers the workers of all processes; channels and threads are per process.
+            let local = worker.index() - process * workers;
+            let rx = receivers.lock()[local].take();
+            w_shared.threads.lock()[local] = Some(std::thread::current());
+            // Before any other dataflow, in the same order on every worker of every process.
+            let control = w_shared.cluster.clone().map(|c| build_control(worker, c));
             let _ = ready_tx.send(());
             if let Some(rx) = rx {
-                worker_loop(worker, rx, initial_epoch, checkpoints);
+                let setup = WorkerSetup { local, initial_epoch, checkpoints, gather: control.is_some() };
+                worker_loop(worker, rx, setup, control);
             }
         })
         .map_err(DataflowError::Internal)?;
@@ -160,11 +189,12 @@ impl Runtime {
         let handle = std::thread::Builder::new()
             .name("laminar-epochs".into())
             .spawn(move || {
+                if let Some(c) = &shared.cluster {
+                    *c.coordinator.lock() = Some(std::thread::current());
+                }
                 while !shared.stop.load(Ordering::Acquire) {
                     std::thread::park_timeout(interval);
-                    if shared.dirty.swap(false, Ordering::AcqRel) {
-                        advance(&shared, &c_senders, None);
-                    }
+                    coordinate(&shared, &c_senders);
                 }
             })
             .map_err(|e| DataflowError::Internal(e.to_string()))?;
@@ -172,9 +202,14 @@ impl Runtime {
         Ok(rt)
     }
 
-    /// Number of workers.
+    /// Number of workers (of this process).
     pub fn workers(&self) -> usize {
         self.workers
+    }
+
+    /// This process's index in its cluster and the number of processes (`(0, 1)` alone).
+    pub fn process(&self) -> (usize, usize) {
+        self.shared.cluster.as_ref().map_or((0, 1), |c| (c.process, c.processes))
     }
 
     /// The epoch currently open for new data.
@@ -282,8 +317,29 @@ impl Runtime {
     }
 
     /// Closes the open epoch now; every batch sent before this call belongs to an epoch below the
-    /// returned one.
+    /// returned one. A follower of a cluster asks the leader and waits for it.
     pub fn close_epoch(&self) -> Result<u64> {
+        if let Some(c) = self.shared.follower() {
+            let open = self.current_epoch();
+            let deadline = Instant::now() + FOLLOW_TIMEOUT;
+            self.request_advance();
+            if let Some(t) = c.coordinator.lock().as_ref() {
+                t.unpark();
+            }
+            loop {
+                self.with_senders(|_| ())?;
+                let now = self.current_epoch();
+                if now > open {
+                    return Ok(now);
+                }
+                if Instant::now() > deadline {
+                    return Err(DataflowError::Cluster(format!(
+                        "process 0 did not close epoch {open} within {FOLLOW_TIMEOUT:?}"
+                    )));
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
         self.with_senders(|s| advance(&self.shared, s, None))
     }
 
@@ -292,6 +348,9 @@ impl Runtime {
     /// this call belongs to it or an earlier epoch.
     /// `before(E)` runs first, while no epoch can close (to set up barriers downstream).
     pub fn checkpoint(&self, full: bool, sink: Arc<dyn SnapshotSink>, before: impl FnOnce(u64)) -> Result<u64> {
+        if self.shared.cluster.is_some() {
+            return Err(DataflowError::Cluster("checkpoints of a cluster are not supported yet".into()));
+        }
         self.with_senders(|s| {
             let _g = self.shared.advance_lock.write();
             let epoch = self.shared.epoch.load(Ordering::Acquire);
@@ -310,7 +369,7 @@ impl Runtime {
             drop(h.join());
         }
         let senders = self.senders.lock().take();
-        if let Some(s) = &senders {
+        if let (Some(s), None) = (&senders, self.shared.follower()) {
             advance(&self.shared, s, None);
         }
         drop(senders);
@@ -327,6 +386,64 @@ impl Drop for Runtime {
     }
 }
 
+/// How long a follower waits for the leader to close an epoch it asked for.
+const FOLLOW_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One tick of the epoch coordinator.
+fn coordinate(shared: &Shared, senders: &[Sender<Command>]) {
+    match &shared.cluster {
+        None => {
+            if shared.dirty.swap(false, Ordering::AcqRel) {
+                advance(shared, senders, None);
+            }
+        }
+        Some(c) if c.is_leader() => {
+            for m in c.take_inbox() {
+                if let Control::Report { process, watermarks, advance } = m {
+                    c.record(process, &watermarks, advance);
+                }
+            }
+            let local = shared.dirty.swap(false, Ordering::AcqRel);
+            if c.remote_dirty.swap(false, Ordering::AcqRel) | local {
+                advance(shared, senders, None);
+            }
+        }
+        Some(c) => {
+            for m in c.take_inbox() {
+                if let Control::Advance { epoch, watermarks } = m {
+                    let snapshot = WatermarkSnapshot::from_values(watermarks.iter().map(|(n, v)| (n.as_str(), *v)));
+                    follow(shared, senders, epoch, Arc::new(snapshot));
+                }
+            }
+            if shared.dirty.swap(false, Ordering::AcqRel) {
+                let watermarks = shared.watermarks.snapshot().values().map(|(n, v)| (n.to_string(), v)).collect();
+                let report = Control::Report { process: c.process, watermarks, advance: true };
+                if let Some(tx) = senders.first() {
+                    let _ = tx.send(Command::Control(vec![(0, report)]));
+                }
+                if let Some(Some(t)) = shared.threads.lock().first() {
+                    t.unpark();
+                }
+            }
+        }
+    }
+}
+
+/// A follower opens `epoch` as the leader did, with the cluster's watermarks.
+fn follow(shared: &Shared, senders: &[Sender<Command>], epoch: u64, snapshot: Arc<WatermarkSnapshot>) {
+    let _g = shared.advance_lock.write();
+    if epoch <= shared.epoch.load(Ordering::Acquire) {
+        return;
+    }
+    shared.epoch.store(epoch, Ordering::Release);
+    for tx in senders {
+        let _ = tx.send(Command::Advance(epoch, snapshot.clone(), None));
+    }
+    for t in shared.threads.lock().iter().flatten() {
+        t.unpark();
+    }
+}
+
 fn advance(shared: &Shared, senders: &[Sender<Command>], checkpoint: Option<Arc<CheckpointRequest>>) -> u64 {
     let _g = shared.advance_lock.write();
     advance_locked(shared, senders, checkpoint)
@@ -335,10 +452,19 @@ fn advance(shared: &Shared, senders: &[Sender<Command>], checkpoint: Option<Arc<
 /// [`advance`] with the advance lock held by the caller.
 fn advance_locked(shared: &Shared, senders: &[Sender<Command>], checkpoint: Option<Arc<CheckpointRequest>>) -> u64 {
     let next = shared.epoch.fetch_add(1, Ordering::AcqRel) + 1;
-    let snapshot = shared.watermarks.snapshot();
+    let snapshot = match &shared.cluster {
+        Some(c) => Arc::new(c.combined(&shared.watermarks.snapshot())),
+        None => shared.watermarks.snapshot(),
+    };
     debug_assert!(checkpoint.as_ref().is_none_or(|r| r.epoch == next - 1));
     for tx in senders {
         let _ = tx.send(Command::Advance(next, snapshot.clone(), checkpoint.clone()));
+    }
+    // The leader of a cluster: every follower opens the same epoch with the same watermarks.
+    if let (Some(c), Some(tx)) = (&shared.cluster, senders.first()) {
+        let msgs: Vec<_> =
+            (1..c.processes).map(|p| (c.first_worker_of(p), Control::advance(next, &snapshot))).collect();
+        let _ = tx.send(Command::Control(msgs));
     }
     for t in shared.threads.lock().iter().flatten() {
         t.unpark();
@@ -368,8 +494,24 @@ impl EpochSink for Detachable {
     }
 }
 
-fn worker_loop(worker: &mut timely::worker::Worker, rx: Receiver<Command>, initial_epoch: u64, checkpoints: bool) {
-    let index = worker.index();
+/// What a worker thread is told at start.
+struct WorkerSetup {
+    /// Its index among this process's workers.
+    local: usize,
+    initial_epoch: u64,
+    /// Checkpoints can be asked for.
+    checkpoints: bool,
+    /// Gather each dataflow's output on worker 0 (a cluster).
+    gather: bool,
+}
+
+fn worker_loop(
+    worker: &mut timely::worker::Worker,
+    rx: Receiver<Command>,
+    setup: WorkerSetup,
+    mut control: Option<ControlInput>,
+) {
+    let initial_epoch = setup.initial_epoch;
     // Every epoch change reaches this worker as an `Advance` command in its channel, which exists
     // since the runtime started: start from the initial epoch, not from the shared counter, which
     // may already count advances still queued behind earlier commands.
@@ -412,12 +554,20 @@ fn worker_loop(worker: &mut timely::worker::Worker, rx: Receiver<Command>, initi
                             }
                         }
                         Command::Install(reqs) => {
-                            let df = install(worker, &reqs, epoch, index, checkpoints);
+                            let df = install(worker, &reqs, epoch, &setup);
                             let first = reqs[0].id;
                             for r in &reqs[1..] {
                                 group_of.insert(r.id, first);
                             }
                             installed.insert(first, df);
+                        }
+                        Command::Control(msgs) => {
+                            if let Some(c) = control.as_mut() {
+                                msgs.into_iter().for_each(|m| c.send(m));
+                                // Exchanged messages leave this worker when its input moves on.
+                                let next = *c.time() + 1;
+                                c.advance_to(next);
+                            }
                         }
                         Command::Remove(id) => {
                             let group = group_of.remove(&id).unwrap_or(id);
@@ -441,6 +591,7 @@ fn worker_loop(worker: &mut timely::worker::Worker, rx: Receiver<Command>, initi
         }
         if closed {
             installed.clear();
+            drop(control.take());
             while worker.has_dataflows() {
                 worker.step_or_park(Some(Duration::from_millis(10)));
             }
@@ -449,6 +600,9 @@ fn worker_loop(worker: &mut timely::worker::Worker, rx: Receiver<Command>, initi
         if worked {
             for df in installed.values_mut() {
                 df.inputs.iter_mut().for_each(|(_, h)| h.flush());
+            }
+            if let Some(c) = control.as_mut() {
+                c.flush();
             }
             worker.step();
         } else {
@@ -461,9 +615,9 @@ fn install(
     worker: &mut timely::worker::Worker,
     reqs: &[Arc<InstallRequest>],
     epoch: u64,
-    index: usize,
-    track_changes: bool,
+    setup: &WorkerSetup,
 ) -> Installed {
+    let index = worker.index();
     let mut inputs: Vec<(String, Handle)> = Vec::new();
     let watermarks = WatermarkFeed::default();
     let checkpoints = CheckpointFeed::default();
@@ -489,20 +643,22 @@ fn install(
                 peers,
                 restore: req.restore.clone(),
                 next_ordinal: std::cell::Cell::new(0),
-                track_changes,
+                track_changes: setup.checkpoints,
             };
             let removed = Arc::new(AtomicBool::new(false));
             members.insert(req.id, removed.clone());
             if let Some(out) = build_plan(&req.plan, &streams, &ctx, &mut built) {
-                out.capture_epochs(index, Arc::new(Detachable { sink: req.output.clone(), removed }));
+                let out = if setup.gather { out.gather_to_first() } else { out };
+                out.capture_epochs(setup.local, Arc::new(Detachable { sink: req.output.clone(), removed }));
             }
         }
     });
     for (_, h) in inputs.iter_mut() {
         h.advance_to(epoch);
     }
-    if index == 0 {
-        // Each source's existing contents once, however many members read it.
+    if setup.local == 0 {
+        // Each source's existing contents once, however many members read it (in a cluster,
+        // each process's own part).
         let mut fed = BTreeSet::new();
         for req in reqs.iter().filter(|r| r.restore.is_none()) {
             for (source, batches) in &req.backfill {
@@ -522,8 +678,9 @@ fn install(
 mod tests {
     use super::*;
     use crate::merge::EpochMerger;
+    use arrow::array::AsArray;
     use arrow::array::{Int64Array, RecordBatch};
-    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow::datatypes::{DataType, Field, Int64Type, Schema};
 
     /// Data sent before `close_epoch` is delivered once that epoch completes, even when the
     /// commands reach a worker before its thread has started (a past race: workers read the
@@ -557,5 +714,130 @@ mod tests {
             assert_eq!(*seen.lock(), 3);
             rt.shutdown();
         }
+    }
+
+    /// A free loopback port for a test cluster.
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+    }
+
+    /// Two runtimes joined as a cluster (two processes' worth of workers in this test process,
+    /// over real loopback connections): each counts rows by key over its own half of the input;
+    /// the counts gathered on process 0 are those of the whole input, the follower's output has
+    /// its epochs but no rows, and both see the same epochs.
+    #[test]
+    fn a_cluster_counts_over_every_process_and_gathers_on_the_first() {
+        use crate::plan::testing::Columns;
+        use crate::plan::{AggKind, AggSpec, AggregatePlan};
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, true)]));
+        let out =
+            Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, true), Field::new("n", DataType::Int64, true)]));
+        let plan = PlanNode::Aggregate {
+            input: Box::new(PlanNode::Source { name: "t".into(), schema: schema.clone(), append_only: true }),
+            plan: Arc::new(AggregatePlan {
+                keys: Arc::new(Columns(vec![0], schema.clone())),
+                aggs: vec![AggSpec { kind: AggKind::CountStar, arg: None, output_type: DataType::Int64 }],
+                output_schema: out,
+                input_append_only: true,
+            }),
+        };
+        let addresses: Vec<String> = (0..2).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        // Start blocks until every process is connected: start them side by side.
+        let starts: Vec<_> = (0..2)
+            .map(|p| {
+                let cluster = ClusterConfig::new(p, addresses.clone());
+                std::thread::spawn(move || {
+                    Runtime::start(RuntimeConfig { workers: 2, cluster: Some(cluster), ..Default::default() })
+                })
+            })
+            .collect();
+        let rts: Vec<Runtime> = starts.into_iter().map(|h| h.join().expect("thread").expect("start")).collect();
+        assert_eq!(rts[1].process(), (1, 2));
+        type Counts = Arc<Mutex<std::collections::BTreeMap<(i64, i64), i64>>>;
+        let mut results: Vec<Counts> = Vec::new();
+        let mut mergers = Vec::new();
+        for rt in &rts {
+            let counts: Counts = Arc::default();
+            let c2 = counts.clone();
+            let merger = Arc::new(EpochMerger::new(
+                2,
+                Box::new(move |_, batches| {
+                    let mut c = c2.lock();
+                    for b in batches {
+                        let k = b.data.column(0).as_primitive::<Int64Type>();
+                        let n = b.data.column(1).as_primitive::<Int64Type>();
+                        for i in 0..b.num_rows() {
+                            *c.entry((k.value(i), n.value(i))).or_default() += b.diff(i);
+                        }
+                    }
+                    c.retain(|_, d| *d != 0);
+                }),
+            ));
+            rt.install(InstallRequest {
+                id: 1,
+                plan: plan.clone(),
+                output: merger.clone(),
+                backfill: vec![],
+                stats: Default::default(),
+                restore: None,
+            })
+            .expect("install");
+            results.push(counts);
+            mergers.push(merger);
+        }
+        for round in 0..5i64 {
+            for (p, rt) in rts.iter().enumerate() {
+                let keys: Vec<i64> = (0..200).filter(|i| i % 2 == p as i64).map(|i| (i + round) % 10).collect();
+                let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(keys))]).expect("b");
+                rt.send(&Arc::from("t"), DiffBatch::inserts(batch)).expect("send");
+            }
+        }
+        // The follower's close waits for the leader; its rows are then complete everywhere.
+        let e1 = rts[1].close_epoch().expect("follower close");
+        assert!(mergers[1].wait_delivered(e1, Duration::from_secs(20)));
+        let e0 = rts[0].close_epoch().expect("leader close");
+        assert!(e0 > e1, "the follower's epochs are the leader's");
+        assert!(mergers[0].wait_delivered(e0, Duration::from_secs(20)));
+        let expected: std::collections::BTreeMap<(i64, i64), i64> = (0..10).map(|k| ((k, 100), 1)).collect();
+        assert_eq!(*results[0].lock(), expected);
+        assert!(results[1].lock().is_empty(), "output is gathered on process 0");
+        // Shutting down waits for every process: shut down side by side.
+        let stops: Vec<_> = rts.into_iter().map(|rt| std::thread::spawn(move || rt.shutdown())).collect();
+        stops.into_iter().for_each(|h| h.join().expect("shutdown"));
+    }
+
+    /// A process that cannot reach the others gives up after the connect timeout, naming them.
+    #[test]
+    fn a_cluster_that_cannot_form_fails_to_start_with_the_addresses() {
+        let addresses = vec![format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port())];
+        let mut cluster = ClusterConfig::new(1, addresses.clone());
+        cluster.connect_timeout = Duration::from_millis(300);
+        let err = Runtime::start(RuntimeConfig { workers: 1, cluster: Some(cluster), ..Default::default() })
+            .err()
+            .expect("no leader: start fails");
+        let msg = err.to_string();
+        assert!(matches!(err, DataflowError::Cluster(_)), "{msg}");
+        assert!(msg.contains(&addresses[0]), "{msg}");
+        // Processes that disagree on their workers refuse each other at start.
+        let pair: Vec<String> = (0..2).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        let starts: Vec<_> = (0..2)
+            .map(|p| {
+                let mut cluster = ClusterConfig::new(p, pair.clone());
+                cluster.connect_timeout = Duration::from_secs(20);
+                std::thread::spawn(move || {
+                    Runtime::start(RuntimeConfig { workers: 1 + p, cluster: Some(cluster), ..Default::default() })
+                        .err()
+                        .map(|e| e.to_string())
+                })
+            })
+            .collect();
+        for h in starts {
+            let msg = h.join().expect("thread").expect("mismatched workers: start fails");
+            assert!(msg.contains("runs 2 workers, this one 1") || msg.contains("runs 1 workers, this one 2"), "{msg}");
+        }
+        let bad = ClusterConfig::new(2, addresses);
+        assert!(bad.validate().is_err_and(|e| e.contains("out of range")));
+        let portless = ClusterConfig::new(0, vec!["a:1".into(), "b".into()]);
+        assert!(portless.validate().is_err_and(|e| e.contains("host:port")));
     }
 }

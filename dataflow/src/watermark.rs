@@ -38,6 +38,28 @@ impl WatermarkSnapshot {
     pub fn get(&self, source: &str) -> i64 {
         self.values.iter().find(|(n, _)| &**n == source).map_or(NO_WATERMARK, |(_, v)| *v)
     }
+
+    /// The sources and their watermarks.
+    pub fn values(&self) -> impl Iterator<Item = (&str, i64)> {
+        self.values.iter().map(|(n, v)| (&**n, *v))
+    }
+
+    /// A snapshot holding `values`.
+    pub fn from_values<'a>(values: impl IntoIterator<Item = (&'a str, i64)>) -> Self {
+        Self { values: values.into_iter().map(|(n, v)| (Arc::from(n), v)).collect() }
+    }
+
+    /// The watermarks of a source fed by several processes: per source, the minimum over
+    /// `parts`, where a part without the source holds it at [`NO_WATERMARK`] (its rows may
+    /// still come).
+    pub fn min_of(parts: &[&WatermarkSnapshot]) -> Self {
+        let mut names: Vec<&Arc<str>> = parts.iter().flat_map(|p| p.values.iter().map(|(n, _)| n)).collect();
+        names.sort_unstable();
+        names.dedup();
+        let values =
+            names.into_iter().map(|n| (n.clone(), parts.iter().map(|p| p.get(n)).min().unwrap_or(NO_WATERMARK)));
+        Self { values: values.collect() }
+    }
 }
 
 /// The runtime's per-source watermarks.
@@ -212,6 +234,21 @@ mod tests {
         assert_eq!(r.watermark(&["a".to_string()]), 30);
         assert_eq!(r.watermark(&["c".to_string()]), NO_WATERMARK, "a source that never sent holds it back");
         assert_eq!(r.watermark(&[]), NO_WATERMARK);
+    }
+
+    /// A cluster's watermark of a source is the smallest of its processes'; a process that has
+    /// not moved it holds it back.
+    #[test]
+    fn the_minimum_over_processes_waits_for_every_process() {
+        let a = WatermarkSnapshot::from_values([("s", 10), ("t", 50)]);
+        let b = WatermarkSnapshot::from_values([("s", 30)]);
+        let m = WatermarkSnapshot::min_of(&[&a, &b]);
+        assert_eq!(m.get("s"), 10);
+        assert_eq!(m.get("t"), NO_WATERMARK);
+        let mut values: Vec<_> = m.values().collect();
+        values.sort_unstable();
+        assert_eq!(values, vec![("s", 10), ("t", NO_WATERMARK)]);
+        assert_eq!(WatermarkSnapshot::min_of(&[&b]).get("s"), 30);
     }
 
     #[test]

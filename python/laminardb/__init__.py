@@ -78,7 +78,7 @@ def _error(cls: type, code: int, message: str) -> LaminarError:
 class LaminarConfig:
     """Engine settings (read-only once built)."""
 
-    __slots__ = ("_buffer_size", "_storage_dir", "_checkpoint_interval_ms", "_workers")
+    __slots__ = ("_buffer_size", "_storage_dir", "_checkpoint_interval_ms", "_workers", "_processes", "_process_index")
 
     def __init__(
         self,
@@ -87,15 +87,27 @@ class LaminarConfig:
         storage_dir: Optional[str] = None,
         checkpoint_interval_ms: Optional[int] = None,
         workers: Optional[int] = None,
+        processes: Optional[Sequence[str]] = None,
+        process_index: Optional[int] = None,
     ) -> None:
         if buffer_size <= 0:
             raise ValueError("buffer_size must be positive")
         if workers is not None and workers <= 0:
             raise ValueError("workers must be positive")
+        if (processes is None) != (process_index is None):
+            raise ValueError("processes and process_index go together")
+        if processes is not None:
+            processes = [str(p) for p in processes]
+            if len(processes) < 2:
+                raise ValueError("a cluster needs at least 2 process addresses")
+            if not 0 <= int(process_index) < len(processes):  # type: ignore[arg-type]
+                raise ValueError(f"process_index must be in 0..{len(processes) - 1}")
         self._buffer_size = int(buffer_size)
         self._storage_dir = None if storage_dir is None else str(storage_dir)
         self._checkpoint_interval_ms = checkpoint_interval_ms
         self._workers = workers
+        self._processes: Optional[list[str]] = processes
+        self._process_index = None if process_index is None else int(process_index)
 
     @property
     def buffer_size(self) -> int:
@@ -114,13 +126,26 @@ class LaminarConfig:
 
     @property
     def workers(self) -> Optional[int]:
-        """Worker threads (default: number of cores)."""
+        """Worker threads (default: number of cores; per process in a cluster)."""
         return self._workers
 
+    @property
+    def processes(self) -> Optional[list[str]]:
+        """`host:port` of every process of a cluster running this pipeline, or None."""
+        return None if self._processes is None else list(self._processes)
+
+    @property
+    def process_index(self) -> Optional[int]:
+        """This process's index in `processes` (0 sees the whole result), or None."""
+        return self._process_index
+
     def __repr__(self) -> str:
+        cluster = ""
+        if self._processes is not None:
+            cluster = f", processes={self._processes!r}, process_index={self._process_index}"
         return (
             f"LaminarConfig(buffer_size={self._buffer_size}, storage_dir={self._storage_dir!r}, "
-            f"checkpoint_interval_ms={self._checkpoint_interval_ms}, workers={self._workers})"
+            f"checkpoint_interval_ms={self._checkpoint_interval_ms}, workers={self._workers}{cluster})"
         )
 
 
@@ -1104,6 +1129,8 @@ def open(path: str, *, config: Optional[LaminarConfig] = None) -> Connection:  #
         storage_dir=config.storage_dir,
         checkpoint_interval_ms=config.checkpoint_interval_ms,
         workers=config.workers,
+        processes=config.processes,
+        process_index=config.process_index,
     )
     return Connection(raw, config)
 

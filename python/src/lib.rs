@@ -112,7 +112,9 @@ struct PyConnection {
 impl PyConnection {
     /// Opens (or creates) the database in directory `path` (":memory:" keeps nothing).
     #[staticmethod]
-    #[pyo3(signature = (path, buffer_size=65536, storage_dir=None, checkpoint_interval_ms=None, workers=None))]
+    #[pyo3(signature = (path, buffer_size=65536, storage_dir=None, checkpoint_interval_ms=None, workers=None,
+                        processes=None, process_index=None))]
+    #[allow(clippy::too_many_arguments)]
     fn open(
         py: Python<'_>,
         path: String,
@@ -120,12 +122,20 @@ impl PyConnection {
         storage_dir: Option<String>,
         checkpoint_interval_ms: Option<u64>,
         workers: Option<usize>,
+        processes: Option<Vec<String>>,
+        process_index: Option<usize>,
     ) -> PyResult<Self> {
+        let cluster = match (processes, process_index) {
+            (Some(addresses), Some(p)) => Some(laminardb::ClusterConfig::new(p, addresses)),
+            (None, None) => None,
+            _ => return Err(pyo3::exceptions::PyValueError::new_err("processes and process_index go together")),
+        };
         let config = LaminarConfig {
             buffer_size,
             storage_dir: storage_dir.map(Into::into),
             checkpoint_interval_ms,
             workers,
+            cluster,
             ..Default::default()
         };
         let db = py.detach(|| Database::open_with_config(&path, config)).or_py(py)?;

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use timely::dataflow::channels::pact::Pipeline;
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
 
 use super::BatchStream;
@@ -14,6 +15,28 @@ pub trait EpochSink: Send + Sync {
     /// `worker` has completed every epoch below `frontier` (`None`: the stream ended).
     /// `ready` holds the batches of the epochs completed by this step, in epoch order.
     fn report(&self, worker: usize, frontier: Option<u64>, ready: Vec<(u64, Vec<DiffBatch>)>);
+}
+
+/// Extension trait adding [`GatherExt::gather_to_first`].
+pub trait GatherExt<'scope> {
+    /// Moves every batch to worker 0 (of process 0, in a cluster), unchanged.
+    fn gather_to_first(self) -> BatchStream<'scope>;
+}
+
+impl<'scope> GatherExt<'scope> for BatchStream<'scope> {
+    fn gather_to_first(self) -> BatchStream<'scope> {
+        self.unary::<CapacityContainerBuilder<Vec<DiffBatch>>, _, _, _>(
+            Exchange::new(|_: &DiffBatch| 0),
+            "Gather",
+            |_, _| {
+                |input, output| {
+                    input.for_each(|cap, data| {
+                        output.session(&cap).give_container(data);
+                    })
+                }
+            },
+        )
+    }
 }
 
 /// Extension trait adding [`CaptureExt::capture_epochs`].

@@ -1,0 +1,368 @@
+//! One pipeline across several processes, over timely's own cluster communication.
+//!
+//! Every process runs the same runtime with the same number of local workers and installs the
+//! same dataflows in the same order (the engine runs the same DDL on each); timely connects the
+//! processes (process `p` listens on `addresses[p]`), numbers the workers `p * threads + local`,
+//! and moves the batches of key exchanges between processes as Arrow IPC.
+//!
+//! **Epochs.** Process 0 (the leader) is the epoch clock of the cluster. A follower never
+//! closes an epoch itself: when it has sent data (or moved a watermark, or waits for an epoch
+//! to close) it reports to the leader, with its sources' watermarks; the leader closes the epoch
+//! at its next tick and tells every follower, which then advances its own workers exactly as
+//! the leader did. So an epoch number means the same cut on every process, which is what a
+//! checkpoint or a restart needs.
+//!
+//! **Watermarks.** The watermark recorded for an epoch is, per source, the minimum over the
+//! processes' latest reports: a process that has not moved a source's watermark holds it back,
+//! because its rows may still come.
+//!
+//! **Output.** Each dataflow's result is gathered on worker 0, so the streams, views and sinks
+//! of process 0 see the whole result; those of the other processes see their epochs complete
+//! but no rows.
+//!
+//! **Control messages** travel in a small dataflow that every worker builds first, before any
+//! other: `(target worker, message)` pairs routed by target. Its input never advances, so it
+//! never completes while the runtime runs; messages are delivered as soon as they arrive.
+//!
+//! **Connecting.** Each process listens on its address, connects to every lower-numbered
+//! process (retrying until the connect timeout) and accepts the higher-numbered ones. On each
+//! connection both ends introduce themselves (protocol tag, process index, number of processes,
+//! workers per process) and refuse a peer that disagrees, so a mis-configured process fails at
+//! start with an error naming the difference. The connected sockets are then handed to timely.
+//!
+//! **Failures.** Timely's connections carry no error values: a process that goes away without
+//! shutting down makes the others' communication threads panic, and their pipelines stop.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Input;
+use timely::dataflow::InputHandle;
+
+use crate::error::{DataflowError, Result};
+use crate::watermark::WatermarkSnapshot;
+
+/// Where this process sits in a cluster of processes running one pipeline.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// This process's index in `addresses` (0 is the leader).
+    pub process: usize,
+    /// `host:port` of every process, in process order; each process listens on its own.
+    pub addresses: Vec<String>,
+    /// How long starting waits for every process to be connected.
+    pub connect_timeout: Duration,
+}
+
+impl ClusterConfig {
+    /// A cluster of the processes at `addresses`, this one being number `process`.
+    pub fn new(process: usize, addresses: Vec<String>) -> Self {
+        Self { process, addresses, connect_timeout: Duration::from_secs(60) }
+    }
+
+    /// Number of processes.
+    pub fn processes(&self) -> usize {
+        self.addresses.len()
+    }
+
+    /// Checks that the index is in range and every address has a port.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.addresses.len() < 2 {
+            return Err(format!("a cluster needs at least 2 process addresses, got {}", self.addresses.len()));
+        }
+        if self.process >= self.addresses.len() {
+            return Err(format!(
+                "process index {} is out of range for {} process addresses",
+                self.process,
+                self.addresses.len()
+            ));
+        }
+        for a in &self.addresses {
+            let port = a.rsplit_once(':').and_then(|(h, p)| (!h.is_empty()).then_some(p));
+            if port.and_then(|p| p.parse::<u16>().ok()).is_none() {
+                return Err(format!("process address '{a}' is not host:port"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A message between the epoch coordinators of the processes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) enum Control {
+    /// From a follower: its sources' watermarks now, and whether it waits for an epoch to close
+    /// (it sent data, moved a watermark, or was asked to close one).
+    Report {
+        /// The reporting process.
+        process: usize,
+        /// Its sources' watermarks.
+        watermarks: Vec<(String, i64)>,
+        /// It waits for the open epoch to close.
+        advance: bool,
+    },
+    /// From the leader: `epoch` is now open; `watermarks` held at the close of the one before.
+    Advance {
+        /// The newly opened epoch.
+        epoch: u64,
+        /// The cluster's watermarks at the close of `epoch - 1`.
+        watermarks: Vec<(String, i64)>,
+    },
+}
+
+impl Control {
+    /// An `Advance` carrying `snapshot`.
+    pub(crate) fn advance(epoch: u64, snapshot: &WatermarkSnapshot) -> Self {
+        Control::Advance { epoch, watermarks: snapshot.values().map(|(n, v)| (n.to_string(), v)).collect() }
+    }
+}
+
+/// The cluster side of the runtime's shared state.
+pub(crate) struct ClusterState {
+    /// This process.
+    pub process: usize,
+    /// Number of processes.
+    pub processes: usize,
+    /// Workers per process.
+    pub threads: usize,
+    /// Messages received by this process's first worker, for the coordinator.
+    pub inbox: Mutex<Vec<Control>>,
+    /// The leader's record of each process's latest reported watermarks (by process index).
+    pub reported: Mutex<Vec<WatermarkSnapshot>>,
+    /// The leader: a follower waits for the open epoch to close.
+    pub remote_dirty: AtomicBool,
+    /// The coordinator thread, woken when a message arrives.
+    pub coordinator: Mutex<Option<std::thread::Thread>>,
+}
+
+impl ClusterState {
+    pub(crate) fn new(config: &ClusterConfig, threads: usize) -> Self {
+        Self {
+            process: config.process,
+            processes: config.processes(),
+            threads,
+            inbox: Mutex::new(Vec::new()),
+            reported: Mutex::new((0..config.processes()).map(|_| WatermarkSnapshot::default()).collect()),
+            remote_dirty: AtomicBool::new(false),
+            coordinator: Mutex::new(None),
+        }
+    }
+
+    /// This process leads the cluster's epochs.
+    pub(crate) fn is_leader(&self) -> bool {
+        self.process == 0
+    }
+
+    /// The first worker of process `p` (the one that receives control messages).
+    pub(crate) fn first_worker_of(&self, p: usize) -> u64 {
+        (p * self.threads) as u64
+    }
+
+    /// The leader: takes in the messages received so far (followers' reports).
+    pub(crate) fn take_inbox(&self) -> Vec<Control> {
+        std::mem::take(&mut *self.inbox.lock())
+    }
+
+    /// The leader: records a follower's report.
+    pub(crate) fn record(&self, process: usize, watermarks: &[(String, i64)], advance: bool) {
+        if let Some(slot) = self.reported.lock().get_mut(process) {
+            *slot = WatermarkSnapshot::from_values(watermarks.iter().map(|(n, v)| (n.as_str(), *v)));
+        }
+        if advance {
+            self.remote_dirty.store(true, Ordering::Release);
+        }
+    }
+
+    /// The leader: the cluster's watermarks, given this process's own.
+    pub(crate) fn combined(&self, local: &WatermarkSnapshot) -> WatermarkSnapshot {
+        let reported = self.reported.lock();
+        let mut parts: Vec<&WatermarkSnapshot> = vec![local];
+        parts.extend(reported.iter().enumerate().filter(|(p, _)| *p != self.process).map(|(_, s)| s));
+        WatermarkSnapshot::min_of(&parts)
+    }
+}
+
+/// The input of a worker's control dataflow: `(target worker, message)`.
+pub(crate) type ControlInput = InputHandle<u64, CapacityContainerBuilder<Vec<(u64, Control)>>>;
+
+/// Builds the control dataflow on a worker (every worker, first of all dataflows): messages sent
+/// into the returned input reach their target worker, which hands them to its process's
+/// coordinator.
+pub(crate) fn build_control(worker: &mut timely::worker::Worker, state: Arc<ClusterState>) -> ControlInput {
+    let mut input = ControlInput::new();
+    worker.dataflow::<u64, _, _>(|scope| {
+        scope.input_from(&mut input).sink(
+            Exchange::new(|m: &(u64, Control)| m.0),
+            "ClusterControl",
+            move |(input, _)| {
+                let mut got = false;
+                input.for_each(|_, data| {
+                    state.inbox.lock().extend(data.drain(..).map(|(_, m)| m));
+                    got = true;
+                });
+                if got {
+                    if let Some(t) = state.coordinator.lock().as_ref() {
+                        t.unpark();
+                    }
+                }
+            },
+        );
+    });
+    input
+}
+
+/// Tag of the introduction exchanged on every connection between two processes.
+const HELLO: &[u8; 8] = b"LMNRCL01";
+
+/// What one process tells another when they connect.
+#[derive(Debug, PartialEq, Eq)]
+struct Hello {
+    process: u64,
+    processes: u64,
+    threads: u64,
+}
+
+impl Hello {
+    fn write(&self, s: &mut TcpStream) -> std::io::Result<()> {
+        let mut buf = Vec::with_capacity(32);
+        buf.extend_from_slice(HELLO);
+        for v in [self.process, self.processes, self.threads] {
+            buf.extend_from_slice(&v.to_le_bytes());
+        }
+        s.write_all(&buf)
+    }
+
+    fn read(s: &mut TcpStream) -> std::io::Result<Option<Self>> {
+        let mut buf = [0u8; 32];
+        s.read_exact(&mut buf)?;
+        if &buf[..8] != HELLO {
+            return Ok(None);
+        }
+        let v = |i: usize| u64::from_le_bytes(buf[8 + 8 * i..16 + 8 * i].try_into().unwrap_or_default());
+        Ok(Some(Hello { process: v(0), processes: v(1), threads: v(2) }))
+    }
+}
+
+/// Checks a peer's introduction against this process's settings.
+fn check_peer(config: &ClusterConfig, threads: usize, peer: Option<Hello>, from: &str) -> Result<usize> {
+    let fail = |m: String| Err(DataflowError::Cluster(format!("process {}: {m}", config.process)));
+    let Some(h) = peer else {
+        return fail(format!("{from} is not a LaminarDB cluster process"));
+    };
+    if h.processes as usize != config.processes() {
+        return fail(format!(
+            "process {} at {from} has {} processes in its list, this one {}",
+            h.process,
+            h.processes,
+            config.processes()
+        ));
+    }
+    if h.threads as usize != threads {
+        return fail(format!("process {} at {from} runs {} workers, this one {threads}", h.process, h.threads));
+    }
+    Ok(h.process as usize)
+}
+
+/// Connects this process to every other one of the cluster (see the module doc); gives up at the
+/// connect timeout, naming the processes still missing. Returns one socket per process (none
+/// for this one), in process order.
+pub(crate) fn connect_peers(config: &ClusterConfig, threads: usize) -> Result<Vec<Option<TcpStream>>> {
+    let me = config.process;
+    let deadline = Instant::now() + config.connect_timeout;
+    let hello = Hello { process: me as u64, processes: config.processes() as u64, threads: threads as u64 };
+    let err = |m: String| DataflowError::Cluster(format!("process {me}: {m}"));
+    let own = &config.addresses[me];
+    let listener = TcpListener::bind(own).map_err(|e| err(format!("cannot listen on {own}: {e}")))?;
+    listener.set_nonblocking(true).map_err(|e| err(e.to_string()))?;
+    let mut sockets: Vec<Option<TcpStream>> = (0..config.processes()).map(|_| None).collect();
+    let missing = |sockets: &[Option<TcpStream>]| -> String {
+        let m: Vec<String> = (0..sockets.len())
+            .filter(|&p| p != me && sockets[p].is_none())
+            .map(|p| format!("{p} ({})", config.addresses[p]))
+            .collect();
+        m.join(", ")
+    };
+    let setup = |s: &mut TcpStream| -> std::io::Result<()> {
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+    };
+    // Lower-numbered processes: connect (they may not be listening yet).
+    for p in 0..me {
+        let addr = &config.addresses[p];
+        let mut stream = loop {
+            match TcpStream::connect(addr) {
+                Ok(s) => break s,
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                Err(e) => {
+                    return Err(err(format!(
+                        "could not connect to process {p} at {addr} within {:?} ({e}); not connected: {}",
+                        config.connect_timeout,
+                        missing(&sockets)
+                    )))
+                }
+            }
+        };
+        setup(&mut stream).and_then(|_| hello.write(&mut stream)).map_err(|e| err(format!("{addr}: {e}")))?;
+        let peer = Hello::read(&mut stream).map_err(|e| err(format!("no introduction from {addr}: {e}")))?;
+        let index = check_peer(config, threads, peer, addr)?;
+        if index != p {
+            return Err(err(format!("{addr} is process {index}, but the address list has it as process {p}")));
+        }
+        sockets[p] = Some(stream);
+    }
+    // Higher-numbered processes: accept.
+    while (me + 1..config.processes()).any(|p| sockets[p].is_none()) {
+        match listener.accept() {
+            Ok((mut stream, from)) => {
+                stream.set_nonblocking(false).map_err(|e| err(e.to_string()))?;
+                setup(&mut stream).map_err(|e| err(e.to_string()))?;
+                let from = from.to_string();
+                let peer = Hello::read(&mut stream).map_err(|e| err(format!("no introduction from {from}: {e}")))?;
+                // Answer first: a peer that disagrees learns why too.
+                hello.write(&mut stream).map_err(|e| err(format!("{from}: {e}")))?;
+                let index = check_peer(config, threads, peer, &from)?;
+                if index <= me || index >= config.processes() || sockets[index].is_some() {
+                    return Err(err(format!("unexpected connection from process {index} at {from}")));
+                }
+                sockets[index] = Some(stream);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    return Err(err(format!(
+                        "processes {} did not connect within {:?}",
+                        missing(&sockets),
+                        config.connect_timeout
+                    )));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(err(format!("accepting on {own}: {e}"))),
+        }
+    }
+    for s in sockets.iter().flatten() {
+        s.set_read_timeout(None).map_err(|e| err(e.to_string()))?;
+    }
+    Ok(sockets)
+}
+
+/// Timely's allocators over the connected sockets, one per local worker, and the guard of its
+/// communication threads.
+pub(crate) fn build_allocators(
+    sockets: Vec<Option<TcpStream>>,
+    process: usize,
+    threads: usize,
+) -> Result<(Vec<timely::communication::AllocatorBuilder>, Box<dyn std::any::Any + Send>)> {
+    use timely::communication::allocator::zero_copy::initialize::initialize_networking_from_sockets;
+    use timely::communication::allocator::ProcessBuilder;
+    let hooks = timely::communication::Hooks::default();
+    let local = ProcessBuilder::new_typed_vector(threads, hooks.refill.clone(), hooks.spill.clone());
+    let (builders, guard) = initialize_networking_from_sockets(local, sockets, process, threads, hooks)
+        .map_err(|e| DataflowError::Cluster(format!("process {process}: starting communication: {e}")))?;
+    Ok((builders.into_iter().map(timely::communication::AllocatorBuilder::Tcp).collect(), Box::new(guard)))
+}

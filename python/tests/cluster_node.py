@@ -1,0 +1,120 @@
+"""One process of a LaminarDB cluster, driven by `test_cluster.py` over stdin/stdout.
+
+    python cluster_node.py SCENARIO PROCESS ADDRESSES WORKERS
+
+ADDRESSES is a comma-separated list of host:port (empty: run alone, feeding every row). The
+process runs the scenario's statements, starts the pipeline, feeds its own part of the rows,
+flushes and prints ``fed``; on ``collect`` it flushes again and prints the scenario's result as
+one JSON line; on ``stop`` it shuts down and prints ``stopped``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from typing import Any, Callable
+
+import laminardb
+
+STATEMENTS: dict[str, list[str]] = {
+    "aggregate": [
+        "CREATE SOURCE events (k BIGINT, v BIGINT)",
+        "CREATE MATERIALIZED VIEW totals AS SELECT k, COUNT(*) AS n, SUM(v) AS s, MIN(v) AS lo, MAX(v) AS hi "
+        "FROM events GROUP BY k",
+    ],
+    "join": [
+        "CREATE SOURCE customers (id BIGINT, region VARCHAR, PRIMARY KEY (id))",
+        "CREATE SOURCE orders (oid BIGINT, cust BIGINT, amount BIGINT, PRIMARY KEY (oid))",
+        "CREATE MATERIALIZED VIEW joined AS SELECT o.oid, o.amount, c.region "
+        "FROM orders o JOIN customers c ON o.cust = c.id",
+        "CREATE MATERIALIZED VIEW per_region AS SELECT region, COUNT(*) AS n, SUM(amount) AS total "
+        "FROM joined GROUP BY region",
+    ],
+    "window": [
+        "CREATE SOURCE ticks (sym VARCHAR, ts TIMESTAMP, px BIGINT, WATERMARK FOR ts AS ts - INTERVAL '5' SECOND)",
+        "CREATE STREAM bars AS SELECT sym, window_start, window_end, COUNT(*) AS n, MAX(px) AS hi "
+        "FROM ticks GROUP BY sym, TUMBLE(ts, INTERVAL '1' MINUTE) EMIT ON WINDOW CLOSE",
+    ],
+}
+
+RESULTS: dict[str, str] = {
+    "aggregate": "SELECT * FROM totals ORDER BY k",
+    "join": "SELECT * FROM per_region ORDER BY region",
+    "window": "SELECT sym, CAST(window_start AS VARCHAR) AS ws, n, hi FROM bars ORDER BY sym, ws",
+}
+
+BASE = dt.datetime(2026, 1, 1)
+
+
+def feed_aggregate(db: laminardb.Connection, mine: Callable[[int], bool]) -> None:
+    rows = [{"k": i % 37, "v": (i * 7919) % 1000} for i in range(6000) if mine(i)]
+    for start in range(0, len(rows), 500):
+        db.insert("events", rows[start : start + 500])
+
+
+def feed_join(db: laminardb.Connection, mine: Callable[[int], bool]) -> None:
+    # A key's rows all go through one process, as a keyed partition would: its updates replace it.
+    customers = [{"id": c, "region": f"r{c % 5}"} for c in range(200) if mine(c)]
+    db.insert("customers", customers)
+    orders = [{"oid": o, "cust": (o * 13) % 250, "amount": o % 97} for o in range(3000) if mine(o)]
+    for start in range(0, len(orders), 400):
+        db.insert("orders", orders[start : start + 400])
+    db.flush()
+    # Updates on both sides: customers move region, orders change customer and amount.
+    db.insert("customers", [{"id": c, "region": f"r{(c * 3) % 7}"} for c in range(0, 200, 3) if mine(c)])
+    db.insert("orders", [{"oid": o, "cust": o % 200, "amount": 1000 + o} for o in range(0, 3000, 11) if mine(o)])
+
+
+def feed_window(db: laminardb.Connection, mine: Callable[[int], bool]) -> None:
+    # Each process's rows in event-time order; the cluster's watermark is the slowest process's.
+    rows = [
+        {"sym": f"s{i % 4}", "ts": BASE + dt.timedelta(seconds=i), "px": (i * 31) % 500}
+        for i in range(3600)
+        if mine(i)
+    ]
+    for start in range(0, len(rows), 300):
+        db.insert("ticks", rows[start : start + 300])
+    # Past the last window: every window closes.
+    with db.writer("ticks") as w:
+        w.watermark(BASE + dt.timedelta(hours=2))
+
+
+FEEDS: dict[str, Callable[[laminardb.Connection, Callable[[int], bool]], None]] = {
+    "aggregate": feed_aggregate,
+    "join": feed_join,
+    "window": feed_window,
+}
+
+
+def main() -> None:
+    scenario, process, addresses, workers = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+    hosts = [a for a in addresses.split(",") if a]
+    if hosts:
+        config = laminardb.LaminarConfig(workers=workers, processes=hosts, process_index=process)
+        count = len(hosts)
+    else:
+        config = laminardb.LaminarConfig(workers=workers)
+        count = 1
+    db = laminardb.open(":memory:", config=config)
+    for sql in STATEMENTS[scenario]:
+        db.execute(sql)
+    db.start()
+    FEEDS[scenario](db, lambda i: i % count == process)
+    db.flush()
+    print("fed", flush=True)
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "collect":
+            db.flush()
+            rows: list[dict[str, Any]] = db.query(RESULTS[scenario]).to_dicts()
+            print(json.dumps(rows, default=str), flush=True)
+        elif command == "stop":
+            db.shutdown()
+            db.close()
+            print("stopped", flush=True)
+            return
+
+
+if __name__ == "__main__":
+    main()
