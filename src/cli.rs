@@ -227,7 +227,8 @@ fn run(args: &[String], interrupted: &dyn Fn() -> bool, out: &mut dyn Write) -> 
         }
     };
     writeln!(out, "stopping ({reason}) …").map_err(|e| e.to_string())?;
-    db.flush().map_err(|e| e.to_string())?;
+    // In a cluster: until every process got here, so that process 0's results are complete.
+    db.barrier().map_err(|e| e.to_string())?;
     for q in queries {
         let r = db.execute(&q).map_err(|e| format!("{e}\n  in: {}", first_line(&q)))?;
         print_result(r, out).map_err(|e| e.to_string())?;

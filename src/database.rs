@@ -16,7 +16,7 @@ use datafusion::prelude::SessionContext;
 use laminar_adapters::runner::{spawn_sink, spawn_source};
 use laminar_adapters::{
     BuildContext, Change, ConnectorStatus, DeadLetter, DeliveryGuarantee, DlqTarget, SinkHandle, SinkSpec,
-    SourceHandle, SourceSpec, SourceTarget,
+    SourceHandle, SourceSpec, SourceTarget, Split,
 };
 use laminar_dataflow::batch::DiffBatch;
 use laminar_dataflow::checkpoint::RestoreState;
@@ -123,6 +123,10 @@ pub const ERRORS_SUFFIX: &str = "_errors";
 
 /// How long `start()` waits for a connector to connect.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a cluster barrier (at shutdown, or [`Database::barrier`]) waits for the other
+/// processes.
+const CLUSTER_BARRIER_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Inserts smaller than this are staged and sent together, at the latest ~1 ms later.
 const STAGE_ROWS: usize = 1024;
@@ -555,6 +559,12 @@ impl Database {
                 name: def.name.clone(),
                 schema: schema.clone(),
                 primary_key: def.primary_key.clone(),
+                split: self
+                    .inner
+                    .config
+                    .cluster
+                    .as_ref()
+                    .map_or(Split::WHOLE, |c| Split { index: c.process, count: c.processes() }),
                 watermark_column: def.watermark.as_ref().map(|w| w.column.clone()),
                 watermark_delay_ms: def.watermark.as_ref().map_or(0, |w| w.delay_ms),
                 options: connector_options,
@@ -1065,6 +1075,14 @@ impl Database {
         let crt = self.connector_runtime()?;
         let built = laminar_adapters::build_source(spec, &self.build_context())?;
         let mut connector = built.connector;
+        if spec.split.index > 0 && !connector.capabilities().partitioned {
+            // A cluster's follower: a connector that cannot split its input runs on process 0
+            // only, and this process never holds the source's watermark back.
+            if let Some(rt) = self.inner.runtime.read().as_ref() {
+                rt.advance_watermark(&src.def.name, i64::MAX);
+            }
+            return Ok(());
+        }
         if let Some(pos) = src.position.lock().clone() {
             connector.restore(&pos)?;
         }
@@ -1474,7 +1492,8 @@ impl Database {
         for src in &sources {
             self.halt_source(src);
         }
-        let drained = self.flush_inner();
+        // In a cluster, every process's last rows reach process 0's results before its sinks stop.
+        let drained = self.cluster_barrier();
         // A last checkpoint: the next run resumes exactly here (and exactly-once sinks commit);
         // the sources, still connected, acknowledge it to their peers.
         if drained.is_ok() && self.is_checkpoint_enabled() {
@@ -1539,6 +1558,29 @@ impl Database {
     pub fn flush(&self) -> Result<()> {
         self.check_open()?;
         self.flush_inner()
+    }
+
+    /// Flushes, waits until every process of the cluster has reached this call (as many times),
+    /// and flushes process 0 again: its results then hold every row any process fed before its
+    /// call. Alone, the same as [`Database::flush`].
+    pub fn barrier(&self) -> Result<()> {
+        self.check_open()?;
+        self.cluster_barrier()
+    }
+
+    fn cluster_barrier(&self) -> Result<()> {
+        self.flush_inner()?;
+        let Some(rt) = self.inner.runtime.read().clone() else { return Ok(()) };
+        if rt.process().1 == 1 {
+            return Ok(());
+        }
+        rt.barrier(CLUSTER_BARRIER_TIMEOUT)?;
+        // Only process 0 has results to wait for (and the others may not find it closing
+        // epochs any more: it can be shutting down once the barrier is passed).
+        if rt.process().0 == 0 {
+            self.flush_inner()?;
+        }
+        Ok(())
     }
 
     fn flush_inner(&self) -> Result<()> {

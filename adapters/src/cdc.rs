@@ -15,8 +15,14 @@ use crate::ConnectorError;
 
 /// What a CDC source can do: seek back to a checkpointed position, and emit updates and
 /// deletes keyed by what it learns of the upstream table.
-pub const CAPABILITIES: SourceCapabilities =
-    SourceCapabilities { replayable: true, changelog: true, bounded: false, watermarks: false, key_from_peer: true };
+pub const CAPABILITIES: SourceCapabilities = SourceCapabilities {
+    replayable: true,
+    changelog: true,
+    bounded: false,
+    watermarks: false,
+    key_from_peer: true,
+    partitioned: false,
+};
 
 /// Index of the upstream column a declared name refers to (exact, then ignoring case).
 pub fn find_name<S: AsRef<str>>(names: &[S], name: &str) -> Option<usize> {

@@ -27,6 +27,10 @@ pub struct SourceSpec {
     pub schema: SchemaRef,
     /// `PRIMARY KEY` columns (empty: append-only).
     pub primary_key: Vec<String>,
+    /// The part of the input this process reads when the pipeline runs on several processes
+    /// (a connector that can split its input, [`SourceCapabilities::partitioned`], reads only
+    /// this part).
+    pub split: Split,
     /// The `WATERMARK FOR` column, if any.
     pub watermark_column: Option<String>,
     /// The `WATERMARK FOR … AS col - INTERVAL …` delay (ms).
@@ -91,6 +95,34 @@ pub struct SourceCapabilities {
     /// upstream table's primary key), so the DDL need not declare a PRIMARY KEY; see
     /// [`SourceConnector::key_columns`].
     pub key_from_peer: bool,
+    /// Reads only its [`SourceSpec::split`] of the input, so that every process of a cluster
+    /// can run it; a connector that cannot split its input runs on process 0 only.
+    pub partitioned: bool,
+}
+
+/// One of `count` disjoint parts of a source's input (process `index` of a cluster of `count`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Split {
+    /// This part.
+    pub index: usize,
+    /// Number of parts.
+    pub count: usize,
+}
+
+impl Split {
+    /// The whole input (one process).
+    pub const WHOLE: Split = Split { index: 0, count: 1 };
+
+    /// True when item `n` of a numbered input (a partition, a generated row) is in this part.
+    pub fn owns(&self, n: u64) -> bool {
+        self.count <= 1 || n % self.count as u64 == self.index as u64
+    }
+}
+
+impl Default for Split {
+    fn default() -> Self {
+        Self::WHOLE
+    }
 }
 
 /// What a sink can do.

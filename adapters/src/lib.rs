@@ -49,7 +49,7 @@ pub mod websocket;
 pub use callback::Callbacks;
 pub use connector::{
     Change, Poll, SinkCapabilities, SinkConnector, SinkSpec, SourceCapabilities, SourceChunk, SourceConnector,
-    SourceSpec,
+    SourceSpec, Split,
 };
 pub use dlq::{DeadLetter, DlqTarget};
 pub use options::{OptionReader, Options};

@@ -35,7 +35,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -114,6 +114,18 @@ pub(crate) enum Control {
         /// The cluster's watermarks at the close of `epoch - 1`.
         watermarks: Vec<(String, i64)>,
     },
+    /// From a follower: it reached its barrier number `seq`.
+    Arrived {
+        /// The process that arrived.
+        process: usize,
+        /// Its barrier count.
+        seq: u64,
+    },
+    /// From the leader: every process reached barrier `seq`.
+    Release {
+        /// The barrier passed.
+        seq: u64,
+    },
 }
 
 impl Control {
@@ -139,6 +151,12 @@ pub(crate) struct ClusterState {
     pub remote_dirty: AtomicBool,
     /// The coordinator thread, woken when a message arrives.
     pub coordinator: Mutex<Option<std::thread::Thread>>,
+    /// Barriers this process has entered.
+    pub barriers: AtomicU64,
+    /// Every barrier up to this one has been passed by all processes.
+    pub released: AtomicU64,
+    /// The leader: how many processes reached each barrier not yet released.
+    pub arrivals: Mutex<std::collections::BTreeMap<u64, usize>>,
 }
 
 impl ClusterState {
@@ -151,6 +169,9 @@ impl ClusterState {
             reported: Mutex::new((0..config.processes()).map(|_| WatermarkSnapshot::default()).collect()),
             remote_dirty: AtomicBool::new(false),
             coordinator: Mutex::new(None),
+            barriers: AtomicU64::new(0),
+            released: AtomicU64::new(0),
+            arrivals: Mutex::new(Default::default()),
         }
     }
 
@@ -177,6 +198,20 @@ impl ClusterState {
         if advance {
             self.remote_dirty.store(true, Ordering::Release);
         }
+    }
+
+    /// The leader: a process reached barrier `seq`; returns true when that was the last one
+    /// (the barrier is then released here, and the followers must be told).
+    pub(crate) fn arrive(&self, seq: u64) -> bool {
+        let mut arrivals = self.arrivals.lock();
+        let n = arrivals.entry(seq).or_insert(0);
+        *n += 1;
+        if *n < self.processes {
+            return false;
+        }
+        arrivals.remove(&seq);
+        self.released.fetch_max(seq, Ordering::AcqRel);
+        true
     }
 
     /// The leader: the cluster's watermarks, given this process's own.

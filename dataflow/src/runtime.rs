@@ -343,6 +343,34 @@ impl Runtime {
         self.with_senders(|s| advance(&self.shared, s, None))
     }
 
+    /// Waits until every process of the cluster has called `barrier` as many times as this one
+    /// (at once when alone). Rows a process sent before its call, and flushed, are then in
+    /// epochs below the leader's open epoch. Fails after `timeout`.
+    pub fn barrier(&self, timeout: Duration) -> Result<()> {
+        let Some(c) = self.shared.cluster.clone() else { return Ok(()) };
+        let seq = c.barriers.fetch_add(1, Ordering::AcqRel) + 1;
+        self.with_senders(|s| {
+            if c.is_leader() {
+                arrive(&c, s, seq);
+            } else if let Some(tx) = s.first() {
+                let _ = tx.send(Command::Control(vec![(0, Control::Arrived { process: c.process, seq })]));
+            }
+        })?;
+        self.unpark(Some(0));
+        let deadline = Instant::now() + timeout;
+        while c.released.load(Ordering::Acquire) < seq {
+            self.with_senders(|_| ())?;
+            if Instant::now() > deadline {
+                return Err(DataflowError::Cluster(format!(
+                    "process {}: not every process reached barrier {seq} within {timeout:?}",
+                    c.process
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
     /// Closes the open epoch `E` and asks every stateful operator of the dataflows installed
     /// now for a snapshot as of `E` (delivered to `sink`). Returns `E`: every batch sent before
     /// this call belongs to it or an earlier epoch.
@@ -399,8 +427,10 @@ fn coordinate(shared: &Shared, senders: &[Sender<Command>]) {
         }
         Some(c) if c.is_leader() => {
             for m in c.take_inbox() {
-                if let Control::Report { process, watermarks, advance } = m {
-                    c.record(process, &watermarks, advance);
+                match m {
+                    Control::Report { process, watermarks, advance } => c.record(process, &watermarks, advance),
+                    Control::Arrived { seq, .. } => arrive(c, senders, seq),
+                    Control::Advance { .. } | Control::Release { .. } => {}
                 }
             }
             let local = shared.dirty.swap(false, Ordering::AcqRel);
@@ -410,9 +440,15 @@ fn coordinate(shared: &Shared, senders: &[Sender<Command>]) {
         }
         Some(c) => {
             for m in c.take_inbox() {
-                if let Control::Advance { epoch, watermarks } = m {
-                    let snapshot = WatermarkSnapshot::from_values(watermarks.iter().map(|(n, v)| (n.as_str(), *v)));
-                    follow(shared, senders, epoch, Arc::new(snapshot));
+                match m {
+                    Control::Advance { epoch, watermarks } => {
+                        let snapshot = WatermarkSnapshot::from_values(watermarks.iter().map(|(n, v)| (n.as_str(), *v)));
+                        follow(shared, senders, epoch, Arc::new(snapshot));
+                    }
+                    Control::Release { seq } => {
+                        c.released.fetch_max(seq, Ordering::AcqRel);
+                    }
+                    Control::Report { .. } | Control::Arrived { .. } => {}
                 }
             }
             if shared.dirty.swap(false, Ordering::AcqRel) {
@@ -425,6 +461,16 @@ fn coordinate(shared: &Shared, senders: &[Sender<Command>]) {
                     t.unpark();
                 }
             }
+        }
+    }
+}
+
+/// The leader: a process reached barrier `seq`; the last one releases it on every process.
+fn arrive(c: &ClusterState, senders: &[Sender<Command>], seq: u64) {
+    if c.arrive(seq) {
+        let msgs = (1..c.processes).map(|p| (c.first_worker_of(p), Control::Release { seq })).collect();
+        if let Some(tx) = senders.first() {
+            let _ = tx.send(Command::Control(msgs));
         }
     }
 }

@@ -301,6 +301,7 @@ impl SourceConnector for PySource {
             bounded: false,
             watermarks: false,
             key_from_peer: false,
+            partitioned: false,
         }
     }
 

@@ -21,6 +21,9 @@
 //! # Guarantees
 //! Replayable: the position is the number of rows produced, and rows are a pure function of
 //! (seed, row number) — except default timestamps, which start at the wall clock.
+//! In a cluster of processes every process runs the generator over the same row numbers and
+//! keeps every `processes`-th row (row `n` goes to process `n % processes`), so the processes
+//! together produce the one-process input once; the rate and `max_rows` count the whole input.
 //!
 //! # Error handling
 //! Unknown columns in `fields.*` options, types it cannot generate and bad values fail at CREATE.

@@ -12,6 +12,7 @@ use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 use super::generate::{cast_to, mix};
+use crate::connector::Split;
 use crate::{ConnectorError, Result};
 
 const PERSON_PROPORTION: u64 = 1;
@@ -164,13 +165,21 @@ pub struct NexmarkGen {
     seed: u64,
     /// Event time of event `n`: `base + n * step`.
     pub step_ms: f64,
+    /// The events this generator produces (by event number).
+    split: Split,
 }
 
 impl NexmarkGen {
     /// A generator of `table` events at `events_per_second` (0: 1 ms apart in event time).
     pub fn new(table: Table, seed: u64, events_per_second: u64) -> Self {
         let step_ms = if events_per_second == 0 { 1.0 } else { 1000.0 / events_per_second as f64 };
-        Self { table, seed, step_ms }
+        Self { table, seed, step_ms, split: Split::WHOLE }
+    }
+
+    /// Produces only the events of `split` (numbered over the whole stream).
+    pub fn with_split(mut self, split: Split) -> Self {
+        self.split = split;
+        self
     }
 
     /// The table generated.
@@ -181,7 +190,7 @@ impl NexmarkGen {
     /// Generates the rows of this table among events `first .. first + n`, projected onto
     /// `schema` (a subset of the table's columns, by name, castable types).
     pub fn generate(&self, schema: &SchemaRef, first: u64, n: u64, base_ms: i64) -> Result<RecordBatch> {
-        let events: Vec<u64> = (first..first + n).filter(|e| self.table.is(*e)).collect();
+        let events: Vec<u64> = (first..first + n).filter(|e| self.table.is(*e) && self.split.owns(*e)).collect();
         let hash = |e: u64, k: u64| mix(self.seed ^ mix(e.wrapping_mul(31).wrapping_add(k)));
         let time = |e: u64| base_ms + (self.step_ms * e as f64) as i64;
         let ints = |f: &dyn Fn(u64) -> i64| -> ArrayRef {

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 
 use super::generate::ColumnGen;
 use super::nexmark::{NexmarkGen, Table};
-use crate::connector::{Poll, SourceCapabilities, SourceChunk, SourceConnector, SourceSpec};
+use crate::connector::{Poll, SourceCapabilities, SourceChunk, SourceConnector, SourceSpec, Split};
 use crate::options::OptionReader;
 use crate::registry::SourceFactory;
 use crate::{ConnectorError, Result};
@@ -38,6 +38,9 @@ pub struct DatagenSource {
     /// Rows produced when the rate clock started.
     clock: Option<(Instant, u64)>,
     now_ms: i64,
+    /// The rows this process keeps (a cluster: every `count`-th row, numbered over the whole
+    /// input; the rate and `max_rows` are the whole input's).
+    split: Split,
 }
 
 fn build(
@@ -54,7 +57,7 @@ fn build(
         Some("nexmark") => {
             let t = r.required_str("nexmark.table")?;
             let table = Table::parse(&t).ok_or_else(|| r.bad("nexmark.table", &t, "'person', 'auction' or 'bid'"))?;
-            let g = NexmarkGen::new(table, seed, rows_per_second);
+            let g = NexmarkGen::new(table, seed, rows_per_second).with_split(spec.split);
             // Checks the columns now (CREATE), not at the first poll.
             g.generate(&spec.schema, 0, 0, 0)?;
             Flavour::Nexmark(g)
@@ -91,6 +94,7 @@ fn build(
         produced: 0,
         clock: None,
         now_ms: 0,
+        split: spec.split,
     }))
 }
 
@@ -102,11 +106,18 @@ impl DatagenSource {
                     .iter()
                     .map(|c| c.generate(self.seed, first, n as usize, self.now_ms))
                     .collect::<Result<Vec<ArrayRef>>>()?;
-                Ok(RecordBatch::try_new_with_options(
+                let batch = RecordBatch::try_new_with_options(
                     self.schema.clone(),
                     arrays,
                     &RecordBatchOptions::new().with_row_count(Some(n as usize)),
-                )?)
+                )?;
+                if self.split.count <= 1 {
+                    return Ok(batch);
+                }
+                // Rows are numbered over the whole input, so the parts are disjoint and cover it.
+                let keep: arrow::array::UInt32Array =
+                    (0..n).filter(|i| self.split.owns(first + i)).map(|i| i as u32).collect();
+                Ok(arrow::compute::take_record_batch(&batch, &keep)?)
             }
             Flavour::Nexmark(g) => g.generate(&self.schema, first, n, self.now_ms),
         }
@@ -122,6 +133,7 @@ impl SourceConnector for DatagenSource {
             bounded: self.max_rows.is_some(),
             watermarks: false,
             key_from_peer: false,
+            partitioned: true,
         }
     }
 
@@ -196,6 +208,7 @@ mod tests {
             name: "g".into(),
             schema,
             primary_key: vec![],
+            split: Split::WHOLE,
             watermark_column: None,
             watermark_delay_ms: 0,
             options,
@@ -216,6 +229,31 @@ mod tests {
                 Poll::Finished => return out,
             }
         }
+    }
+
+    /// The parts of a cluster's processes are disjoint and together the one-process input,
+    /// row for row, whatever their batches.
+    #[tokio::test]
+    async fn the_splits_of_a_cluster_partition_the_rows() {
+        let o = [("rows_per_second", "0"), ("max_rows", "1000"), ("seed", "3"), ("fields.id.kind", "sequence")];
+        let whole = collect(&spec(&o)).await;
+        let whole = arrow::compute::concat_batches(&whole[0].schema(), &whole).expect("concat");
+        let mut parts = Vec::new();
+        for index in 0..3 {
+            let mut sp = spec(&o);
+            sp.split = Split { index, count: 3 };
+            sp.options.insert("batch_size".into(), (100 + 77 * index).to_string());
+            let got = collect(&sp).await;
+            let got = arrow::compute::concat_batches(&got[0].schema(), &got).expect("concat");
+            let ids = got.column(0).as_any().downcast_ref::<arrow::array::Int64Array>().expect("i64");
+            assert!(ids.values().iter().all(|id| id % 3 == index as i64), "process {index} keeps its rows");
+            parts.push(got);
+        }
+        let mut all = arrow::compute::concat_batches(&whole.schema(), &parts).expect("concat");
+        let order = arrow::compute::sort_to_indices(all.column(0), None, None).expect("sort");
+        all = arrow::compute::take_record_batch(&all, &order).expect("take");
+        // Wall-clock timestamps differ between runs; the rest is a function of the row number.
+        assert_eq!(all.project(&[0, 1, 2]).expect("p"), whole.project(&[0, 1, 2]).expect("p"));
     }
 
     #[tokio::test]

@@ -406,6 +406,7 @@ impl SourceConnector for DeltaSource {
             bounded: false,
             watermarks: false,
             key_from_peer: false,
+            partitioned: false,
         }
     }
 

@@ -297,6 +297,7 @@ impl SourceConnector for FileSource {
             bounded: !self.watch,
             watermarks: false,
             key_from_peer: false,
+            partitioned: false,
         }
     }
 

@@ -48,6 +48,7 @@ fn build(
         positions: BTreeMap::new(),
         restored: None,
         paused: false,
+        split: spec.split,
     }))
 }
 
@@ -66,6 +67,9 @@ pub struct KafkaSource {
     restored: Option<BTreeMap<i32, i64>>,
     watermarks: PartitionWatermarks,
     paused: bool,
+    /// The partitions this process reads (a cluster: partition `p` goes to process
+    /// `p % processes`).
+    split: crate::connector::Split,
 }
 
 fn unavailable(what: &str, brokers: &str, e: impl std::fmt::Display) -> ConnectorError {
@@ -95,8 +99,9 @@ impl KafkaSource {
         if t.partitions().is_empty() {
             return Err(unavailable(&format!("topic '{topic}' has no partitions"), brokers, "create it first"));
         }
+        let mine: Vec<_> = t.partitions().iter().filter(|p| self.split.owns(p.id() as u64)).collect();
         let mut all = TopicPartitionList::new();
-        for p in t.partitions() {
+        for p in &mine {
             all.add_partition(topic, p.id());
         }
         let committed = match &self.restored {
@@ -104,7 +109,7 @@ impl KafkaSource {
             None => consumer.committed_offsets(all.clone(), REQUEST_TIMEOUT).ok(),
         };
         let mut tpl = TopicPartitionList::new();
-        for p in t.partitions() {
+        for p in mine {
             let id = p.id();
             let from_group = committed.as_ref().and_then(|c| {
                 c.find_partition(topic, id).and_then(|e| match e.offset() {
@@ -168,6 +173,7 @@ impl SourceConnector for KafkaSource {
             bounded: false,
             watermarks: self.watermark_column.is_some(),
             key_from_peer: false,
+            partitioned: true,
         }
     }
 

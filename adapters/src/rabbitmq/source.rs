@@ -95,6 +95,7 @@ impl SourceConnector for RabbitMqSource {
             bounded: false,
             watermarks: false,
             key_from_peer: false,
+            partitioned: false,
         }
     }
 

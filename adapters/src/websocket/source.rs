@@ -120,6 +120,7 @@ impl SourceConnector for WebSocketSource {
             bounded: false,
             watermarks: false,
             key_from_peer: false,
+            partitioned: false,
         }
     }
 
