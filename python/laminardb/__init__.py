@@ -941,6 +941,12 @@ class Connection:
         """Waits until everything inserted so far is reflected in every stream."""
         self._raw().flush()
 
+    def barrier(self) -> None:
+        """In a cluster: waits until every process has called `barrier` (as many times), then
+        flushes process 0, whose results then hold every row any process fed before its call.
+        Alone, the same as `flush`."""
+        self._raw().barrier()
+
     # -- catalog -----------------------------------------------------------------------------
     def sources(self) -> list[SourceInfo]:
         """Every source."""

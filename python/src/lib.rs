@@ -308,6 +308,12 @@ impl PyConnection {
         interruptible(py, move || db.flush())
     }
 
+    /// Waits until every process of the cluster has called `barrier`, then flushes process 0.
+    fn barrier(&self, py: Python<'_>) -> PyResult<()> {
+        let db = self.db.clone();
+        interruptible(py, move || db.barrier())
+    }
+
     /// Takes a checkpoint: (epoch, full, bytes, files, seconds, directory).
     fn checkpoint(&self, py: Python<'_>) -> PyResult<(u64, bool, u64, usize, f64, String)> {
         let db = self.db.clone();

@@ -4,8 +4,8 @@
 
 ADDRESSES is a comma-separated list of host:port (empty: run alone, feeding every row). The
 process runs the scenario's statements, starts the pipeline, feeds its own part of the rows,
-flushes and prints ``fed``; on ``collect`` it flushes again and prints the scenario's result as
-one JSON line; on ``stop`` it shuts down and prints ``stopped``.
+passes a barrier with the other processes and prints ``fed``; on ``collect`` it prints the
+scenario's result as one JSON line; on ``stop`` it shuts down and prints ``stopped``.
 """
 
 from __future__ import annotations
@@ -101,12 +101,12 @@ def main() -> None:
         db.execute(sql)
     db.start()
     FEEDS[scenario](db, lambda i: i % count == process)
-    db.flush()
+    # Every process's rows are in process 0's results once all passed the barrier.
+    db.barrier()
     print("fed", flush=True)
     for line in sys.stdin:
         command = line.strip()
         if command == "collect":
-            db.flush()
             rows: list[dict[str, Any]] = db.query(RESULTS[scenario]).to_dicts()
             print(json.dumps(rows, default=str), flush=True)
         elif command == "stop":

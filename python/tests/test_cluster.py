@@ -55,7 +55,6 @@ def run(scenario: str, processes: int, workers: int = 2) -> list[list[dict[str, 
         for p in procs:
             assert expect(p, "fed") == "fed"
         results = []
-        # Every process's rows are complete once its flush returned: collect on all of them.
         for p in procs:
             assert p.stdin is not None
             p.stdin.write("collect\n")
