@@ -179,8 +179,11 @@ fn run(args: &[String], interrupted: &dyn Fn() -> bool, out: &mut dyn Write) -> 
         }
         let sources = db.all_source_metrics();
         let connected: Vec<_> = sources.iter().filter(|m| m.connector_state.is_some()).collect();
+        // A connector that runs on another process of the cluster is done here.
         let done = !connected.is_empty()
-            && connected.iter().all(|m| matches!(m.connector_state.as_deref(), Some("finished" | "failed")));
+            && connected.iter().all(|m| {
+                matches!(m.connector_state.as_deref(), Some("finished" | "failed" | crate::database::ELSEWHERE))
+            });
         if !quiet && (last_print.elapsed() >= Duration::from_secs(1) || done) {
             let m = db.metrics();
             let secs = last_print.elapsed().as_secs_f64().max(1e-3);

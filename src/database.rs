@@ -112,6 +112,8 @@ struct SourceEntry {
     connector_watermarks: bool,
     /// The most recent dead letters (the `<source>_errors` collection).
     errors: Mutex<std::collections::VecDeque<DeadLetter>>,
+    /// A cluster's follower: the connector cannot split its input and runs on process 0 only.
+    elsewhere: AtomicBool,
 }
 
 struct SourceRun {
@@ -123,6 +125,9 @@ pub const ERRORS_SUFFIX: &str = "_errors";
 
 /// How long `start()` waits for a connector to connect.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The connector state of a source whose connector runs on another process of the cluster.
+pub const ELSEWHERE: &str = "on process 0";
 
 /// How long a cluster barrier (at shutdown, or [`Database::barrier`]) waits for the other
 /// processes.
@@ -394,7 +399,10 @@ impl Database {
                 message: format!("cannot restore '{}' from the catalog: {e}", entry.name),
             })?;
         }
-        db.load_checkpoint()?;
+        // Checkpoints are not coordinated across a cluster's processes: a member starts afresh.
+        if db.inner.config.cluster.is_none() {
+            db.load_checkpoint()?;
+        }
         Ok(db)
     }
 
@@ -615,6 +623,7 @@ impl Database {
             replayable,
             connector_watermarks,
             errors: Mutex::new(Default::default()),
+            elsewhere: AtomicBool::new(false),
             def,
         });
         let name = entry.def.name.clone();
@@ -1081,6 +1090,7 @@ impl Database {
             if let Some(rt) = self.inner.runtime.read().as_ref() {
                 rt.advance_watermark(&src.def.name, i64::MAX);
             }
+            src.elsewhere.store(true, Ordering::Release);
             return Ok(());
         }
         if let Some(pos) = src.position.lock().clone() {
@@ -1569,12 +1579,14 @@ impl Database {
     }
 
     fn cluster_barrier(&self) -> Result<()> {
-        self.flush_inner()?;
-        let Some(rt) = self.inner.runtime.read().clone() else { return Ok(()) };
+        let flushed = self.flush_inner();
+        let Some(rt) = self.inner.runtime.read().clone() else { return flushed };
         if rt.process().1 == 1 {
-            return Ok(());
+            return flushed;
         }
+        // Even after a failed flush: every process counts the same barriers.
         rt.barrier(CLUSTER_BARRIER_TIMEOUT)?;
+        flushed?;
         // Only process 0 has results to wait for (and the others may not find it closing
         // epochs any more: it can be shutting down once the barrier is passed).
         if rt.process().0 == 0 {
@@ -2283,6 +2295,7 @@ impl Database {
         Some(SourceMetrics {
             connector_state: match (&s.connector, &status) {
                 (None, _) => None,
+                (Some(_), None) if s.elsewhere.load(Ordering::Acquire) => Some(ELSEWHERE.into()),
                 (Some(_), None) => Some("created".into()),
                 (Some(_), Some(st)) => Some(st.state().name().into()),
             },

@@ -33,14 +33,13 @@ SELECT COUNT(*) AS symbols, SUM(n) AS trades FROM per_symbol;
 SELECT SUM(n) AS joined FROM per_sector;
 SQL
 
-port=7400
-# Runs PROCS processes of WORKERS workers once; prints "seconds max_rss_kb".
+# Runs PROCS processes of WORKERS workers once, listening from port BASE on; prints
+# "seconds max_rss_kb".
 run_once() {
-  local procs=$1 workers=$2 pids=() i
+  local procs=$1 workers=$2 base=$3 pids=() i
   : > "$WORK/hosts"
   for ((i = 0; i < procs; i++)); do
-    port=$((port + 1))
-    echo "127.0.0.1:$port" >> "$WORK/hosts"
+    echo "127.0.0.1:$((base + i))" >> "$WORK/hosts"
   done
   local start end
   start=$(date +%s.%N)
@@ -63,10 +62,14 @@ run_once() {
 command -v bc >/dev/null || { echo "needs bc (apt-get install bc)"; exit 1; }
 [ -x /usr/bin/time ] || { echo "needs GNU time (apt-get install time)"; exit 1; }
 printf "%-22s %14s %14s\n" "processes x workers" "rows/s" "peak RSS (MB)"
+base=7400
 for cfg in "1 1" "1 2" "2 1" "2 2" "4 1"; do
   set -- $cfg
   results=()
-  for ((r = 0; r < ROUNDS; r++)); do results+=("$(run_once "$1" "$2")"); done
+  for ((r = 0; r < ROUNDS; r++)); do
+    base=$((base + 8))
+    results+=("$(run_once "$1" "$2" "$base")")
+  done
   median=$(printf "%s\n" "${results[@]}" | sort -n | awk -v n="$ROUNDS" 'NR == int((n + 1) / 2)')
   secs=${median% *}
   rss=${median#* }

@@ -21,8 +21,9 @@
 //! but no rows.
 //!
 //! **Control messages** travel in a small dataflow that every worker builds first, before any
-//! other: `(target worker, message)` pairs routed by target. Its input never advances, so it
-//! never completes while the runtime runs; messages are delivered as soon as they arrive.
+//! other: `(target worker, message)` pairs routed by target. Its input moves to a new time after
+//! each batch of messages (which is what makes timely ship them) and closes only at shutdown;
+//! the receiving operator ignores times and hands each message to its process's coordinator.
 //!
 //! **Connecting.** Each process listens on its address, connects to every lower-numbered
 //! process (retrying until the connect timeout) and accepts the higher-numbered ones. On each
@@ -104,7 +105,8 @@ pub(crate) enum Control {
         process: usize,
         /// Its sources' watermarks.
         watermarks: Vec<(String, i64)>,
-        /// It waits for the open epoch to close.
+        /// It waits for the open epoch to close (always, as sent today; a report only to pass
+        /// on watermarks would say false).
         advance: bool,
     },
     /// From the leader: `epoch` is now open; `watermarks` held at the close of the one before.
@@ -185,7 +187,8 @@ impl ClusterState {
         (p * self.threads) as u64
     }
 
-    /// The leader: takes in the messages received so far (followers' reports).
+    /// Takes the messages received so far (the leader: reports and arrivals; a follower:
+    /// advances and releases).
     pub(crate) fn take_inbox(&self) -> Vec<Control> {
         std::mem::take(&mut *self.inbox.lock())
     }
