@@ -133,8 +133,18 @@ pub(crate) enum Control {
 impl Control {
     /// An `Advance` carrying `snapshot`.
     pub(crate) fn advance(epoch: u64, snapshot: &WatermarkSnapshot) -> Self {
-        Control::Advance { epoch, watermarks: snapshot.values().map(|(n, v)| (n.to_string(), v)).collect() }
+        Control::Advance { epoch, watermarks: to_wire(snapshot) }
     }
+}
+
+/// Watermarks as sent between processes.
+pub(crate) fn to_wire(snapshot: &WatermarkSnapshot) -> Vec<(String, i64)> {
+    snapshot.values().map(|(n, v)| (n.to_string(), v)).collect()
+}
+
+/// Watermarks received from another process.
+pub(crate) fn from_wire(watermarks: &[(String, i64)]) -> WatermarkSnapshot {
+    WatermarkSnapshot::from_values(watermarks.iter().map(|(n, v)| (n.as_str(), *v)))
 }
 
 /// The cluster side of the runtime's shared state.
@@ -196,7 +206,7 @@ impl ClusterState {
     /// The leader: records a follower's report.
     pub(crate) fn record(&self, process: usize, watermarks: &[(String, i64)], advance: bool) {
         if let Some(slot) = self.reported.lock().get_mut(process) {
-            *slot = WatermarkSnapshot::from_values(watermarks.iter().map(|(n, v)| (n.as_str(), *v)));
+            *slot = from_wire(watermarks);
         }
         if advance {
             self.remote_dirty.store(true, Ordering::Release);

@@ -26,7 +26,8 @@ use crate::batch::DiffBatch;
 use crate::build::{build_plan, BuildContext, Built};
 use crate::checkpoint::{CheckpointFeed, CheckpointRequest, RestoreState, SnapshotSink};
 use crate::cluster::{
-    build_allocators, build_control, connect_peers, ClusterConfig, ClusterState, Control, ControlInput,
+    build_allocators, build_control, connect_peers, from_wire, to_wire, ClusterConfig, ClusterState, Control,
+    ControlInput,
 };
 use crate::error::{DataflowError, Result};
 use crate::operators::capture::{CaptureExt, EpochSink, GatherExt};
@@ -442,8 +443,7 @@ fn coordinate(shared: &Shared, senders: &[Sender<Command>]) {
             for m in c.take_inbox() {
                 match m {
                     Control::Advance { epoch, watermarks } => {
-                        let snapshot = WatermarkSnapshot::from_values(watermarks.iter().map(|(n, v)| (n.as_str(), *v)));
-                        follow(shared, senders, epoch, Arc::new(snapshot));
+                        follow(shared, senders, epoch, Arc::new(from_wire(&watermarks)));
                     }
                     Control::Release { seq } => {
                         c.released.fetch_max(seq, Ordering::AcqRel);
@@ -452,7 +452,7 @@ fn coordinate(shared: &Shared, senders: &[Sender<Command>]) {
                 }
             }
             if shared.dirty.swap(false, Ordering::AcqRel) {
-                let watermarks = shared.watermarks.snapshot().values().map(|(n, v)| (n.to_string(), v)).collect();
+                let watermarks = to_wire(&shared.watermarks.snapshot());
                 let report = Control::Report { process: c.process, watermarks, advance: true };
                 if let Some(tx) = senders.first() {
                     let _ = tx.send(Command::Control(vec![(0, report)]));
