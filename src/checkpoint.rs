@@ -102,6 +102,52 @@ pub struct Manifest {
     pub streams: BTreeMap<String, StreamCheckpoint>,
     /// Every file with its size and checksum.
     pub files: BTreeMap<String, FileInfo>,
+    /// The cluster that took it, when it was one process's part of a cluster's checkpoint.
+    #[serde(default)]
+    pub cluster: Option<ClusterPart>,
+}
+
+/// Which part of a cluster's checkpoint a manifest describes: the operator state of a worker
+/// restores only into the same worker of a cluster of the same shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterPart {
+    /// The process that wrote it.
+    pub process: usize,
+    /// Processes in the cluster.
+    pub processes: usize,
+    /// Workers per process.
+    pub workers: usize,
+}
+
+impl ClusterPart {
+    /// The part a process of `(process, processes)` with `workers` workers writes (none alone).
+    pub fn of(process: usize, processes: usize, workers: usize) -> Option<Self> {
+        (processes > 1).then_some(Self { process, processes, workers })
+    }
+
+    /// Fails unless a checkpoint taken as `taken` can be restored by `this` run.
+    pub fn check(taken: Option<Self>, this: Option<Self>, epoch: u64) -> Result<()> {
+        let shape = |p: Option<Self>| match p {
+            Some(p) => {
+                format!("process {} of a cluster of {} processes x {} workers", p.process, p.processes, p.workers)
+            }
+            None => "a process alone".to_string(),
+        };
+        let same = match (taken, this) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a == b,
+            _ => false,
+        };
+        if same {
+            return Ok(());
+        }
+        Err(LaminarError::Checkpoint(format!(
+            "the checkpoint of epoch {epoch} was taken by {}, and this run is {}: restart with the same processes \
+             and workers (or open another directory)",
+            shape(taken),
+            shape(this)
+        )))
+    }
 }
 
 const VERSION: u32 = 1;
@@ -221,7 +267,7 @@ impl Store {
     pub fn load_latest(&self) -> Result<Option<Loaded>> {
         let mut notes = Vec::new();
         for epoch in self.epochs() {
-            match self.load(epoch) {
+            match self.load_epoch(epoch) {
                 Ok(mut l) => {
                     l.notes = notes;
                     return Ok(Some(l));
@@ -232,7 +278,8 @@ impl Store {
         Ok(None)
     }
 
-    fn load(&self, epoch: u64) -> Result<Loaded> {
+    /// The checkpoint of `epoch` with its chain, all files read and checked.
+    pub fn load_epoch(&self, epoch: u64) -> Result<Loaded> {
         let head = self.manifest(epoch)?;
         let mut chain = Vec::new();
         for &e in &head.chain {
@@ -249,6 +296,21 @@ impl Store {
             )));
         }
         Ok(Loaded { chain, notes: Vec::new() })
+    }
+
+    /// The oldest checkpoint present.
+    pub fn oldest(&self) -> Option<u64> {
+        self.epochs().last().copied()
+    }
+
+    /// Deletes the checkpoints older than `epoch` (a cluster's follower: what process 0 no
+    /// longer keeps cannot be restored).
+    pub fn prune_before(&self, epoch: u64) -> Result<()> {
+        for e in self.epochs().into_iter().filter(|&e| e < epoch) {
+            let d = self.dir.join(dir_name(e));
+            std::fs::remove_dir_all(&d).map_err(|err| io_err("prune", &d, err))?;
+        }
+        Ok(())
     }
 
     /// Deletes checkpoints older than the chain before the newest one.
@@ -437,6 +499,29 @@ mod tests {
 
     fn manifest(epoch: u64, full: bool, chain: Vec<u64>) -> Manifest {
         Manifest { epoch, full, chain, ..Default::default() }
+    }
+
+    /// A cluster's part restores only into the same process of a cluster of the same shape;
+    /// a follower drops what process 0 no longer keeps.
+    #[test]
+    fn cluster_parts_restore_into_the_same_shape_and_followers_prune_to_the_leader() {
+        let two = ClusterPart::of(1, 2, 4);
+        assert_eq!(ClusterPart::of(0, 1, 4), None, "alone: no cluster part");
+        assert!(ClusterPart::check(None, None, 5).is_ok());
+        assert!(ClusterPart::check(two, two, 5).is_ok());
+        let msg = ClusterPart::check(two, ClusterPart::of(1, 3, 4), 5).expect_err("other shape").to_string();
+        assert!(msg.contains("2 processes x 4 workers") && msg.contains("3 processes x 4 workers"), "{msg}");
+        assert!(ClusterPart::check(two, None, 5).is_err_and(|e| e.to_string().contains("a process alone")));
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::new(dir.path());
+        for (e, full, chain) in [(10, true, vec![10]), (20, false, vec![10, 20]), (30, true, vec![30])] {
+            store.write(manifest(e, full, chain), vec![("a".into(), b"x".to_vec())]).expect("write");
+        }
+        assert_eq!(store.oldest(), Some(10));
+        store.prune_before(20).expect("prune");
+        assert_eq!(store.epochs(), vec![30, 20]);
+        assert!(store.load_epoch(20).is_err(), "its chain lost its base");
+        assert_eq!(store.load_epoch(30).expect("intact").head().epoch, 30);
     }
 
     #[test]

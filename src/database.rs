@@ -32,6 +32,7 @@ use laminar_sql::{
 use parking_lot::{Mutex, RwLock};
 
 mod callbacks;
+mod checkpointing;
 
 pub use callbacks::WatermarkSpec;
 
@@ -346,15 +347,6 @@ impl Database {
                     message: "a cluster needs `workers` set, to the same number on every process".into(),
                 });
             }
-            if config.checkpoint_interval_ms.is_some() {
-                return Err(LaminarError::Connection {
-                    code: codes::CONNECTION_FAILED,
-                    message:
-                        "checkpoint_interval_ms cannot be used with a cluster yet: checkpoints are not coordinated \
-                              across processes"
-                            .into(),
-                });
-            }
         }
         let dir = if path.as_os_str() == ":memory:" { None } else { Some(path.to_path_buf()) };
         let lock_file = match &dir {
@@ -399,8 +391,8 @@ impl Database {
                 message: format!("cannot restore '{}' from the catalog: {e}", entry.name),
             })?;
         }
-        // Checkpoints are not coordinated across a cluster's processes: a member starts afresh.
-        if db.inner.config.cluster.is_none() {
+        // A cluster's follower restores the checkpoint process 0 names when they connect.
+        if db.inner.config.cluster.as_ref().is_none_or(|c| c.process == 0) {
             db.load_checkpoint()?;
         }
         Ok(db)
@@ -423,30 +415,33 @@ impl Database {
         let Some(root) = self.storage_root() else { return Ok(()) };
         let store = checkpoint::Store::new(&root);
         let Some(loaded) = store.load_latest()? else { return Ok(()) };
-        let head = loaded.head().clone();
-        let st = self.inner.state.lock();
-        for (name, saved) in &head.sources {
-            let Some(src) = st.sources.get(name) else { continue };
-            if src.sql != saved.sql {
-                continue;
-            }
-            if let Some(file) = saved.data.as_ref().and_then(|f| loaded.head_file(f)) {
-                let mut data = src.data.lock();
-                for b in checkpoint::ipc_batches(&file)? {
-                    data.insert(b)?;
-                }
-            }
-            if let Some(w) = saved.watermark {
-                src.watermark.fetch_max(w, Ordering::AcqRel);
-            }
-            src.total.store(saved.total, Ordering::Relaxed);
-            if saved.position.is_some() {
-                *src.position.lock() = saved.position.clone();
-            }
-        }
-        drop(st);
+        checkpoint::ClusterPart::check(loaded.head().cluster, self.cluster_part(), loaded.head().epoch)?;
+        Self::restore_sources(&self.inner.state.lock(), &loaded)?;
         *self.inner.restore.lock() = Some(Arc::new(loaded));
         Ok(())
+    }
+
+    /// The part of a cluster's checkpoints this process writes (none alone).
+    fn cluster_part(&self) -> Option<checkpoint::ClusterPart> {
+        let c = self.inner.config.cluster.as_ref()?;
+        checkpoint::ClusterPart::of(c.process, c.processes(), self.inner.config.workers.unwrap_or(1))
+    }
+
+    /// A cluster's follower: its own part of the checkpoint of `epoch`, which process 0 restores;
+    /// the sources get their part back now.
+    fn load_cluster_part(&self, st: &State, epoch: u64) -> Result<Arc<Loaded>> {
+        let process = self.inner.config.cluster.as_ref().map_or(0, |c| c.process);
+        let fail = |why: String| {
+            LaminarError::Checkpoint(format!(
+                "process {process} cannot restore the cluster's checkpoint of epoch {epoch}, which process 0 restores: \
+                 {why}"
+            ))
+        };
+        let root = self.storage_root().ok_or_else(|| fail("it is in memory".into()))?;
+        let loaded = checkpoint::Store::new(&root).load_epoch(epoch).map_err(|e| fail(e.to_string()))?;
+        checkpoint::ClusterPart::check(loaded.head().cluster, self.cluster_part(), epoch)?;
+        Self::restore_sources(st, &loaded)?;
+        Ok(Arc::new(loaded))
     }
 
     /// Refuses `'delivery.guarantee' = 'exactly-once'` where it cannot hold.
@@ -951,8 +946,9 @@ impl Database {
             workers: self.inner.config.workers.unwrap_or_else(|| RuntimeConfig::default().workers),
             epoch_interval: self.inner.config.epoch_interval,
             initial_epoch: restore.as_ref().map_or(1, |l| l.head().epoch + 1),
-            checkpoints: self.storage_root().is_some() && self.inner.config.cluster.is_none(),
+            checkpoints: self.storage_root().is_some(),
             cluster: self.inner.config.cluster.clone(),
+            restored: restore.as_ref().map(|l| l.head().epoch),
         };
         let rt = match Runtime::start(cfg) {
             Ok(rt) => Arc::new(rt),
@@ -961,6 +957,26 @@ impl Database {
                 return Err(e.into());
             }
         };
+        let follower = rt.process().0 > 0;
+        // A follower restores its part of the checkpoint process 0 restores.
+        let restore = match (follower, rt.restored()) {
+            (true, Some(epoch)) => match self.load_cluster_part(&st, epoch) {
+                Ok(loaded) => Some(loaded),
+                Err(e) => {
+                    st.pipeline = PipelineState::Stopped;
+                    rt.shutdown();
+                    return Err(e);
+                }
+            },
+            _ => restore,
+        };
+        if follower {
+            if let Err(e) = self.spawn_checkpoint_follower(&rt) {
+                st.pipeline = PipelineState::Stopped;
+                rt.shutdown();
+                return Err(e);
+            }
+        }
         // The sources' stored contents are replayed into the new dataflows: their watermarks
         // carry over.
         for src in st.sources.values().filter(|s| s.def.watermark.is_some()) {
@@ -1253,208 +1269,18 @@ impl Database {
     /// Takes a checkpoint: the consistent state of the running pipeline at an epoch boundary
     /// (operator state, source contents and positions, stream contents), written durably under
     /// the storage directory; exactly-once sinks then commit the epochs it covers. The pipeline
-    /// keeps running meanwhile, apart from the instant of the barrier.
+    /// keeps running meanwhile, apart from the instant of the barrier. In a cluster only process
+    /// 0 takes checkpoints, for every process (see the `checkpointing` module).
     pub fn checkpoint(&self) -> Result<CheckpointResult> {
         self.check_open()?;
         self.take_checkpoint()
     }
 
-    fn take_checkpoint(&self) -> Result<CheckpointResult> {
-        let root = self.storage_root().ok_or_else(|| {
-            LaminarError::Checkpoint(
-                "an in-memory database cannot checkpoint: open a directory or set storage_dir".into(),
-            )
-        })?;
-        let mut chain = self.inner.checkpoints.lock();
-        let rt = self
-            .inner
-            .runtime
-            .read()
-            .clone()
-            .ok_or_else(|| LaminarError::Checkpoint("the pipeline is not running: start() it first".into()))?;
-        self.flush_all_staged()?;
-        let started = Instant::now();
-        let full = chain.epochs.is_empty() || chain.delta_bytes > 2 * chain.full_bytes;
-        let st = self.inner.state.lock();
-        // Every installed dataflow of the catalog (ad-hoc query subscriptions are not saved).
-        struct Part {
-            name: String,
-            sql: String,
-            id: u64,
-            merger: Arc<EpochMerger>,
-            operators: u32,
-            output: Arc<StreamOutput>,
-            sink: Option<Arc<SinkHandle>>,
-        }
-        let mut parts = Vec::new();
-        let entries = st
-            .streams
-            .iter()
-            .map(|(n, e)| (n.clone(), e.clone()))
-            .chain(st.sinks.iter().map(|(n, s)| (n.clone(), s.entry.clone())));
-        for (name, e) in entries {
-            let Some(r) = e.running.lock().as_ref().map(|r| (r.id, r.merger.clone(), r.operators)) else { continue };
-            parts.push(Part {
-                name,
-                sql: e.sql.clone(),
-                id: r.0,
-                merger: r.1,
-                operators: r.2,
-                output: e.output.clone(),
-                sink: e.sink.lock().clone(),
-            });
-        }
-        let workers = rt.workers();
-        let expected: usize = parts.iter().map(|p| p.operators as usize * workers + 1).sum();
-        let collector = checkpoint::Collector::new(expected, parts.iter().map(|p| p.id).collect());
-        // The barrier: no source chunk is half applied, no insert half sent.
-        let sources: Vec<Arc<SourceEntry>> = st.sources.values().cloned().collect();
-        let mut chunk_guards = Vec::with_capacity(sources.len());
-        for s in &sources {
-            // A source's chunk in progress finishes first (it may be waiting for room, which
-            // the running pipeline makes).
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                match s.chunk.clone().try_lock_owned() {
-                    Ok(g) => break chunk_guards.push(g),
-                    Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
-                    Err(_) => {
-                        return Err(LaminarError::Checkpoint(format!(
-                            "source '{}' did not reach a chunk boundary within 60 s",
-                            s.def.name
-                        )))
-                    }
-                }
-            }
-        }
-        let ingest = self.inner.ingest.lock();
-        let mut source_parts = Vec::new();
-        for src in &sources {
-            let data = src.data.lock().snapshot()?;
-            let w = src.watermark.load(Ordering::Acquire);
-            source_parts.push((
-                src.clone(),
-                data,
-                (w != i64::MIN).then_some(w),
-                src.total.load(Ordering::Relaxed),
-                src.position.lock().clone(),
-            ));
-        }
-        let c2 = collector.clone();
-        let epoch = rt.checkpoint(full, collector.clone(), |e| {
-            for p in &parts {
-                let c = c2.clone();
-                let name = p.name.clone();
-                match &p.sink {
-                    Some(h) => {
-                        let h = h.clone();
-                        p.merger.mark(e, Box::new(move || h.pre_commit(e, Box::new(move |r| c.sink(name, r)))));
-                    }
-                    None => {
-                        let out = p.output.clone();
-                        p.merger.mark(e, Box::new(move || c.output(name, out.image().map_err(|err| err.to_string()))));
-                    }
-                }
-            }
-        })?;
-        drop(ingest);
-        drop(chunk_guards);
-        drop(st);
-        let sinks: Vec<Arc<SinkHandle>> = parts.iter().filter_map(|p| p.sink.clone()).collect();
-        let abandon = |e: LaminarError| {
-            // Sinks that pre-committed keep their writes pending for the next checkpoint.
-            sinks.iter().for_each(|h| h.checkpoint_failed());
-            e
-        };
-        let collected = collector.wait(Duration::from_secs(300)).map_err(abandon)?;
-        if !collected.errors.is_empty() {
-            return Err(abandon(LaminarError::Checkpoint(format!(
-                "checkpoint of epoch {epoch} failed: {}",
-                collected.errors.join("; ")
-            ))));
-        }
-        // The files and the manifest.
-        let mut manifest = checkpoint::Manifest {
-            epoch,
-            full,
-            chain: if full { vec![epoch] } else { chain.epochs.iter().copied().chain([epoch]).collect() },
-            created_unix_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
-            ..Default::default()
-        };
-        let mut files: Vec<(String, Vec<u8>)> = Vec::new();
-        let safe = |n: &str| n.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect::<String>();
-        for (src, data, watermark, total, position) in source_parts {
-            let file = format!("src-{}.arrow", safe(&src.def.name));
-            files.push((file.clone(), checkpoint::ipc_bytes(&data, &src.schema)?));
-            manifest.sources.insert(
-                src.def.name.clone(),
-                checkpoint::SourceCheckpoint { sql: src.sql.clone(), watermark, total, position, data: Some(file) },
-            );
-        }
-        let mut operators = collected.operators;
-        let op_bytes: u64 = operators.values().map(|v| v.len() as u64).sum();
-        for p in &parts {
-            let mut saved = checkpoint::StreamCheckpoint { sql: p.sql.clone(), dataflow: p.id, ..Default::default() };
-            // Ordinals need not be dense: those of operators shared with a stream it reads are
-            // that stream's.
-            let mut mine: Vec<(u32, usize)> =
-                operators.keys().filter(|k| k.0 == p.id).map(|&(_, ordinal, w)| (ordinal, w)).collect();
-            mine.sort_unstable();
-            for (ordinal, w) in mine {
-                let Some(state) = operators.remove(&(p.id, ordinal, w)) else { continue };
-                let file = format!("op-{}-{ordinal}-{w}.bin", safe(&p.name));
-                files.push((file.clone(), state));
-                saved.operators.push((ordinal, w, file));
-            }
-            if let Some(state) = collected.sink_states.get(&p.name) {
-                let file = format!("sink-{}.bin", safe(&p.name));
-                files.push((file.clone(), state.clone()));
-                saved.sink_state = Some(file);
-            }
-            if let Some(Some(contents)) = collected.outputs.get(&p.name) {
-                let file = format!("out-{}.arrow", safe(&p.name));
-                let schema = contents.first().map(|b| b.schema()).unwrap_or_else(|| p.output.image_schema());
-                files.push((file.clone(), checkpoint::ipc_bytes(contents, &schema)?));
-                saved.output = Some(file);
-            }
-            manifest.streams.insert(p.name.clone(), saved);
-        }
-        let nfiles = files.len();
-        let store = checkpoint::Store::new(&root);
-        let (path, bytes) = store.write(manifest.clone(), files).map_err(abandon)?;
-        // A failure to prune leaves old files behind; the checkpoint itself is durable.
-        let _ = store.prune(&manifest);
-        if full {
-            *chain = CheckpointChain { epochs: vec![epoch], full_bytes: op_bytes, delta_bytes: 0 };
-        } else {
-            chain.epochs.push(epoch);
-            chain.delta_bytes += op_bytes;
-        }
-        // Durable: exactly-once sinks make the covered epochs visible, sources acknowledge what
-        // it covers to their peers.
-        for p in &parts {
-            if let Some(h) = &p.sink {
-                h.commit(epoch);
-            }
-        }
-        let st = self.inner.state.lock();
-        for (name, saved) in &manifest.sources {
-            if let (Some(src), Some(pos)) = (st.sources.get(name), &saved.position) {
-                if let Some(run) = src.run.lock().as_ref() {
-                    run.handle.commit(pos.clone());
-                }
-            }
-        }
-        drop(st);
-        Ok(CheckpointResult { epoch, full, bytes, files: nfiles, duration: started.elapsed(), path })
-    }
-
     /// Starts periodic checkpoints for this run when `checkpoint_interval_ms` is set.
     fn start_checkpoint_timer(&self) {
         let Some(ms) = self.inner.config.checkpoint_interval_ms else { return };
-        if self.storage_root().is_none() {
+        // A cluster's checkpoints are taken by process 0, for every process.
+        if self.storage_root().is_none() || self.inner.config.cluster.as_ref().is_some_and(|c| c.process > 0) {
             return;
         }
         let stop = Arc::new(AtomicBool::new(false));

@@ -20,6 +20,16 @@
 //! of process 0 see the whole result; those of the other processes see their epochs complete
 //! but no rows.
 //!
+//! **Checkpoints** are the leader's: it asks every follower to get ready (`Prepare`); each one
+//! stops sending data and answers (`Ready`); the leader then closes the epoch with the
+//! checkpoint request in its `Advance`, so every process's operators snapshot the same epoch.
+//! Followers report their part durable (`Saved`); the leader, once its own part is durable too,
+//! ends the checkpoint (`Finished`: committed or abandoned, and the oldest epoch a restart may
+//! still pick). The engine does the storage side; the runtime carries the messages
+//! ([`crate::runtime::Runtime::checkpoint`], [`crate::runtime::Runtime::follow_checkpoint`]).
+//! On connecting, the leader tells every follower the first epoch of the run and the
+//! checkpoint it restores ([`ClusterStart`]).
+//!
 //! **Control messages** travel in a small dataflow that every worker builds first, before any
 //! other: `(target worker, message)` pairs routed by target. Its input moves to a new time after
 //! each batch of messages (which is what makes timely ship them) and closes only at shutdown;
@@ -40,7 +50,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
+use std::collections::BTreeMap;
+
+use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
@@ -48,6 +60,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::Input;
 use timely::dataflow::InputHandle;
 
+use crate::checkpoint::SnapshotSink;
 use crate::error::{DataflowError, Result};
 use crate::watermark::WatermarkSnapshot;
 
@@ -115,6 +128,8 @@ pub(crate) enum Control {
         epoch: u64,
         /// The cluster's watermarks at the close of `epoch - 1`.
         watermarks: Vec<(String, i64)>,
+        /// Checkpoint `id` is taken as of `epoch - 1` (every process said it is ready).
+        checkpoint: Option<u64>,
     },
     /// From a follower: it reached its barrier number `seq`.
     Arrived {
@@ -128,12 +143,49 @@ pub(crate) enum Control {
         /// The barrier passed.
         seq: u64,
     },
+    /// From the leader: get ready for checkpoint `id` (stop sending data, take the sources'
+    /// positions) and answer with `Ready`.
+    Prepare {
+        /// The checkpoint.
+        id: u64,
+        /// Whole state (true) or the changes since the previous checkpoint.
+        full: bool,
+    },
+    /// From a follower: it is ready for checkpoint `id` (and sends nothing until the `Advance`
+    /// that takes it), or cannot take it.
+    Ready {
+        /// The follower.
+        process: usize,
+        /// The checkpoint.
+        id: u64,
+        /// Why it cannot take it.
+        error: Option<String>,
+    },
+    /// From a follower: its part of checkpoint `id` is durable, or failed.
+    Saved {
+        /// The follower.
+        process: usize,
+        /// The checkpoint.
+        id: u64,
+        /// Why it failed.
+        error: Option<String>,
+    },
+    /// From the leader: checkpoint `id` is complete on every process (`committed`) or abandoned;
+    /// checkpoints older than `keep_from` are no longer needed for a restart.
+    Finished {
+        /// The checkpoint.
+        id: u64,
+        /// It is the cluster's newest checkpoint now.
+        committed: bool,
+        /// The oldest epoch a restart may still pick.
+        keep_from: u64,
+    },
 }
 
 impl Control {
     /// An `Advance` carrying `snapshot`.
-    pub(crate) fn advance(epoch: u64, snapshot: &WatermarkSnapshot) -> Self {
-        Control::Advance { epoch, watermarks: to_wire(snapshot) }
+    pub(crate) fn advance(epoch: u64, snapshot: &WatermarkSnapshot, checkpoint: Option<u64>) -> Self {
+        Control::Advance { epoch, watermarks: to_wire(snapshot), checkpoint }
     }
 }
 
@@ -169,6 +221,47 @@ pub(crate) struct ClusterState {
     pub released: AtomicU64,
     /// The leader: how many processes reached each barrier not yet released.
     pub arrivals: Mutex<std::collections::BTreeMap<u64, usize>>,
+    /// Coordinated checkpoints in progress.
+    pub checkpoints: Mutex<Checkpoints>,
+    /// Signalled when `checkpoints` changes.
+    pub checkpoint_changed: Condvar,
+    /// A follower: checkpoints the leader asked for, `(id, full)`, for the engine to prepare.
+    pub requests: (crossbeam_channel::Sender<CheckpointAsk>, crossbeam_channel::Receiver<CheckpointAsk>),
+}
+
+/// A checkpoint the leader asks a follower for: `(id, full)`.
+pub type CheckpointAsk = (u64, bool);
+
+/// A follower's part of a checkpoint: registered when it is ready, used by the `Advance` that
+/// takes the checkpoint.
+pub(crate) struct PendingCheckpoint {
+    /// The checkpoint.
+    pub id: u64,
+    /// Whole state or changes.
+    pub full: bool,
+    /// Where this process's operator snapshots go.
+    pub sink: Arc<dyn SnapshotSink>,
+    /// Runs with the checkpoint's epoch before any later epoch can close.
+    pub before: Box<dyn FnOnce(u64) + Send>,
+}
+
+/// Answers and progress of the coordinated checkpoints in flight.
+#[derive(Default)]
+pub(crate) struct Checkpoints {
+    /// The leader: the last id given out.
+    pub last_id: u64,
+    /// The leader: `Ready` answers per checkpoint id: (process, error).
+    pub ready: BTreeMap<u64, Vec<(usize, Option<String>)>>,
+    /// The leader: `Saved` answers per checkpoint id.
+    pub saved: BTreeMap<u64, Vec<(usize, Option<String>)>>,
+    /// The leader: the id of the checkpoint taken as of each epoch.
+    pub ids: BTreeMap<u64, u64>,
+    /// A follower: the checkpoint it is ready for.
+    pub pending: Option<PendingCheckpoint>,
+    /// A follower: checkpoints taken, by id: their epoch.
+    pub applied: BTreeMap<u64, u64>,
+    /// A follower: the leader's verdicts, by id: (committed, keep_from).
+    pub finished: BTreeMap<u64, (bool, u64)>,
 }
 
 impl ClusterState {
@@ -184,6 +277,46 @@ impl ClusterState {
             barriers: AtomicU64::new(0),
             released: AtomicU64::new(0),
             arrivals: Mutex::new(Default::default()),
+            checkpoints: Mutex::new(Checkpoints::default()),
+            checkpoint_changed: Condvar::new(),
+            requests: crossbeam_channel::unbounded(),
+        }
+    }
+
+    /// Processes other than the leader.
+    pub(crate) fn followers(&self) -> std::ops::Range<usize> {
+        1..self.processes
+    }
+
+    /// Changes the checkpoint bookkeeping and wakes whoever waits on it.
+    pub(crate) fn update_checkpoints(&self, f: impl FnOnce(&mut Checkpoints)) {
+        f(&mut self.checkpoints.lock());
+        self.checkpoint_changed.notify_all();
+    }
+
+    /// Waits until `f` finds what it looks for in the checkpoint bookkeeping; fails after
+    /// `timeout` with "process P: timed out waiting for WHAT".
+    pub(crate) fn wait_checkpoints<T>(
+        &self,
+        timeout: Duration,
+        what: &str,
+        mut f: impl FnMut(&mut Checkpoints) -> Option<T>,
+    ) -> Result<T> {
+        let deadline = Instant::now() + timeout;
+        let mut k = self.checkpoints.lock();
+        loop {
+            if let Some(v) = f(&mut k) {
+                return Ok(v);
+            }
+            if self.checkpoint_changed.wait_until(&mut k, deadline).timed_out() {
+                return f(&mut k).ok_or_else(|| {
+                    DataflowError::Cluster(format!(
+                        "process {}: {what} did not happen within {} s",
+                        self.process,
+                        timeout.as_secs()
+                    ))
+                });
+            }
         }
     }
 
@@ -266,7 +399,17 @@ pub(crate) fn build_control(worker: &mut timely::worker::Worker, state: Arc<Clus
 }
 
 /// Tag of the introduction exchanged on every connection between two processes.
-const HELLO: &[u8; 8] = b"LMNRCL01";
+const HELLO: &[u8; 8] = b"LMNRCL02";
+
+/// How the cluster's run begins, as decided by the leader and told to every follower when it
+/// connects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClusterStart {
+    /// The first epoch of the run.
+    pub epoch: u64,
+    /// The checkpoint every process restores (its epoch), if any.
+    pub restored: Option<u64>,
+}
 
 /// What one process tells another when they connect.
 #[derive(Debug, PartialEq, Eq)]
@@ -274,31 +417,42 @@ struct Hello {
     process: u64,
     processes: u64,
     threads: u64,
+    /// The sender's start (only the leader's counts).
+    start: ClusterStart,
 }
 
 impl Hello {
+    const LEN: usize = 8 + 5 * 8;
+
     fn write(&self, s: &mut TcpStream) -> std::io::Result<()> {
-        let mut buf = Vec::with_capacity(32);
+        let mut buf = Vec::with_capacity(Self::LEN);
         buf.extend_from_slice(HELLO);
-        for v in [self.process, self.processes, self.threads] {
+        let restored = self.start.restored.map_or(0, |e| e + 1);
+        for v in [self.process, self.processes, self.threads, self.start.epoch, restored] {
             buf.extend_from_slice(&v.to_le_bytes());
         }
         s.write_all(&buf)
     }
 
     fn read(s: &mut TcpStream) -> std::io::Result<Option<Self>> {
-        let mut buf = [0u8; 32];
+        let mut buf = [0u8; Self::LEN];
         s.read_exact(&mut buf)?;
         if &buf[..8] != HELLO {
             return Ok(None);
         }
         let v = |i: usize| u64::from_le_bytes(buf[8 + 8 * i..16 + 8 * i].try_into().unwrap_or_default());
-        Ok(Some(Hello { process: v(0), processes: v(1), threads: v(2) }))
+        let start = ClusterStart { epoch: v(3), restored: v(4).checked_sub(1) };
+        Ok(Some(Hello { process: v(0), processes: v(1), threads: v(2), start }))
     }
 }
 
 /// Checks a peer's introduction against this process's settings.
-fn check_peer(config: &ClusterConfig, threads: usize, peer: Option<Hello>, from: &str) -> Result<usize> {
+fn check_peer(
+    config: &ClusterConfig,
+    threads: usize,
+    peer: Option<Hello>,
+    from: &str,
+) -> Result<(usize, ClusterStart)> {
     let fail = |m: String| Err(DataflowError::Cluster(format!("process {}: {m}", config.process)));
     let Some(h) = peer else {
         return fail(format!("{from} is not a LaminarDB cluster process"));
@@ -314,16 +468,21 @@ fn check_peer(config: &ClusterConfig, threads: usize, peer: Option<Hello>, from:
     if h.threads as usize != threads {
         return fail(format!("process {} at {from} runs {} workers, this one {threads}", h.process, h.threads));
     }
-    Ok(h.process as usize)
+    Ok((h.process as usize, h.start))
 }
 
 /// Connects this process to every other one of the cluster (see the module doc); gives up at the
 /// connect timeout, naming the processes still missing. Returns one socket per process (none
-/// for this one), in process order.
-pub(crate) fn connect_peers(config: &ClusterConfig, threads: usize) -> Result<Vec<Option<TcpStream>>> {
+/// for this one), in process order, and the leader's start (`start` itself on the leader).
+pub(crate) fn connect_peers(
+    config: &ClusterConfig,
+    threads: usize,
+    start: ClusterStart,
+) -> Result<(Vec<Option<TcpStream>>, ClusterStart)> {
     let me = config.process;
     let deadline = Instant::now() + config.connect_timeout;
-    let hello = Hello { process: me as u64, processes: config.processes() as u64, threads: threads as u64 };
+    let hello = Hello { process: me as u64, processes: config.processes() as u64, threads: threads as u64, start };
+    let mut leader_start = start;
     let err = |m: String| DataflowError::Cluster(format!("process {me}: {m}"));
     let own = &config.addresses[me];
     let listener = TcpListener::bind(own).map_err(|e| err(format!("cannot listen on {own}: {e}")))?;
@@ -358,9 +517,12 @@ pub(crate) fn connect_peers(config: &ClusterConfig, threads: usize) -> Result<Ve
         };
         setup(&mut stream).and_then(|_| hello.write(&mut stream)).map_err(|e| err(format!("{addr}: {e}")))?;
         let peer = Hello::read(&mut stream).map_err(|e| err(format!("no introduction from {addr}: {e}")))?;
-        let index = check_peer(config, threads, peer, addr)?;
+        let (index, their_start) = check_peer(config, threads, peer, addr)?;
         if index != p {
             return Err(err(format!("{addr} is process {index}, but the address list has it as process {p}")));
+        }
+        if p == 0 {
+            leader_start = their_start;
         }
         sockets[p] = Some(stream);
     }
@@ -374,7 +536,7 @@ pub(crate) fn connect_peers(config: &ClusterConfig, threads: usize) -> Result<Ve
                 let peer = Hello::read(&mut stream).map_err(|e| err(format!("no introduction from {from}: {e}")))?;
                 // Answer first: a peer that disagrees learns why too.
                 hello.write(&mut stream).map_err(|e| err(format!("{from}: {e}")))?;
-                let index = check_peer(config, threads, peer, &from)?;
+                let (index, _) = check_peer(config, threads, peer, &from)?;
                 if index <= me || index >= config.processes() || sockets[index].is_some() {
                     return Err(err(format!("unexpected connection from process {index} at {from}")));
                 }
@@ -396,7 +558,7 @@ pub(crate) fn connect_peers(config: &ClusterConfig, threads: usize) -> Result<Ve
     for s in sockets.iter().flatten() {
         s.set_read_timeout(None).map_err(|e| err(e.to_string()))?;
     }
-    Ok(sockets)
+    Ok((sockets, leader_start))
 }
 
 /// Timely's allocators over the connected sockets, one per local worker, and the guard of its

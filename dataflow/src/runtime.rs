@@ -26,8 +26,8 @@ use crate::batch::DiffBatch;
 use crate::build::{build_plan, BuildContext, Built};
 use crate::checkpoint::{CheckpointFeed, CheckpointRequest, RestoreState, SnapshotSink};
 use crate::cluster::{
-    build_allocators, build_control, connect_peers, from_wire, to_wire, ClusterConfig, ClusterState, Control,
-    ControlInput,
+    build_allocators, build_control, connect_peers, from_wire, to_wire, ClusterConfig, ClusterStart, ClusterState,
+    Control, ControlInput, PendingCheckpoint,
 };
 use crate::error::{DataflowError, Result};
 use crate::operators::capture::{CaptureExt, EpochSink, GatherExt};
@@ -50,6 +50,10 @@ pub struct RuntimeConfig {
     pub checkpoints: bool,
     /// Run as one process of a cluster (`workers` threads in each process); `None`: alone.
     pub cluster: Option<ClusterConfig>,
+    /// The checkpoint this run restores (its epoch), if any. In a cluster the leader's counts:
+    /// it tells every follower which checkpoint to restore and the first epoch
+    /// ([`Runtime::restored`]).
+    pub restored: Option<u64>,
 }
 
 impl Default for RuntimeConfig {
@@ -60,6 +64,7 @@ impl Default for RuntimeConfig {
             initial_epoch: INITIAL_EPOCH,
             checkpoints: true,
             cluster: None,
+            restored: None,
         }
     }
 }
@@ -126,6 +131,7 @@ pub struct Runtime {
     coordinator: Mutex<Option<JoinHandle<()>>>,
     next: AtomicUsize,
     workers: usize,
+    restored: Option<u64>,
 }
 
 impl Runtime {
@@ -140,7 +146,16 @@ impl Runtime {
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| crossbeam_channel::unbounded()).unzip();
         let receivers: Arc<Mutex<Vec<Option<Receiver<Command>>>>> =
             Arc::new(Mutex::new(receivers.into_iter().map(Some).collect()));
-        let initial_epoch = config.initial_epoch.max(INITIAL_EPOCH);
+        let own_start = ClusterStart { epoch: config.initial_epoch.max(INITIAL_EPOCH), restored: config.restored };
+        // Connect first: a follower starts where the leader says.
+        let (comm, start) = match &config.cluster {
+            Some(c) => {
+                let (sockets, start) = connect_peers(c, workers, own_start)?;
+                (Some(build_allocators(sockets, c.process, workers)?), start)
+            }
+            None => (None, own_start),
+        };
+        let initial_epoch = start.epoch.max(INITIAL_EPOCH);
         let checkpoints = config.checkpoints;
         let shared = Arc::new(Shared {
             epoch: AtomicU64::new(initial_epoch),
@@ -152,8 +167,8 @@ impl Runtime {
             cluster: cluster.clone(),
         });
         let (ready_tx, ready_rx) = crossbeam_channel::bounded::<()>(workers);
-        let (builders, other) = match &config.cluster {
-            Some(c) => build_allocators(connect_peers(c, workers)?, c.process, workers)?,
+        let (builders, other) = match comm {
+            Some(built) => built,
             None if workers == 1 => timely::CommunicationConfig::Thread.try_build().map_err(DataflowError::Internal)?,
             None => timely::CommunicationConfig::Process(workers).try_build().map_err(DataflowError::Internal)?,
         };
@@ -184,6 +199,7 @@ impl Runtime {
             coordinator: Mutex::new(None),
             next: AtomicUsize::new(0),
             workers,
+            restored: start.restored,
         };
         let interval = config.epoch_interval;
         let c_senders = rt.senders.lock().clone().unwrap_or_default();
@@ -376,17 +392,183 @@ impl Runtime {
     /// now for a snapshot as of `E` (delivered to `sink`). Returns `E`: every batch sent before
     /// this call belongs to it or an earlier epoch.
     /// `before(E)` runs first, while no epoch can close (to set up barriers downstream).
+    ///
+    /// The leader of a cluster first asks every follower to get ready (each stops sending data
+    /// and answers); `E` is then the same cut on every process, and each follower's operators
+    /// snapshot into the sink it gave [`Runtime::follow_checkpoint`]. The leader then waits for
+    /// the followers' parts with [`Runtime::cluster_saved`] and ends the checkpoint with
+    /// [`Runtime::cluster_finish`]. A follower cannot start a checkpoint.
     pub fn checkpoint(&self, full: bool, sink: Arc<dyn SnapshotSink>, before: impl FnOnce(u64)) -> Result<u64> {
-        if self.shared.cluster.is_some() {
-            return Err(DataflowError::Cluster("checkpoints of a cluster are not supported yet".into()));
-        }
+        let id = match &self.shared.cluster {
+            None => None,
+            Some(c) if !c.is_leader() => {
+                return Err(DataflowError::Cluster(format!(
+                    "process {}: the checkpoints of a cluster are taken by process 0",
+                    c.process
+                )))
+            }
+            Some(c) => Some(self.prepare_followers(c, full)?),
+        };
         self.with_senders(|s| {
             let _g = self.shared.advance_lock.write();
             let epoch = self.shared.epoch.load(Ordering::Acquire);
             before(epoch);
+            if let (Some(c), Some(id)) = (&self.shared.cluster, id) {
+                c.update_checkpoints(|k| {
+                    k.ids.insert(epoch, id);
+                });
+            }
             let req = Arc::new(CheckpointRequest { epoch, full, sink });
             advance_locked(&self.shared, s, Some(req)) - 1
         })
+    }
+
+    /// The leader: asks every follower to get ready for a new checkpoint; returns its id once
+    /// all are, or fails (and abandons it) when one cannot or does not answer in time.
+    fn prepare_followers(&self, c: &Arc<ClusterState>, full: bool) -> Result<u64> {
+        let mut id = 0;
+        c.update_checkpoints(|k| {
+            k.last_id += 1;
+            id = k.last_id;
+        });
+        let msgs = c.followers().map(|p| (c.first_worker_of(p), Control::Prepare { id, full })).collect();
+        self.send_control(msgs)?;
+        let followers = c.processes - 1;
+        let answers =
+            c.wait_checkpoints(CHECKPOINT_PREPARE_TIMEOUT, "every process getting ready for a checkpoint", |k| {
+                k.ready.get(&id).filter(|r| r.len() >= followers)?;
+                k.ready.remove(&id)
+            });
+        let failed = match answers {
+            Ok(answers) => refusals(&answers),
+            Err(e) => vec![e.to_string()],
+        };
+        if failed.is_empty() {
+            return Ok(id);
+        }
+        self.finish_followers(id, false, 0)?;
+        Err(DataflowError::Cluster(format!("checkpoint abandoned: {}", failed.join("; "))))
+    }
+
+    /// The leader: waits until every follower's part of the checkpoint of `epoch` is durable.
+    pub fn cluster_saved(&self, epoch: u64, timeout: Duration) -> Result<()> {
+        let Some(c) = self.shared.cluster.as_ref().filter(|c| c.is_leader()) else { return Ok(()) };
+        let id = c.checkpoints.lock().ids.get(&epoch).copied().ok_or_else(|| {
+            DataflowError::Cluster(format!("no checkpoint of the cluster was taken as of epoch {epoch}"))
+        })?;
+        let followers = c.processes - 1;
+        let answers = c.wait_checkpoints(timeout, "every process saving its part of the checkpoint", |k| {
+            k.saved.get(&id).filter(|r| r.len() >= followers)?;
+            k.saved.remove(&id)
+        })?;
+        let failed = refusals(&answers);
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(DataflowError::Cluster(format!("checkpoint of epoch {epoch}: {}", failed.join("; "))))
+        }
+    }
+
+    /// The leader: ends the checkpoint of `epoch` on every follower: `committed` (the leader's
+    /// own part is durable too: it is the cluster's newest) or abandoned. Checkpoints older than
+    /// `keep_from` are no longer needed.
+    pub fn cluster_finish(&self, epoch: u64, committed: bool, keep_from: u64) -> Result<()> {
+        let Some(c) = self.shared.cluster.as_ref().filter(|c| c.is_leader()) else { return Ok(()) };
+        let mut id = None;
+        c.update_checkpoints(|k| {
+            id = k.ids.remove(&epoch);
+            if let Some(id) = id {
+                k.saved.remove(&id);
+            }
+        });
+        match id {
+            Some(id) => self.finish_followers(id, committed, keep_from),
+            None => Ok(()),
+        }
+    }
+
+    fn finish_followers(&self, id: u64, committed: bool, keep_from: u64) -> Result<()> {
+        let Some(c) = self.shared.cluster.as_ref() else { return Ok(()) };
+        let msgs =
+            c.followers().map(|p| (c.first_worker_of(p), Control::Finished { id, committed, keep_from })).collect();
+        self.send_control(msgs)
+    }
+
+    /// A follower: the checkpoints the leader asks for, `(id, full)`, in order. Each must be
+    /// answered, with [`Runtime::follow_checkpoint`] or [`Runtime::refuse_checkpoint`].
+    pub fn checkpoint_requests(&self) -> Option<Receiver<(u64, bool)>> {
+        self.shared.follower().map(|c| c.requests.1.clone())
+    }
+
+    /// A follower: tells the leader it is ready for checkpoint `id` (the caller sends no data
+    /// until this returns) and waits for the epoch closed for it, `E`; `before(E)` runs then,
+    /// and this process's operators snapshot into `sink`. Fails when the leader abandons the
+    /// checkpoint or does not take it within `timeout`.
+    pub fn follow_checkpoint(
+        &self,
+        id: u64,
+        full: bool,
+        sink: Arc<dyn SnapshotSink>,
+        before: Box<dyn FnOnce(u64) + Send>,
+        timeout: Duration,
+    ) -> Result<u64> {
+        let Some(c) = self.shared.follower().cloned() else {
+            return Err(DataflowError::Cluster("only a cluster's follower follows a checkpoint".into()));
+        };
+        c.update_checkpoints(|k| k.pending = Some(PendingCheckpoint { id, full, sink, before }));
+        self.send_control(vec![(0, Control::Ready { process: c.process, id, error: None })])?;
+        let taken = c.wait_checkpoints(timeout, "the checkpoint's epoch closing", |k| {
+            if let Some(epoch) = k.applied.remove(&id) {
+                return Some(Ok(epoch));
+            }
+            k.finished.get(&id).map(|_| Err(()))
+        });
+        match taken {
+            Ok(Ok(epoch)) => Ok(epoch),
+            other => {
+                c.update_checkpoints(|k| {
+                    if k.pending.as_ref().is_some_and(|p| p.id == id) {
+                        k.pending = None;
+                    }
+                });
+                Err(match other {
+                    Err(e) => e,
+                    _ => DataflowError::Cluster(format!("process 0 abandoned checkpoint {id}")),
+                })
+            }
+        }
+    }
+
+    /// A follower: tells the leader it cannot take checkpoint `id`, and why.
+    pub fn refuse_checkpoint(&self, id: u64, error: String) -> Result<()> {
+        let Some(c) = self.shared.follower() else { return Ok(()) };
+        self.send_control(vec![(0, Control::Ready { process: c.process, id, error: Some(error) })])
+    }
+
+    /// A follower: its part of checkpoint `id` is durable (`None`) or failed.
+    pub fn checkpoint_saved(&self, id: u64, error: Option<String>) -> Result<()> {
+        let Some(c) = self.shared.follower() else { return Ok(()) };
+        self.send_control(vec![(0, Control::Saved { process: c.process, id, error })])
+    }
+
+    /// A follower: waits for the leader's verdict on checkpoint `id`: `(committed, keep_from)`.
+    pub fn checkpoint_finished(&self, id: u64, timeout: Duration) -> Result<(bool, u64)> {
+        let Some(c) = self.shared.follower() else { return Ok((true, 0)) };
+        c.wait_checkpoints(timeout, "process 0 ending the checkpoint", |k| k.finished.remove(&id))
+    }
+
+    /// The checkpoint this run restores: in a cluster, the one the leader chose.
+    pub fn restored(&self) -> Option<u64> {
+        self.restored
+    }
+
+    /// Sends control messages to other processes through this process's first worker.
+    fn send_control(&self, msgs: Vec<(u64, Control)>) -> Result<()> {
+        self.with_senders(|s| s.first().map(|tx| tx.send(Command::Control(msgs)).is_ok()))?
+            .filter(|&sent| sent)
+            .ok_or(DataflowError::NotRunning)?;
+        self.unpark(Some(0));
+        Ok(())
     }
 
     /// Closes all inputs, lets every dataflow drain, and joins the workers.
@@ -418,6 +600,14 @@ impl Drop for Runtime {
 /// How long a follower waits for the leader to close an epoch it asked for.
 const FOLLOW_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long the leader waits for every follower to get ready for a checkpoint.
+const CHECKPOINT_PREPARE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The failures among followers' answers, as "process P: why".
+fn refusals(answers: &[(usize, Option<String>)]) -> Vec<String> {
+    answers.iter().filter_map(|(p, e)| e.as_ref().map(|e| format!("process {p}: {e}"))).collect()
+}
+
 /// One tick of the epoch coordinator.
 fn coordinate(shared: &Shared, senders: &[Sender<Command>]) {
     match &shared.cluster {
@@ -431,7 +621,16 @@ fn coordinate(shared: &Shared, senders: &[Sender<Command>]) {
                 match m {
                     Control::Report { process, watermarks, advance } => c.record(process, &watermarks, advance),
                     Control::Arrived { seq, .. } => arrive(c, senders, seq),
-                    Control::Advance { .. } | Control::Release { .. } => {}
+                    Control::Ready { process, id, error } => {
+                        c.update_checkpoints(|k| k.ready.entry(id).or_default().push((process, error)))
+                    }
+                    Control::Saved { process, id, error } => {
+                        c.update_checkpoints(|k| k.saved.entry(id).or_default().push((process, error)))
+                    }
+                    Control::Advance { .. }
+                    | Control::Release { .. }
+                    | Control::Prepare { .. }
+                    | Control::Finished { .. } => {}
                 }
             }
             let local = shared.dirty.swap(false, Ordering::AcqRel);
@@ -442,13 +641,25 @@ fn coordinate(shared: &Shared, senders: &[Sender<Command>]) {
         Some(c) => {
             for m in c.take_inbox() {
                 match m {
-                    Control::Advance { epoch, watermarks } => {
-                        follow(shared, senders, epoch, Arc::new(from_wire(&watermarks)));
+                    Control::Advance { epoch, watermarks, checkpoint } => {
+                        follow(shared, c, senders, epoch, Arc::new(from_wire(&watermarks)), checkpoint);
                     }
                     Control::Release { seq } => {
                         c.released.fetch_max(seq, Ordering::AcqRel);
                     }
-                    Control::Report { .. } | Control::Arrived { .. } => {}
+                    Control::Prepare { id, full } => {
+                        let _ = c.requests.0.send((id, full));
+                    }
+                    Control::Finished { id, committed, keep_from } => c.update_checkpoints(|k| {
+                        if k.pending.as_ref().is_some_and(|p| p.id == id) {
+                            k.pending = None;
+                        }
+                        k.finished.insert(id, (committed, keep_from));
+                    }),
+                    Control::Report { .. }
+                    | Control::Arrived { .. }
+                    | Control::Ready { .. }
+                    | Control::Saved { .. } => {}
                 }
             }
             if shared.dirty.swap(false, Ordering::AcqRel) {
@@ -475,15 +686,39 @@ fn arrive(c: &ClusterState, senders: &[Sender<Command>], seq: u64) {
     }
 }
 
-/// A follower opens `epoch` as the leader did, with the cluster's watermarks.
-fn follow(shared: &Shared, senders: &[Sender<Command>], epoch: u64, snapshot: Arc<WatermarkSnapshot>) {
+/// A follower opens `epoch` as the leader did, with the cluster's watermarks; with
+/// `checkpoint`, this process's part of that checkpoint is taken as of `epoch - 1`.
+fn follow(
+    shared: &Shared,
+    c: &ClusterState,
+    senders: &[Sender<Command>],
+    epoch: u64,
+    snapshot: Arc<WatermarkSnapshot>,
+    checkpoint: Option<u64>,
+) {
     let _g = shared.advance_lock.write();
     if epoch <= shared.epoch.load(Ordering::Acquire) {
         return;
     }
     shared.epoch.store(epoch, Ordering::Release);
+    let mut req = None;
+    if let Some(id) = checkpoint {
+        let pending = {
+            let mut k = c.checkpoints.lock();
+            k.pending.take_if(|p| p.id == id)
+        };
+        // Without a pending part (this process gave up waiting) the leader learns of it when
+        // this process's part is never saved.
+        if let Some(p) = pending {
+            (p.before)(epoch - 1);
+            req = Some(Arc::new(CheckpointRequest { epoch: epoch - 1, full: p.full, sink: p.sink }));
+            c.update_checkpoints(|k| {
+                k.applied.insert(id, epoch - 1);
+            });
+        }
+    }
     for tx in senders {
-        let _ = tx.send(Command::Advance(epoch, snapshot.clone(), None));
+        let _ = tx.send(Command::Advance(epoch, snapshot.clone(), req.clone()));
     }
     for t in shared.threads.lock().iter().flatten() {
         t.unpark();
@@ -508,8 +743,9 @@ fn advance_locked(shared: &Shared, senders: &[Sender<Command>], checkpoint: Opti
     }
     // The leader of a cluster: every follower opens the same epoch with the same watermarks.
     if let (Some(c), Some(tx)) = (&shared.cluster, senders.first()) {
+        let id = checkpoint.as_ref().and_then(|r| c.checkpoints.lock().ids.get(&r.epoch).copied());
         let msgs: Vec<_> =
-            (1..c.processes).map(|p| (c.first_worker_of(p), Control::advance(next, &snapshot))).collect();
+            c.followers().map(|p| (c.first_worker_of(p), Control::advance(next, &snapshot, id))).collect();
         let _ = tx.send(Command::Control(msgs));
     }
     for t in shared.threads.lock().iter().flatten() {
@@ -726,7 +962,7 @@ mod tests {
     use crate::merge::EpochMerger;
     use arrow::array::AsArray;
     use arrow::array::{Int64Array, RecordBatch};
-    use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+    use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 
     /// Data sent before `close_epoch` is delivered once that epoch completes, even when the
     /// commands reach a worker before its thread has started (a past race: workers read the
@@ -767,12 +1003,8 @@ mod tests {
         std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
     }
 
-    /// Two runtimes joined as a cluster (two processes' worth of workers in this test process,
-    /// over real loopback connections): each counts rows by key over its own half of the input;
-    /// the counts gathered on process 0 are those of the whole input, the follower's output has
-    /// its epochs but no rows, and both see the same epochs.
-    #[test]
-    fn a_cluster_counts_over_every_process_and_gathers_on_the_first() {
+    /// `SELECT k, COUNT(*) FROM t GROUP BY k`: the schema of `t` and the plan.
+    fn count_by_key() -> (SchemaRef, PlanNode) {
         use crate::plan::testing::Columns;
         use crate::plan::{AggKind, AggSpec, AggregatePlan};
         let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, true)]));
@@ -787,17 +1019,124 @@ mod tests {
                 input_append_only: true,
             }),
         };
-        let addresses: Vec<String> = (0..2).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        (schema, plan)
+    }
+
+    /// `n` runtimes of 2 workers joined as a cluster over loopback in this test process; the
+    /// leader's start settings are taken from `leader`.
+    fn start_cluster(n: usize, leader: RuntimeConfig) -> Vec<Runtime> {
+        let addresses: Vec<String> = (0..n).map(|_| format!("127.0.0.1:{}", free_port())).collect();
         // Start blocks until every process is connected: start them side by side.
-        let starts: Vec<_> = (0..2)
+        let starts: Vec<_> = (0..n)
             .map(|p| {
-                let cluster = ClusterConfig::new(p, addresses.clone());
-                std::thread::spawn(move || {
-                    Runtime::start(RuntimeConfig { workers: 2, cluster: Some(cluster), ..Default::default() })
-                })
+                let cluster = Some(ClusterConfig::new(p, addresses.clone()));
+                let base = if p == 0 { leader.clone() } else { RuntimeConfig::default() };
+                std::thread::spawn(move || Runtime::start(RuntimeConfig { workers: 2, cluster, ..base }))
             })
             .collect();
-        let rts: Vec<Runtime> = starts.into_iter().map(|h| h.join().expect("thread").expect("start")).collect();
+        starts.into_iter().map(|h| h.join().expect("thread").expect("start")).collect()
+    }
+
+    /// Shuts runtimes down side by side (shutting down waits for every process).
+    fn stop_cluster(rts: Vec<Runtime>) {
+        let stops: Vec<_> = rts.into_iter().map(|rt| std::thread::spawn(move || rt.shutdown())).collect();
+        stops.into_iter().for_each(|h| h.join().expect("shutdown"));
+    }
+
+    /// Snapshots delivered to a test sink: (dataflow, operator, worker, epoch).
+    #[derive(Default)]
+    struct Snapshots(Mutex<Vec<(u64, u32, usize, u64)>>);
+
+    impl SnapshotSink for Snapshots {
+        fn deliver(&self, dataflow: u64, operator: u32, worker: usize, epoch: u64, _state: Vec<u8>) {
+            self.0.lock().push((dataflow, operator, worker, epoch));
+        }
+    }
+
+    /// A checkpoint of a cluster: the leader names the restored checkpoint and first epoch to
+    /// the follower; a checkpoint asked of the leader is prepared by the follower, taken by
+    /// both at the same epoch (each process's workers snapshot into its own sink), saved,
+    /// finished; one the follower refuses fails on the leader, naming it.
+    #[test]
+    fn a_cluster_checkpoint_is_taken_at_one_epoch_by_every_process() {
+        let leader = RuntimeConfig { initial_epoch: 50, restored: Some(49), ..Default::default() };
+        let rts = Arc::new(start_cluster(2, leader));
+        assert_eq!(rts[1].restored(), Some(49), "the follower restores what the leader restores");
+        assert_eq!(rts[1].current_epoch(), 50, "and starts where it starts");
+        let (schema, plan) = count_by_key();
+        for rt in rts.iter() {
+            let merger = Arc::new(EpochMerger::new(2, Box::new(|_, _| {})));
+            let req = InstallRequest {
+                id: 7,
+                plan: plan.clone(),
+                output: merger,
+                backfill: vec![],
+                stats: Default::default(),
+                restore: None,
+            };
+            rt.install(req).expect("install");
+        }
+        let follower_sink = Arc::new(Snapshots::default());
+        let (f_rts, f_sink) = (rts.clone(), follower_sink.clone());
+        let follower = std::thread::spawn(move || {
+            let rt = &f_rts[1];
+            let requests = rt.checkpoint_requests().expect("a follower gets requests");
+            // The first checkpoint: taken, saved, committed.
+            let (id, full) = requests.recv_timeout(Duration::from_secs(20)).expect("asked");
+            let before_epoch = Arc::new(AtomicU64::new(0));
+            let b = before_epoch.clone();
+            let before = Box::new(move |e: u64| b.store(e, Ordering::Release));
+            let epoch = rt.follow_checkpoint(id, full, f_sink, before, Duration::from_secs(20)).expect("taken");
+            assert_eq!(before_epoch.load(Ordering::Acquire), epoch);
+            rt.checkpoint_saved(id, None).expect("saved");
+            let verdict = rt.checkpoint_finished(id, Duration::from_secs(20)).expect("finished");
+            // The second one: refused.
+            let (id2, _) = requests.recv_timeout(Duration::from_secs(20)).expect("asked again");
+            rt.refuse_checkpoint(id2, "no room".into()).expect("refuse");
+            (epoch, verdict)
+        });
+        for (p, rt) in rts.iter().enumerate() {
+            let keys: Vec<i64> = (0..100).filter(|i| i % 2 == p as i64).collect();
+            let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(keys))]).expect("b");
+            rt.send(&Arc::from("t"), DiffBatch::inserts(batch)).expect("send");
+        }
+        rts[1].close_epoch().expect("follower close");
+        let leader_sink = Arc::new(Snapshots::default());
+        let mut marked = None;
+        let epoch = rts[0].checkpoint(true, leader_sink.clone(), |e| marked = Some(e)).expect("checkpoint");
+        assert_eq!(marked, Some(epoch));
+        assert!(epoch >= 50);
+        // Every worker of both processes snapshots the one stateful operator at that epoch.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while (leader_sink.0.lock().len() < 2 || follower_sink.0.lock().len() < 2) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut leader_got = leader_sink.0.lock().clone();
+        let mut follower_got = follower_sink.0.lock().clone();
+        leader_got.sort_unstable();
+        follower_got.sort_unstable();
+        assert_eq!(leader_got, vec![(7, 0, 0, epoch), (7, 0, 1, epoch)]);
+        assert_eq!(follower_got, vec![(7, 0, 2, epoch), (7, 0, 3, epoch)]);
+        rts[0].cluster_saved(epoch, Duration::from_secs(20)).expect("the follower saved its part");
+        rts[0].cluster_finish(epoch, true, 42).expect("finish");
+        let second = rts[0].checkpoint(false, leader_sink.clone(), |_| {});
+        let (follower_epoch, verdict) = follower.join().expect("follower");
+        assert_eq!(follower_epoch, epoch, "one epoch on both processes");
+        assert_eq!(verdict, (true, 42));
+        let msg = second.expect_err("a refused checkpoint fails").to_string();
+        assert!(msg.contains("process 1: no room"), "{msg}");
+        let rts = Arc::into_inner(rts).expect("one owner");
+        stop_cluster(rts);
+    }
+
+    /// Two runtimes joined as a cluster (two processes' worth of workers in this test process,
+    /// over real loopback connections): each counts rows by key over its own half of the input;
+    /// the counts gathered on process 0 are those of the whole input, the follower's output has
+    /// its epochs but no rows, and both see the same epochs.
+    #[test]
+    fn a_cluster_counts_over_every_process_and_gathers_on_the_first() {
+        let (schema, plan) = count_by_key();
+        let rts = start_cluster(2, RuntimeConfig::default());
         assert_eq!(rts[1].process(), (1, 2));
         type Counts = Arc<Mutex<std::collections::BTreeMap<(i64, i64), i64>>>;
         let mut results: Vec<Counts> = Vec::new();
@@ -847,9 +1186,7 @@ mod tests {
         let expected: std::collections::BTreeMap<(i64, i64), i64> = (0..10).map(|k| ((k, 100), 1)).collect();
         assert_eq!(*results[0].lock(), expected);
         assert!(results[1].lock().is_empty(), "output is gathered on process 0");
-        // Shutting down waits for every process: shut down side by side.
-        let stops: Vec<_> = rts.into_iter().map(|rt| std::thread::spawn(move || rt.shutdown())).collect();
-        stops.into_iter().for_each(|h| h.join().expect("shutdown"));
+        stop_cluster(rts);
     }
 
     /// A process that cannot reach the others gives up after the connect timeout, naming them.

@@ -852,7 +852,8 @@ class Connection:
         """Takes a checkpoint of the running pipeline now: operator state, source contents and
         positions, stream contents, written durably; exactly-once sinks then commit what it
         covers. Raises CheckpointError for an in-memory database, a stopped pipeline or storage
-        problems."""
+        problems. In a cluster, call it on process 0: it checkpoints every process at one epoch
+        (each into its own directory), and fails if any of them cannot."""
         epoch, full, size, files, secs, path = self._raw().checkpoint()
         return CheckpointResult(epoch, full, size, files, secs * 1000.0, path)
 

@@ -1,11 +1,14 @@
 """One process of a LaminarDB cluster, driven by `test_cluster.py` over stdin/stdout.
 
-    python cluster_node.py SCENARIO PROCESS ADDRESSES WORKERS
+    python cluster_node.py SCENARIO PROCESS ADDRESSES WORKERS [DIRECTORY PHASE]
 
 ADDRESSES is a comma-separated list of host:port (empty: run alone, feeding every row). The
-process runs the scenario's statements, starts the pipeline, feeds its own part of the rows,
-passes a barrier with the other processes and prints ``fed``; on ``collect`` it prints the
-scenario's result as one JSON line; on ``stop`` it shuts down and prints ``stopped``.
+process runs the scenario's statements, starts the pipeline, feeds its own part of the rows
+(PHASE "first": the first half of its steps; "resume": reopen DIRECTORY and feed the second
+half), passes a barrier with the other processes and prints ``fed``; on ``collect`` it prints
+the scenario's result as one JSON line; on ``checkpoint`` process 0 takes a checkpoint of the
+cluster and prints its epoch; on ``lose`` it feeds rows that are not checkpointed; on ``stop``
+it shuts down and prints ``stopped``.
 """
 
 from __future__ import annotations
@@ -47,48 +50,68 @@ RESULTS: dict[str, str] = {
 BASE = dt.datetime(2026, 1, 1)
 
 
-def feed_aggregate(db: laminardb.Connection, mine: Callable[[int], bool]) -> None:
+Step = Callable[[laminardb.Connection], None]
+
+
+def insert(source: str, rows: list[dict[str, Any]]) -> Step:
+    return lambda db: db.insert(source, rows)
+
+
+def chunks(source: str, rows: list[dict[str, Any]], size: int) -> list[Step]:
+    return [insert(source, rows[i : i + size]) for i in range(0, len(rows), size)]
+
+
+def steps_aggregate(mine: Callable[[int], bool]) -> list[Step]:
     rows = [{"k": i % 37, "v": (i * 7919) % 1000} for i in range(6000) if mine(i)]
-    for start in range(0, len(rows), 500):
-        db.insert("events", rows[start : start + 500])
+    return chunks("events", rows, 500)
 
 
-def feed_join(db: laminardb.Connection, mine: Callable[[int], bool]) -> None:
+def steps_join(mine: Callable[[int], bool]) -> list[Step]:
     # A key's rows all go through one process, as a keyed partition would: its updates replace it.
     customers = [{"id": c, "region": f"r{c % 5}"} for c in range(200) if mine(c)]
-    db.insert("customers", customers)
     orders = [{"oid": o, "cust": (o * 13) % 250, "amount": o % 97} for o in range(3000) if mine(o)]
-    for start in range(0, len(orders), 400):
-        db.insert("orders", orders[start : start + 400])
-    db.flush()
     # Updates on both sides: customers move region, orders change customer and amount.
-    db.insert("customers", [{"id": c, "region": f"r{(c * 3) % 7}"} for c in range(0, 200, 3) if mine(c)])
-    db.insert("orders", [{"oid": o, "cust": o % 200, "amount": 1000 + o} for o in range(0, 3000, 11) if mine(o)])
+    moved = [{"id": c, "region": f"r{(c * 3) % 7}"} for c in range(0, 200, 3) if mine(c)]
+    changed = [{"oid": o, "cust": o % 200, "amount": 1000 + o} for o in range(0, 3000, 11) if mine(o)]
+    return [
+        insert("customers", customers),
+        *chunks("orders", orders, 400),
+        lambda db: db.flush(),
+        insert("customers", moved),
+        *chunks("orders", changed, 100),
+    ]
 
 
-def feed_window(db: laminardb.Connection, mine: Callable[[int], bool]) -> None:
+def steps_window(mine: Callable[[int], bool]) -> list[Step]:
     # Each process's rows in event-time order; the cluster's watermark is the slowest process's.
     rows = [
         {"sym": f"s{i % 4}", "ts": BASE + dt.timedelta(seconds=i), "px": (i * 31) % 500}
         for i in range(3600)
         if mine(i)
     ]
-    for start in range(0, len(rows), 300):
-        db.insert("ticks", rows[start : start + 300])
-    # Past the last window: every window closes.
-    with db.writer("ticks") as w:
-        w.watermark(BASE + dt.timedelta(hours=2))
+
+    def close_all(db: laminardb.Connection) -> None:
+        # Past the last window: every window closes.
+        with db.writer("ticks") as w:
+            w.watermark(BASE + dt.timedelta(hours=2))
+
+    return [*chunks("ticks", rows, 300), close_all]
 
 
-FEEDS: dict[str, Callable[[laminardb.Connection, Callable[[int], bool]], None]] = {
-    "aggregate": feed_aggregate,
-    "join": feed_join,
-    "window": feed_window,
+STEPS: dict[str, Callable[[Callable[[int], bool]], list[Step]]] = {
+    "aggregate": steps_aggregate,
+    "join": steps_join,
+    "window": steps_window,
 }
 
 
 def main() -> None:
     scenario, process, addresses, workers = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+    # PHASE: "all" feeds every step; "first" feeds the first half and then takes commands to
+    # checkpoint and to feed steps that a crash loses; "resume" restarts from the directory's
+    # checkpoint and feeds the second half.
+    directory = sys.argv[5] if len(sys.argv) > 5 else ":memory:"
+    phase = sys.argv[6] if len(sys.argv) > 6 else "all"
     hosts = [a for a in addresses.split(",") if a]
     if hosts:
         config = laminardb.LaminarConfig(workers=workers, processes=hosts, process_index=process)
@@ -96,11 +119,16 @@ def main() -> None:
     else:
         config = laminardb.LaminarConfig(workers=workers)
         count = 1
-    db = laminardb.open(":memory:", config=config)
-    for sql in STATEMENTS[scenario]:
-        db.execute(sql)
+    db = laminardb.open(directory, config=config)
+    if phase != "resume":
+        for sql in STATEMENTS[scenario]:
+            db.execute(sql)
     db.start()
-    FEEDS[scenario](db, lambda i: i % count == process)
+    steps = STEPS[scenario](lambda i: i % count == process)
+    half = len(steps) // 2
+    todo = {"all": steps, "first": steps[:half], "resume": steps[half:]}[phase]
+    for step in todo:
+        step(db)
     # Every process's rows are in process 0's results once all passed the barrier.
     db.barrier()
     print("fed", flush=True)
@@ -109,6 +137,17 @@ def main() -> None:
         if command == "collect":
             rows: list[dict[str, Any]] = db.query(RESULTS[scenario]).to_dicts()
             print(json.dumps(rows, default=str), flush=True)
+        elif command == "checkpoint":
+            # Process 0 takes the cluster's checkpoint; the others take part in the background.
+            try:
+                print(db.checkpoint().checkpoint_id if process == 0 else 0, flush=True)
+            except laminardb.LaminarError as e:
+                print(f"error: {e}", flush=True)
+        elif command == "lose":
+            # Rows after the checkpoint, which the crash that follows loses.
+            steps[half](db)
+            db.flush()
+            print("fed", flush=True)
         elif command == "stop":
             db.shutdown()
             db.close()

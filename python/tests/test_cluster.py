@@ -38,12 +38,10 @@ def expect(proc: subprocess.Popen[str], what: str) -> str:
     return line.strip()
 
 
-def run(scenario: str, processes: int, workers: int = 2) -> list[list[dict[str, Any]]]:
-    """Runs `scenario` on `processes` processes (1: alone); returns each process's result."""
-    hosts = ",".join(f"127.0.0.1:{p}" for p in free_ports(processes)) if processes > 1 else ""
-    procs = [
+def spawn(scenario: str, processes: int, workers: int, hosts: str, extra: list[str]) -> list[subprocess.Popen[str]]:
+    return [
         subprocess.Popen(
-            [sys.executable, str(NODE), scenario, str(i), hosts, str(workers)],
+            [sys.executable, str(NODE), scenario, str(i), hosts, str(workers), *extra[i : i + 1], *extra[processes:]],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -51,28 +49,69 @@ def run(scenario: str, processes: int, workers: int = 2) -> list[list[dict[str, 
         )
         for i in range(processes)
     ]
+
+
+def command(procs: list[subprocess.Popen[str]], what: str) -> list[str]:
+    """Sends `what` to every process; returns their answers."""
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write(what + "\n")
+        p.stdin.flush()
+    return [expect(p, what) for p in procs]
+
+
+def finish(procs: list[subprocess.Popen[str]]) -> list[list[dict[str, Any]]]:
+    """Waits for every process to be fed, collects each one's result and stops them."""
+    for p in procs:
+        assert expect(p, "fed") == "fed"
+    results = [json.loads(line) for line in command(procs, "collect")]
+    assert command(procs, "stop") == ["stopped"] * len(procs)
+    for p in procs:
+        assert p.wait(timeout=60) == 0
+    return results
+
+
+def kill(procs: list[subprocess.Popen[str]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def run(scenario: str, processes: int, workers: int = 2) -> list[list[dict[str, Any]]]:
+    """Runs `scenario` on `processes` processes (1: alone); returns each process's result."""
+    hosts = ",".join(f"127.0.0.1:{p}" for p in free_ports(processes)) if processes > 1 else ""
+    procs = spawn(scenario, processes, workers, hosts, [])
+    try:
+        return finish(procs)
+    finally:
+        kill(procs)
+
+
+def run_with_crash(scenario: str, processes: int, root: Path, workers: int = 2) -> list[list[dict[str, Any]]]:
+    """Runs `scenario` on `processes` processes, each with its own directory: the first half of
+    the rows, a checkpoint, more rows, then every process is killed; the cluster restarts from
+    the checkpoint and is fed the second half. Returns each process's result."""
+    hosts = ",".join(f"127.0.0.1:{p}" for p in free_ports(processes))
+    dirs = [str(root / f"p{i}") for i in range(processes)]
+    procs = spawn(scenario, processes, workers, hosts, [*dirs, "first"])
     try:
         for p in procs:
             assert expect(p, "fed") == "fed"
-        results = []
-        for p in procs:
-            assert p.stdin is not None
-            p.stdin.write("collect\n")
-            p.stdin.flush()
-            results.append(json.loads(expect(p, "collect")))
-        for p in procs:
-            assert p.stdin is not None
-            p.stdin.write("stop\n")
-            p.stdin.flush()
-        for p in procs:
-            assert expect(p, "stop") == "stopped"
-            assert p.wait(timeout=60) == 0
-        return results
+        epochs = command(procs, "checkpoint")
+        assert int(epochs[0]) > 0
+        # Rows after the checkpoint are lost with the processes.
+        assert command(procs, "lose") == ["fed"] * processes
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+        kill(procs)
+    for i in range(1, processes):
+        assert any(Path(dirs[i], "checkpoints").glob("ckpt-*")), "every process wrote its part"
+    hosts = ",".join(f"127.0.0.1:{p}" for p in free_ports(processes))
+    procs = spawn(scenario, processes, workers, hosts, [*dirs, "resume"])
+    try:
+        return finish(procs)
+    finally:
+        kill(procs)
 
 
 @pytest.mark.parametrize("scenario", ["aggregate", "join", "window"])
@@ -84,6 +123,34 @@ def test_a_cluster_gives_the_result_of_one_process(scenario: str, processes: int
     assert results[0] == alone, "process 0 sees the whole result"
     for r in results[1:]:
         assert r == [], "the other processes' views are empty (the result is gathered on process 0)"
+
+
+@pytest.mark.parametrize("scenario", ["aggregate", "join", "window"])
+@pytest.mark.parametrize("processes", [2, 3])
+def test_a_cluster_restarts_from_its_checkpoint(scenario: str, processes: int, tmp_path: Path) -> None:
+    [alone] = run(scenario, 1)
+    results = run_with_crash(scenario, processes, tmp_path)
+    assert results[0] == alone, "the restarted cluster's result is exactly that of one uninterrupted process"
+    for r in results[1:]:
+        assert r == []
+
+
+def test_a_checkpoint_needs_every_process_to_keep_one(tmp_path: Path) -> None:
+    """A follower without a directory refuses its part: process 0's checkpoint fails, naming it,
+    and the cluster runs on."""
+    hosts = ",".join(f"127.0.0.1:{p}" for p in free_ports(2))
+    procs = spawn("aggregate", 2, 1, hosts, [str(tmp_path / "p0"), ":memory:", "first"])
+    try:
+        for p in procs:
+            assert expect(p, "fed") == "fed"
+        answer = command(procs, "checkpoint")[0]
+        assert answer.startswith("error:") and "process 1" in answer and "keeps no checkpoints" in answer
+        assert not any((tmp_path / "p0" / "checkpoints").glob("ckpt-*")), "nothing was written for it"
+        totals = json.loads(command(procs, "collect")[0])
+        assert sum(r["n"] for r in totals) == 3000, "the first half of the rows, from both processes"
+        assert command(procs, "stop") == ["stopped", "stopped"]
+    finally:
+        kill(procs)
 
 
 def test_cluster_settings_are_checked() -> None:
