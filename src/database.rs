@@ -181,6 +181,9 @@ struct StreamEntry {
     output: Arc<StreamOutput>,
     stats: Arc<DataflowStats>,
     running: Mutex<Option<Running>>,
+    /// A sink every process of a cluster writes: this process's output gets what its own
+    /// workers computed (otherwise a cluster gathers the whole result on process 0).
+    per_process: AtomicBool,
 }
 
 impl StreamEntry {
@@ -219,6 +222,9 @@ struct SinkEntry {
     has_run: AtomicBool,
     /// What the sink promises (exactly-once sinks commit at checkpoints).
     guarantee: DeliveryGuarantee,
+    /// A cluster's follower: the connector cannot be written by several processes, and only
+    /// process 0's instance runs.
+    elsewhere: AtomicBool,
 }
 
 struct State {
@@ -421,6 +427,11 @@ impl Database {
         Ok(())
     }
 
+    /// This process's part of the cluster's sources and sinks ([`Split::WHOLE`] alone).
+    fn split(&self) -> Split {
+        self.inner.config.cluster.as_ref().map_or(Split::WHOLE, |c| Split { index: c.process, count: c.processes() })
+    }
+
     /// The part of a cluster's checkpoints this process writes (none alone).
     fn cluster_part(&self) -> Option<checkpoint::ClusterPart> {
         let c = self.inner.config.cluster.as_ref()?;
@@ -562,12 +573,7 @@ impl Database {
                 name: def.name.clone(),
                 schema: schema.clone(),
                 primary_key: def.primary_key.clone(),
-                split: self
-                    .inner
-                    .config
-                    .cluster
-                    .as_ref()
-                    .map_or(Split::WHOLE, |c| Split { index: c.process, count: c.processes() }),
+                split: self.split(),
                 watermark_column: def.watermark.as_ref().map(|w| w.column.clone()),
                 watermark_delay_ms: def.watermark.as_ref().map_or(0, |w| w.delay_ms),
                 options: connector_options,
@@ -665,6 +671,7 @@ impl Database {
             output,
             stats: Arc::new(DataflowStats::default()),
             running: Mutex::new(None),
+            per_process: AtomicBool::new(false),
             sink: Mutex::new(None),
             def,
         });
@@ -708,6 +715,7 @@ impl Database {
             append_only: planned.plan.is_append_only(),
             key_columns: sink_key(&planned, &st),
             options: def.options.clone(),
+            part: self.split(),
         };
         let (_, guarantee) = laminar_adapters::validate_sink(
             &spec,
@@ -734,6 +742,7 @@ impl Database {
             planned: planned.clone(),
             stats: Arc::new(DataflowStats::default()),
             running: Mutex::new(None),
+            per_process: AtomicBool::new(false),
         });
         let sink = Arc::new(SinkEntry {
             def,
@@ -743,6 +752,7 @@ impl Database {
             status: Mutex::new(None),
             has_run: AtomicBool::new(false),
             guarantee,
+            elsewhere: AtomicBool::new(false),
         });
         if persist {
             let e = CatalogEntry { name: name.clone(), kind: "SINK".into(), sql: sql.trim().to_string() };
@@ -888,6 +898,7 @@ impl Database {
                 backfill,
                 stats: entry.stats.clone(),
                 restore,
+                per_process: entry.per_process.load(Ordering::Acquire),
             });
             running.push((entry, Running { id, merger, operators }));
         }
@@ -1179,12 +1190,24 @@ impl Database {
     ) -> Result<()> {
         let crt = self.connector_runtime()?;
         let mut connector = laminar_adapters::build_sink(&sink.spec, &self.build_context())?.connector;
+        let state = Self::restored_state(restore, &sink.def.name, &sink.entry.sql)?;
+        let (process, processes) = rt.process();
+        let parallel = connector.capabilities().parallel;
+        sink.entry.per_process.store(processes > 1 && parallel, Ordering::Release);
+        if process > 0 && !parallel {
+            // Only process 0's instance writes (the whole result is gathered there); this
+            // process still runs the dataflow, as every process must.
+            sink.elsewhere.store(true, Ordering::Release);
+            let id = st.next_id;
+            st.next_id += 1;
+            let first_run = !sink.has_run.swap(true, Ordering::AcqRel);
+            return self.install(st, rt, &sink.entry, id, first_run, state);
+        }
         let peer = connector.describe();
         let what = format!("sink '{}'", sink.def.name);
         let status = Arc::new(ConnectorStatus::new(peer.clone()));
         connector.attach(status.clone());
         open_connector(crt, &what, &peer, connector.open())?;
-        let state = Self::restored_state(restore, &sink.def.name, &sink.entry.sql)?;
         if let (Some(_), Some(l)) = (&state, restore) {
             // Writes pre-committed up to the checkpoint become visible; later ones go.
             let saved = l.head().streams.get(&sink.def.name).and_then(|s| s.sink_state.as_ref());
@@ -1330,13 +1353,22 @@ impl Database {
         }
         // In a cluster, every process's last rows reach process 0's results before its sinks stop.
         let drained = self.cluster_barrier();
+        let cluster = self.inner.runtime.read().clone().filter(|rt| rt.process().1 > 1);
         // A last checkpoint: the next run resumes exactly here (and exactly-once sinks commit);
-        // the sources, still connected, acknowledge it to their peers.
-        if drained.is_ok() && self.is_checkpoint_enabled() {
+        // the sources, still connected, acknowledge it to their peers. In a cluster process 0
+        // takes it for every process.
+        let leads = cluster.as_ref().is_none_or(|rt| rt.process().0 == 0);
+        if drained.is_ok() && self.is_checkpoint_enabled() && leads {
             if let Err(e) = self.take_checkpoint() {
                 *self.inner.last_checkpoint_error.lock() = Some(e.to_string());
             }
         }
+        // The other processes keep running (and take part in that checkpoint) until it is done.
+        // (Counted even after a failure, as every process counts the same barriers.)
+        let drained = match &cluster {
+            Some(rt) => drained.and(rt.barrier(CLUSTER_BARRIER_TIMEOUT).map_err(LaminarError::from)),
+            None => drained,
+        };
         for src in &sources {
             self.stop_source(src);
         }
@@ -1397,8 +1429,9 @@ impl Database {
     }
 
     /// Flushes, waits until every process of the cluster has reached this call (as many times),
-    /// and flushes process 0 again: its results then hold every row any process fed before its
-    /// call. Alone, the same as [`Database::flush`].
+    /// and flushes again: process 0's results (and every process's sinks written per process)
+    /// then hold every row any process fed before its call. Alone, the same as
+    /// [`Database::flush`].
     pub fn barrier(&self) -> Result<()> {
         self.check_open()?;
         self.cluster_barrier()
@@ -1413,12 +1446,11 @@ impl Database {
         // Even after a failed flush: every process counts the same barriers.
         rt.barrier(CLUSTER_BARRIER_TIMEOUT)?;
         flushed?;
-        // Only process 0 has results to wait for (and the others may not find it closing
-        // epochs any more: it can be shutting down once the barrier is passed).
-        if rt.process().0 == 0 {
-            self.flush_inner()?;
-        }
-        Ok(())
+        // Every process's rows are in epochs process 0 closes now: each waits for its own
+        // results (process 0's streams, and every process's sinks written per process).
+        // Process 0 still closes epochs: it stops only after the barrier of `shutdown` that
+        // follows its last checkpoint.
+        self.flush_inner()
     }
 
     fn flush_inner(&self) -> Result<()> {
@@ -1809,6 +1841,7 @@ impl Database {
             planned,
             stats: Arc::new(DataflowStats::default()),
             running: Mutex::new(None),
+            per_process: AtomicBool::new(false),
             sink: Mutex::new(None),
         });
         // Subscribe before installing so that the backfilled result is delivered too.
@@ -2172,7 +2205,12 @@ impl Database {
             name: sink.def.name.clone(),
             connector: sink.def.options.get("connector").cloned().unwrap_or_default(),
             peer: status.as_ref().map(|s| s.peer.clone()).unwrap_or_default(),
-            state: status.as_ref().map_or("created", |s| s.state().name()).to_string(),
+            state: match &status {
+                _ if sink.elsewhere.load(Ordering::Acquire) => ELSEWHERE,
+                Some(s) => s.state().name(),
+                None => "created",
+            }
+            .to_string(),
             rows_written: load(|s| &s.rows),
             epochs_committed: load(|s| &s.epochs),
             pending_epochs: pending,

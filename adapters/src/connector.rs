@@ -52,6 +52,10 @@ pub struct SinkSpec {
     pub key_columns: Vec<String>,
     /// The `WITH` options meant for the connector (`connector` included).
     pub options: Options,
+    /// Which process of a cluster writes through this instance ([`Split::WHOLE`] alone). A
+    /// [`SinkCapabilities::parallel`] sink makes what must be unique per writer (file names,
+    /// transactional ids) unique per part.
+    pub part: Split,
 }
 
 impl std::fmt::Debug for SourceSpec {
@@ -117,6 +121,16 @@ impl Split {
     pub fn owns(&self, n: u64) -> bool {
         self.count <= 1 || n % self.count as u64 == self.index as u64
     }
+
+    /// What a writer of this part adds to names that must be unique per writer: `-p<index>`
+    /// in a cluster, nothing alone.
+    pub fn suffix(&self) -> String {
+        if self.count <= 1 {
+            String::new()
+        } else {
+            format!("-p{}", self.index)
+        }
+    }
 }
 
 impl Default for Split {
@@ -134,6 +148,10 @@ pub struct SinkCapabilities {
     pub changelog: bool,
     /// Commits epochs transactionally (exactly-once with checkpoints).
     pub exactly_once: bool,
+    /// Every process of a cluster can write its own part of the output at once (each its
+    /// workers' rows, committed at the cluster's checkpoints); otherwise the whole output is
+    /// gathered on process 0 and only its instance runs.
+    pub parallel: bool,
 }
 
 impl SinkCapabilities {

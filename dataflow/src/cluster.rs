@@ -18,7 +18,8 @@
 //!
 //! **Output.** Each dataflow's result is gathered on worker 0, so the streams, views and sinks
 //! of process 0 see the whole result; those of the other processes see their epochs complete
-//! but no rows.
+//! but no rows. A dataflow installed `per_process` (a sink every process writes) is not
+//! gathered: each process's output gets what its own workers computed.
 //!
 //! **Checkpoints** are the leader's: it asks every follower to get ready (`Prepare`); each one
 //! stops sending data and answers (`Ready`); the leader then closes the epoch with the

@@ -22,7 +22,7 @@
 //!     *s2.lock() += batches.iter().map(|b| b.num_rows()).sum::<usize>();
 //! })));
 //! let plan = PlanNode::Source { name: "t".into(), schema: schema.clone(), append_only: true };
-//! rt.install(InstallRequest { id: 1, plan, output: merger.clone(), backfill: vec![], stats: Default::default(), restore: None }).unwrap();
+//! rt.install(InstallRequest { id: 1, plan, output: merger.clone(), backfill: vec![], stats: Default::default(), restore: None, per_process: false }).unwrap();
 //! let batch = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1, 2, 3]))]).unwrap();
 //! rt.send(&Arc::from("t"), DiffBatch::inserts(batch)).unwrap();
 //! let e = rt.close_epoch().unwrap();

@@ -83,6 +83,9 @@ pub struct InstallRequest {
     pub stats: Arc<DataflowStats>,
     /// Operator state to start from instead of the backfill (a restart from a checkpoint).
     pub restore: Option<Arc<RestoreState>>,
+    /// In a cluster: each process's output gets what its own workers computed (a sink that
+    /// every process writes) instead of the whole result on process 0.
+    pub per_process: bool,
 }
 
 enum Command {
@@ -930,7 +933,7 @@ fn install(
             let removed = Arc::new(AtomicBool::new(false));
             members.insert(req.id, removed.clone());
             if let Some(out) = build_plan(&req.plan, &streams, &ctx, &mut built) {
-                let out = if setup.gather { out.gather_to_first() } else { out };
+                let out = if setup.gather && !req.per_process { out.gather_to_first() } else { out };
                 out.capture_epochs(setup.local, Arc::new(Detachable { sink: req.output.clone(), removed }));
             }
         }
@@ -986,6 +989,7 @@ mod tests {
                 backfill: vec![],
                 stats: Default::default(),
                 restore: None,
+                per_process: false,
             })
             .expect("install");
             let batch =
@@ -1073,6 +1077,7 @@ mod tests {
                 backfill: vec![],
                 stats: Default::default(),
                 restore: None,
+                per_process: false,
             };
             rt.install(req).expect("install");
         }
@@ -1165,6 +1170,7 @@ mod tests {
                 backfill: vec![],
                 stats: Default::default(),
                 restore: None,
+                per_process: false,
             })
             .expect("install");
             results.push(counts);

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import sys
+import time
 from typing import Any, Callable
 
 import laminardb
@@ -40,6 +42,18 @@ STATEMENTS: dict[str, list[str]] = {
         "FROM ticks GROUP BY sym, TUMBLE(ts, INTERVAL '1' MINUTE) EMIT ON WINDOW CLOSE",
     ],
 }
+
+if "LAMINAR_SINK_DIR" in os.environ:
+    # Generated rows (every process generates its share) through a filter into files every
+    # process writes, published at the cluster's checkpoints (the test reads the directory).
+    STATEMENTS["sink"] = [
+        "CREATE SOURCE events (k BIGINT, v BIGINT) WITH (connector = 'datagen', rows_per_second = '3000', "
+        "max_rows = '6000', seed = '7', 'fields.k.kind' = 'sequence', 'fields.v.min' = '0', "
+        "'fields.v.max' = '999')",
+        "CREATE SINK picked AS SELECT k, v, v * 2 AS w FROM events WHERE v % 3 = 0 "
+        f"WITH (connector = 'file', path = '{os.environ['LAMINAR_SINK_DIR']}', format = 'json', "
+        "'delivery.guarantee' = 'exactly-once')",
+    ]
 
 RESULTS: dict[str, str] = {
     "aggregate": "SELECT * FROM totals ORDER BY k",
@@ -98,8 +112,23 @@ def steps_window(mine: Callable[[int], bool]) -> list[Step]:
     return [*chunks("ticks", rows, 300), close_all]
 
 
+def steps_sink() -> list[Step]:
+    def generated(db: laminardb.Connection) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            m = db.source_metrics("events")
+            if m is not None and m.connector_state == "finished":
+                return
+            time.sleep(0.05)
+        raise TimeoutError("the generator did not finish")
+
+    # Part of the rows (then a checkpoint, in a crash run), then the rest.
+    return [lambda db: time.sleep(0.6), generated]
+
+
 STEPS: dict[str, Callable[[Callable[[int], bool]], list[Step]]] = {
     "aggregate": steps_aggregate,
+    "sink": lambda mine: steps_sink(),
     "join": steps_join,
     "window": steps_window,
 }
@@ -113,11 +142,15 @@ def main() -> None:
     directory = sys.argv[5] if len(sys.argv) > 5 else ":memory:"
     phase = sys.argv[6] if len(sys.argv) > 6 else "all"
     hosts = [a for a in addresses.split(",") if a]
+    # The exactly-once sink needs checkpoints: the test takes them (the interval is a formality).
+    interval = 3_600_000 if scenario == "sink" else None
     if hosts:
-        config = laminardb.LaminarConfig(workers=workers, processes=hosts, process_index=process)
+        config = laminardb.LaminarConfig(
+            workers=workers, processes=hosts, process_index=process, checkpoint_interval_ms=interval
+        )
         count = len(hosts)
     else:
-        config = laminardb.LaminarConfig(workers=workers)
+        config = laminardb.LaminarConfig(workers=workers, checkpoint_interval_ms=interval)
         count = 1
     db = laminardb.open(directory, config=config)
     if phase != "resume":
@@ -135,6 +168,12 @@ def main() -> None:
     for line in sys.stdin:
         command = line.strip()
         if command == "collect":
+            if scenario == "sink":
+                # What the sink has written is published by a checkpoint; the test reads it.
+                if process == 0:
+                    db.checkpoint()
+                print("[]", flush=True)
+                continue
             rows: list[dict[str, Any]] = db.query(RESULTS[scenario]).to_dicts()
             print(json.dumps(rows, default=str), flush=True)
         elif command == "checkpoint":

@@ -5,6 +5,7 @@ sides, and event-time windows closed by the cluster's watermark."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -38,7 +39,12 @@ def expect(proc: subprocess.Popen[str], what: str) -> str:
     return line.strip()
 
 
-def spawn(scenario: str, processes: int, workers: int, hosts: str, extra: list[str]) -> list[subprocess.Popen[str]]:
+def spawn(
+    scenario: str, processes: int, workers: int, hosts: str, extra: list[str], sink_dir: Path | None = None
+) -> list[subprocess.Popen[str]]:
+    env = dict(os.environ)
+    if sink_dir is not None:
+        env["LAMINAR_SINK_DIR"] = str(sink_dir)
     return [
         subprocess.Popen(
             [sys.executable, str(NODE), scenario, str(i), hosts, str(workers), *extra[i : i + 1], *extra[processes:]],
@@ -46,6 +52,7 @@ def spawn(scenario: str, processes: int, workers: int, hosts: str, extra: list[s
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env=env,
         )
         for i in range(processes)
     ]
@@ -88,13 +95,41 @@ def run(scenario: str, processes: int, workers: int = 2) -> list[list[dict[str, 
         kill(procs)
 
 
-def run_with_crash(scenario: str, processes: int, root: Path, workers: int = 2) -> list[list[dict[str, Any]]]:
+def sink_rows(directory: Path) -> list[dict[str, Any]]:
+    """Every row of the published files of a JSON file sink, sorted; files of processes apart."""
+    rows: list[dict[str, Any]] = []
+    for f in sorted(directory.glob("*.jsonl")):
+        rows.extend(json.loads(line) for line in f.read_text().splitlines() if line.strip())
+    return sorted(rows, key=lambda r: json.dumps(r, sort_keys=True))
+
+
+def run_sink(processes: int, root: Path, crash: bool) -> tuple[list[dict[str, Any]], list[str]]:
+    """The `sink` scenario on `processes` processes (with a crash and restart from the
+    checkpoint, or not): the rows its files hold, and the files' names."""
+    out = root / "out"
+    out.mkdir(parents=True)
+    if crash:
+        run_with_crash("sink", processes, root, sink_dir=out)
+    else:
+        hosts = ",".join(f"127.0.0.1:{p}" for p in free_ports(processes)) if processes > 1 else ""
+        dirs = [str(root / f"p{i}") for i in range(processes)]
+        procs = spawn("sink", processes, 2, hosts, [*dirs, "all"], sink_dir=out)
+        try:
+            finish(procs)
+        finally:
+            kill(procs)
+    return sink_rows(out), sorted(f.name for f in out.glob("*.jsonl"))
+
+
+def run_with_crash(
+    scenario: str, processes: int, root: Path, workers: int = 2, sink_dir: Path | None = None
+) -> list[list[dict[str, Any]]]:
     """Runs `scenario` on `processes` processes, each with its own directory: the first half of
     the rows, a checkpoint, more rows, then every process is killed; the cluster restarts from
     the checkpoint and is fed the second half. Returns each process's result."""
     hosts = ",".join(f"127.0.0.1:{p}" for p in free_ports(processes))
     dirs = [str(root / f"p{i}") for i in range(processes)]
-    procs = spawn(scenario, processes, workers, hosts, [*dirs, "first"])
+    procs = spawn(scenario, processes, workers, hosts, [*dirs, "first"], sink_dir)
     try:
         for p in procs:
             assert expect(p, "fed") == "fed"
@@ -107,7 +142,7 @@ def run_with_crash(scenario: str, processes: int, root: Path, workers: int = 2) 
     for i in range(1, processes):
         assert any(Path(dirs[i], "checkpoints").glob("ckpt-*")), "every process wrote its part"
     hosts = ",".join(f"127.0.0.1:{p}" for p in free_ports(processes))
-    procs = spawn(scenario, processes, workers, hosts, [*dirs, "resume"])
+    procs = spawn(scenario, processes, workers, hosts, [*dirs, "resume"], sink_dir)
     try:
         return finish(procs)
     finally:
@@ -133,6 +168,23 @@ def test_a_cluster_restarts_from_its_checkpoint(scenario: str, processes: int, t
     assert results[0] == alone, "the restarted cluster's result is exactly that of one uninterrupted process"
     for r in results[1:]:
         assert r == []
+
+
+@pytest.mark.parametrize("processes", [2, 3])
+def test_every_process_writes_its_part_of_a_sink_committed_at_the_clusters_checkpoints(
+    processes: int, tmp_path: Path
+) -> None:
+    alone, alone_files = run_sink(1, tmp_path / "alone", crash=False)
+    assert len(alone) > 1500 and all(r["v"] % 3 == 0 and r["w"] == 2 * r["v"] for r in alone)
+    assert len({r["k"] for r in alone}) == len(alone), "each generated row once"
+    assert all(f.startswith("picked-0") for f in alone_files), alone_files
+    rows, files = run_sink(processes, tmp_path / "cluster", crash=False)
+    assert rows == alone, "the processes' files together hold the rows of one process, once"
+    assert {f.split("-")[1] for f in files} == {f"p{i}" for i in range(processes)}, "every process wrote files"
+    # A crash after rows were written but before the checkpoint that would publish them: the
+    # restarted cluster writes them again, and no row is published twice or lost.
+    rows, _ = run_sink(processes, tmp_path / "crash", crash=True)
+    assert rows == alone
 
 
 def test_a_checkpoint_needs_every_process_to_keep_one(tmp_path: Path) -> None:

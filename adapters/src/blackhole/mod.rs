@@ -36,7 +36,7 @@ pub struct Blackhole {
 #[async_trait]
 impl SinkConnector for Blackhole {
     fn capabilities(&self) -> SinkCapabilities {
-        SinkCapabilities { upsert: true, changelog: true, exactly_once: false }
+        SinkCapabilities { upsert: true, changelog: true, exactly_once: false, parallel: true }
     }
 
     async fn write(&mut self, _batch: &DiffBatch) -> Result<()> {

@@ -132,7 +132,7 @@ impl CallbackSink {
 #[async_trait]
 impl SinkConnector for CallbackSink {
     fn capabilities(&self) -> SinkCapabilities {
-        SinkCapabilities { upsert: false, changelog: true, exactly_once: false }
+        SinkCapabilities { upsert: false, changelog: true, exactly_once: false, parallel: true }
     }
 
     async fn open(&mut self) -> Result<()> {
@@ -223,6 +223,7 @@ mod tests {
             append_only,
             key_columns: vec![],
             options: Default::default(),
+            part: crate::Split::WHOLE,
         }
     }
 

@@ -84,7 +84,7 @@ fn split_by_sign(batch: &DiffBatch) -> Result<(Option<DiffBatch>, Option<DiffBat
 #[async_trait]
 impl SinkConnector for ConsoleSink {
     fn capabilities(&self) -> SinkCapabilities {
-        SinkCapabilities { upsert: false, changelog: true, exactly_once: false }
+        SinkCapabilities { upsert: false, changelog: true, exactly_once: false, parallel: true }
     }
 
     async fn write(&mut self, batch: &DiffBatch) -> Result<()> {
@@ -121,6 +121,7 @@ mod tests {
             append_only: false,
             key_columns: vec![],
             options: Default::default(),
+            part: crate::Split::WHOLE,
         };
         let mut r = OptionReader::new("console", Default::default());
         let sink = build_sink(&spec, &mut r, &crate::BuildContext::without_callbacks()).expect("build");

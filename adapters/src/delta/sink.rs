@@ -691,7 +691,7 @@ fn decode_state(bytes: &[u8]) -> Result<Vec<Staged>> {
 #[async_trait]
 impl SinkConnector for DeltaSink {
     fn capabilities(&self) -> SinkCapabilities {
-        SinkCapabilities { upsert: self.mode != Mode::Append, changelog: false, exactly_once: true }
+        SinkCapabilities { upsert: self.mode != Mode::Append, changelog: false, exactly_once: true, parallel: false }
     }
 
     fn attach(&mut self, status: Arc<ConnectorStatus>) {

@@ -21,7 +21,8 @@
 //! - `'format'`: `json` (default), `csv`, `parquet` or `avro` (object container files).
 //! - `'rollover.rows'` (default 1 000 000) and `'rollover.interval_ms'` (default 1000): a file is
 //!   committed once it holds this many rows or is this old, at the end of an epoch.
-//! - `'prefix'`: file name prefix (default: the sink name).
+//! - `'prefix'`: file name prefix (default: the sink name; process `i` of a cluster appends
+//!   `-p<i>`, each process writing its own files).
 //! - `'changelog'`: accept updating queries and add an `op` column (`insert`/`delete`).
 //!
 //! # Guarantees

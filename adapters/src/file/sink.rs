@@ -50,6 +50,8 @@ fn build(
     if prefix.contains(['/', '\\']) || prefix.starts_with('.') {
         return Err(r.bad("prefix", &prefix, "a file name prefix (no '/', not starting with '.')"));
     }
+    // Each process of a cluster writes its own files.
+    let prefix = prefix + &spec.part.suffix();
     let changelog = r.opt_bool("changelog")?.unwrap_or(false);
     let transactional = spec.options.get("delivery.guarantee").is_some_and(|g| g.trim() == "exactly-once");
     let columnar = matches!(format.kind, FormatKind::Parquet | FormatKind::Avro);
@@ -214,7 +216,7 @@ impl FileSink {
 #[async_trait]
 impl SinkConnector for FileSink {
     fn capabilities(&self) -> SinkCapabilities {
-        SinkCapabilities { upsert: false, changelog: self.changelog, exactly_once: true }
+        SinkCapabilities { upsert: false, changelog: self.changelog, exactly_once: true, parallel: true }
     }
 
     async fn open(&mut self) -> Result<()> {

@@ -1130,7 +1130,7 @@ async fn new_snapshot(
 #[async_trait]
 impl SinkConnector for IcebergSink {
     fn capabilities(&self) -> SinkCapabilities {
-        SinkCapabilities { upsert: self.upsert, changelog: false, exactly_once: true }
+        SinkCapabilities { upsert: self.upsert, changelog: false, exactly_once: true, parallel: false }
     }
 
     fn attach(&mut self, status: Arc<ConnectorStatus>) {

@@ -28,7 +28,8 @@
 //! - `'partitioner'`: `round-robin` (default), `key-hash` (by `'key.columns'`, default the
 //!   query's key or else its first column), `sticky` (each epoch to one partition).
 //! - `'delivery.guarantee'`: `at-least-once` (default) or `exactly-once` (a transactional
-//!   producer, `'transactional.id'` default `laminardb-<sink name>`).
+//!   producer, `'transactional.id'` default `laminardb-<sink name>`; process `i` of a cluster
+//!   appends `-p<i>`).
 //!
 //! Every message carries the epoch that produced it in a `laminar.epoch` header. An updating
 //! query writes keyed upserts: the key is the key columns (JSON), the value the row, and a

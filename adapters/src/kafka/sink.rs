@@ -49,7 +49,9 @@ fn build(
     if !spec.append_only && key.is_empty() {
         return Err(ConnectorError::Config("an updating query needs a key for its upserts: set 'key.columns'".into()));
     }
-    let transactional_id = config.transactional_id.clone().unwrap_or_else(|| format!("laminardb-{}", spec.name));
+    // One producer per process of a cluster: each needs its own transactional id.
+    let transactional_id =
+        config.transactional_id.clone().unwrap_or_else(|| format!("laminardb-{}", spec.name)) + &spec.part.suffix();
     Ok(Box::new(KafkaSink {
         config,
         transactional,
@@ -354,7 +356,7 @@ impl KafkaSink {
 #[async_trait]
 impl SinkConnector for KafkaSink {
     fn capabilities(&self) -> SinkCapabilities {
-        SinkCapabilities { upsert: true, changelog: false, exactly_once: true }
+        SinkCapabilities { upsert: true, changelog: false, exactly_once: true, parallel: true }
     }
 
     async fn open(&mut self) -> Result<()> {

@@ -289,7 +289,7 @@ impl RabbitMqSink {
 #[async_trait]
 impl SinkConnector for RabbitMqSink {
     fn capabilities(&self) -> SinkCapabilities {
-        SinkCapabilities { upsert: false, changelog: true, exactly_once: false }
+        SinkCapabilities { upsert: false, changelog: true, exactly_once: false, parallel: true }
     }
 
     fn attach(&mut self, status: Arc<ConnectorStatus>) {

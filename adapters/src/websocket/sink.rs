@@ -190,7 +190,7 @@ impl WebSocketSink {
 #[async_trait]
 impl SinkConnector for WebSocketSink {
     fn capabilities(&self) -> SinkCapabilities {
-        SinkCapabilities { upsert: true, changelog: true, exactly_once: false }
+        SinkCapabilities { upsert: true, changelog: true, exactly_once: false, parallel: false }
     }
 
     fn attach(&mut self, status: Arc<ConnectorStatus>) {
