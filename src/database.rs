@@ -968,26 +968,29 @@ impl Database {
                 return Err(e.into());
             }
         };
+        // A follower restores its part of the checkpoint process 0 restores, and answers its
+        // checkpoint requests.
         let follower = rt.process().0 > 0;
-        // A follower restores its part of the checkpoint process 0 restores.
-        let restore = match (follower, rt.restored()) {
-            (true, Some(epoch)) => match self.load_cluster_part(&st, epoch) {
-                Ok(loaded) => Some(loaded),
-                Err(e) => {
-                    st.pipeline = PipelineState::Stopped;
-                    rt.shutdown();
-                    return Err(e);
-                }
-            },
-            _ => restore,
-        };
-        if follower {
-            if let Err(e) = self.spawn_checkpoint_follower(&rt) {
+        let prepared = (|| -> Result<Option<Arc<Loaded>>> {
+            if !follower {
+                return Ok(restore);
+            }
+            let part = match rt.restored() {
+                Some(epoch) => Some(self.load_cluster_part(&st, epoch)?),
+                None => None,
+            };
+            self.spawn_checkpoint_follower(&rt)?;
+            Ok(part)
+        })();
+        let restore = match prepared {
+            Ok(r) => r,
+            Err(e) => {
                 st.pipeline = PipelineState::Stopped;
+                rt.abandon_cluster(&format!("failed to start ({e})"));
                 rt.shutdown();
                 return Err(e);
             }
-        }
+        };
         // The sources' stored contents are replayed into the new dataflows: their watermarks
         // carry over.
         for src in st.sources.values().filter(|s| s.def.watermark.is_some()) {
@@ -1082,7 +1085,11 @@ impl Database {
                 }
             }
         }
-        if result.is_err() {
+        if let Err(e) = &result {
+            // The other processes of a cluster are not shutting down: do not wait for them.
+            if let Some(rt) = self.inner.runtime.read().as_ref() {
+                rt.abandon_cluster(&format!("failed to start ({e})"));
+            }
             let _ = self.shutdown();
         }
         result
@@ -1462,8 +1469,14 @@ impl Database {
         for f in flows {
             let merger = f.running.lock().as_ref().map(|r| r.merger.clone());
             let Some(m) = merger else { continue };
-            if !m.wait_delivered(epoch, Duration::from_secs(60)) {
-                return Err(LaminarError::Internal("flush timed out after 60 s".into()));
+            // In slices: a cluster that lost a process fails the flush at once.
+            while !m.wait_delivered(epoch, Duration::from_millis(200)) {
+                if let Some(why) = rt.cluster_failure() {
+                    return Err(laminar_dataflow::DataflowError::Cluster(why).into());
+                }
+                if Instant::now() > deadline {
+                    return Err(LaminarError::Internal("flush timed out after 60 s".into()));
+                }
             }
             loop {
                 let pending = f.sink.lock().as_ref().and_then(|h| h.oldest_pending());
@@ -2092,8 +2105,11 @@ impl Database {
     /// Current pipeline state.
     pub fn pipeline_state(&self) -> PipelineState {
         let st = self.inner.state.lock();
-        if st.pipeline == PipelineState::Running && !connector_failures(&st).is_empty() {
-            return PipelineState::Failed;
+        if st.pipeline == PipelineState::Running {
+            let lost = self.inner.runtime.read().as_ref().is_some_and(|rt| rt.cluster_failure().is_some());
+            if lost || !connector_failures(&st).is_empty() {
+                return PipelineState::Failed;
+            }
         }
         st.pipeline
     }

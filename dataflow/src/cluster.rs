@@ -43,7 +43,12 @@
 //! start with an error naming the difference. The connected sockets are then handed to timely.
 //!
 //! **Failures.** Timely's connections carry no error values: a process that goes away without
-//! shutting down makes the others' communication threads panic, and their pipelines stop.
+//! shutting down makes the others' communication threads panic. A panic hook turns that into a
+//! failure of the cluster runtime ([`watch`]): every wait for another process (barriers, epoch
+//! closes, checkpoints) fails at once naming the lost process, the workers stop without
+//! draining, and shutting down does not wait for the lost process. A process that fails to start
+//! after connecting gives up the same way, so the others learn of it as its connections close.
+//! Recovery is a restart of every process from the last checkpoint.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -228,6 +233,8 @@ pub(crate) struct ClusterState {
     pub checkpoint_changed: Condvar,
     /// A follower: checkpoints the leader asked for, `(id, full)`, for the engine to prepare.
     pub requests: (crossbeam_channel::Sender<CheckpointAsk>, crossbeam_channel::Receiver<CheckpointAsk>),
+    /// Why the cluster cannot go on (a lost connection), once it cannot.
+    failure: Mutex<Option<String>>,
 }
 
 /// A checkpoint the leader asks a follower for: `(id, full)`.
@@ -281,6 +288,36 @@ impl ClusterState {
             checkpoints: Mutex::new(Checkpoints::default()),
             checkpoint_changed: Condvar::new(),
             requests: crossbeam_channel::unbounded(),
+            failure: Mutex::new(None),
+        }
+    }
+
+    /// Records that the cluster cannot go on (the first reason is kept) and wakes every waiter.
+    pub(crate) fn fail(&self, why: &str) {
+        {
+            let mut f = self.failure.lock();
+            if f.is_some() {
+                return;
+            }
+            *f = Some(why.to_string());
+        }
+        eprintln!("laminardb: process {}: {why}; the pipeline stops (restart every process)", self.process);
+        self.checkpoint_changed.notify_all();
+        if let Some(t) = self.coordinator.lock().as_ref() {
+            t.unpark();
+        }
+    }
+
+    /// Why the cluster cannot go on, if it cannot.
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.failure.lock().clone()
+    }
+
+    /// Fails once the cluster cannot go on.
+    pub(crate) fn check(&self) -> Result<()> {
+        match self.failure() {
+            Some(why) => Err(DataflowError::Cluster(format!("process {}: {why}", self.process))),
+            None => Ok(()),
         }
     }
 
@@ -309,6 +346,7 @@ impl ClusterState {
             if let Some(v) = f(&mut k) {
                 return Ok(v);
             }
+            self.check()?;
             if self.checkpoint_changed.wait_until(&mut k, deadline).timed_out() {
                 return f(&mut k).ok_or_else(|| {
                     DataflowError::Cluster(format!(
@@ -368,6 +406,47 @@ impl ClusterState {
         parts.extend(reported.iter().enumerate().filter(|(p, _)| *p != self.process).map(|(_, s)| s));
         WatermarkSnapshot::min_of(&parts)
     }
+}
+
+/// The cluster runtimes of this process, told when timely's communication with a peer breaks.
+static WATCHED: Mutex<Vec<std::sync::Weak<ClusterState>>> = Mutex::new(Vec::new());
+
+/// Watches timely's threads for `state`: a communication thread (or worker) that panics, as
+/// timely's do when a peer process goes away, fails every cluster runtime of this process
+/// instead of printing a backtrace; waits for other processes then fail at once.
+pub(crate) fn watch(state: &Arc<ClusterState>) {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    {
+        let mut watched = WATCHED.lock();
+        watched.retain(|w| w.strong_count() > 0);
+        watched.push(Arc::downgrade(state));
+    }
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let current = std::thread::current();
+            let name = current.name().unwrap_or_default();
+            let live: Vec<Arc<ClusterState>> = match name.strip_prefix("timely:") {
+                Some(_) => WATCHED.lock().iter().filter_map(std::sync::Weak::upgrade).collect(),
+                None => Vec::new(),
+            };
+            if live.is_empty() {
+                return previous(info);
+            }
+            let message = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            let peer = name.strip_prefix("timely:recv-").or_else(|| name.strip_prefix("timely:send-"));
+            let why = match peer {
+                Some(p) => format!("lost the connection to process {p} ({message})"),
+                None => format!("a worker stopped ({message})"),
+            };
+            live.iter().for_each(|c| c.fail(&why));
+        }));
+    });
 }
 
 /// The input of a worker's control dataflow: `(target worker, message)`.

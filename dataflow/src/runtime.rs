@@ -26,8 +26,8 @@ use crate::batch::DiffBatch;
 use crate::build::{build_plan, BuildContext, Built};
 use crate::checkpoint::{CheckpointFeed, CheckpointRequest, RestoreState, SnapshotSink};
 use crate::cluster::{
-    build_allocators, build_control, connect_peers, from_wire, to_wire, ClusterConfig, ClusterStart, ClusterState,
-    Control, ControlInput, PendingCheckpoint,
+    build_allocators, build_control, connect_peers, from_wire, to_wire, watch, ClusterConfig, ClusterStart,
+    ClusterState, Control, ControlInput, PendingCheckpoint,
 };
 use crate::error::{DataflowError, Result};
 use crate::operators::capture::{CaptureExt, EpochSink, GatherExt};
@@ -145,6 +145,9 @@ impl Runtime {
             c.validate().map_err(DataflowError::Cluster)?;
         }
         let cluster = config.cluster.as_ref().map(|c| Arc::new(ClusterState::new(c, workers)));
+        if let Some(c) = &cluster {
+            watch(c);
+        }
         let process = config.cluster.as_ref().map_or(0, |c| c.process);
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| crossbeam_channel::unbounded()).unzip();
         let receivers: Arc<Mutex<Vec<Option<Receiver<Command>>>>> =
@@ -185,7 +188,8 @@ impl Runtime {
             let control = w_shared.cluster.clone().map(|c| build_control(worker, c));
             let _ = ready_tx.send(());
             if let Some(rx) = rx {
-                let setup = WorkerSetup { local, initial_epoch, checkpoints, gather: control.is_some() };
+                let cluster = w_shared.cluster.clone();
+                let setup = WorkerSetup { local, initial_epoch, checkpoints, gather: control.is_some(), cluster };
                 worker_loop(worker, rx, setup, control);
             }
         })
@@ -348,6 +352,7 @@ impl Runtime {
             }
             loop {
                 self.with_senders(|_| ())?;
+                c.check()?;
                 let now = self.current_epoch();
                 if now > open {
                     return Ok(now);
@@ -380,6 +385,7 @@ impl Runtime {
         let deadline = Instant::now() + timeout;
         while c.released.load(Ordering::Acquire) < seq {
             self.with_senders(|_| ())?;
+            c.check()?;
             if Instant::now() > deadline {
                 return Err(DataflowError::Cluster(format!(
                     "process {}: not every process reached barrier {seq} within {timeout:?}",
@@ -560,6 +566,20 @@ impl Runtime {
         c.wait_checkpoints(timeout, "process 0 ending the checkpoint", |k| k.finished.remove(&id))
     }
 
+    /// This process gives up on its cluster (it failed to start, say): waits for other
+    /// processes fail at once from now on, and shutting down does not wait for them. The
+    /// others learn of it when this process's connections close.
+    pub fn abandon_cluster(&self, why: &str) {
+        if let Some(c) = &self.shared.cluster {
+            c.fail(why);
+        }
+    }
+
+    /// Why this process's cluster cannot go on (a peer process went away), if it cannot.
+    pub fn cluster_failure(&self) -> Option<String> {
+        self.shared.cluster.as_ref().and_then(|c| c.failure())
+    }
+
     /// The checkpoint this run restores: in a cluster, the one the leader chose.
     pub fn restored(&self) -> Option<u64> {
         self.restored
@@ -589,7 +609,13 @@ impl Runtime {
         drop(senders);
         self.unpark(None);
         if let Some(g) = self.guards.lock().take() {
-            drop(g.join());
+            if self.cluster_failure().is_some() {
+                // Timely's guard of its communication threads panics when it joins the ones a
+                // lost connection stopped; the workers have returned (or stopped) already.
+                std::mem::forget(g);
+            } else {
+                drop(g.join());
+            }
         }
     }
 }
@@ -788,6 +814,8 @@ struct WorkerSetup {
     checkpoints: bool,
     /// Gather each dataflow's output on worker 0 (a cluster).
     gather: bool,
+    /// The cluster this worker's process is part of.
+    cluster: Option<Arc<ClusterState>>,
 }
 
 fn worker_loop(
@@ -877,7 +905,9 @@ fn worker_loop(
         if closed {
             installed.clear();
             drop(control.take());
-            while worker.has_dataflows() {
+            // A cluster that lost a process never completes its dataflows: stop at once.
+            let lost = || setup.cluster.as_ref().is_some_and(|c| c.failure().is_some());
+            while worker.has_dataflows() && !lost() {
                 worker.step_or_park(Some(Duration::from_millis(10)));
             }
             return;

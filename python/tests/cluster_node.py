@@ -6,9 +6,9 @@ ADDRESSES is a comma-separated list of host:port (empty: run alone, feeding ever
 process runs the scenario's statements, starts the pipeline, feeds its own part of the rows
 (PHASE "first": the first half of its steps; "resume": reopen DIRECTORY and feed the second
 half), passes a barrier with the other processes and prints ``fed``; on ``collect`` it prints
-the scenario's result as one JSON line; on ``checkpoint`` process 0 takes a checkpoint of the
+the scenario's result as one JSON line; on ``state`` the pipeline state; on ``checkpoint`` process 0 takes a checkpoint of the
 cluster and prints its epoch; on ``lose`` it feeds rows that are not checkpointed; on ``stop``
-it shuts down and prints ``stopped``.
+it shuts down and prints ``stopped`` (or the error).
 """
 
 from __future__ import annotations
@@ -187,8 +187,14 @@ def main() -> None:
             steps[half](db)
             db.flush()
             print("fed", flush=True)
+        elif command == "state":
+            print(db.pipeline_state, flush=True)
         elif command == "stop":
-            db.shutdown()
+            try:
+                db.shutdown()
+            except laminardb.LaminarError as e:
+                print(f"error: {e}", flush=True)
+                return
             db.close()
             print("stopped", flush=True)
             return

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +187,55 @@ def test_every_process_writes_its_part_of_a_sink_committed_at_the_clusters_check
     # restarted cluster writes them again, and no row is published twice or lost.
     rows, _ = run_sink(processes, tmp_path / "crash", crash=True)
     assert rows == alone
+
+
+@pytest.mark.parametrize(("processes", "victim"), [(2, 1), (2, 0), (3, 1)])
+def test_losing_a_process_fails_the_others_at_once(processes: int, victim: int) -> None:
+    hosts = ",".join(f"127.0.0.1:{p}" for p in free_ports(processes))
+    procs = spawn("aggregate", processes, 1, hosts, [])
+    try:
+        for p in procs:
+            assert expect(p, "fed") == "fed"
+        procs[victim].kill()
+        procs[victim].wait()
+        rest = [p for i, p in enumerate(procs) if i != victim]
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and command(rest, "state") != ["Failed"] * len(rest):
+            time.sleep(0.1)
+        assert command(rest, "state") == ["Failed"] * len(rest), "the pipeline shows that it stopped"
+        started = time.monotonic()
+        answers = command(rest, "stop")
+        assert time.monotonic() - started < 20, "shutting down does not wait for the lost process"
+        for a in answers:
+            assert a.startswith("error:") and f"lost the connection to process {victim}" in a, a
+        for p in rest:
+            assert p.wait(timeout=30) == 0
+    finally:
+        kill(procs)
+
+
+def test_a_follower_without_the_clusters_checkpoint_fails_to_start(tmp_path: Path) -> None:
+    """Process 0 restores a checkpoint that process 1 no longer has: process 1 fails to start,
+    naming it, and process 0 fails at once instead of waiting for it."""
+    hosts = ",".join(f"127.0.0.1:{p}" for p in free_ports(2))
+    dirs = [str(tmp_path / "p0"), str(tmp_path / "p1")]
+    procs = spawn("aggregate", 2, 1, hosts, [*dirs, "first"])
+    try:
+        for p in procs:
+            assert expect(p, "fed") == "fed"
+        assert int(command(procs, "checkpoint")[0]) > 0
+    finally:
+        kill(procs)
+    shutil.rmtree(tmp_path / "p1" / "checkpoints")
+    hosts = ",".join(f"127.0.0.1:{p}" for p in free_ports(2))
+    procs = spawn("aggregate", 2, 1, hosts, [*dirs, "resume"])
+    try:
+        errors = [p.communicate(timeout=60)[1] for p in procs]
+        assert all(p.returncode != 0 for p in procs)
+        assert "process 1 cannot restore the cluster's checkpoint of epoch" in errors[1], errors[1][-2000:]
+        assert "lost the connection to process 1" in errors[0], errors[0][-2000:]
+    finally:
+        kill(procs)
 
 
 def test_a_checkpoint_needs_every_process_to_keep_one(tmp_path: Path) -> None:
