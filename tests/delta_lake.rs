@@ -618,3 +618,63 @@ fn commit_interval_gathers_epochs_into_one_commit() {
     assert_eq!(commits, 1, "the five epochs in one commit");
     assert_eq!(table_rows(&t, "id"), ["0", "1", "2", "3", "4"]);
 }
+
+/// A free loopback port for a cluster process.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+}
+
+/// Two processes of a cluster (two databases in this test, joined over loopback) split an
+/// unkeyed table's files between them, snapshot and new versions alike: each reads a part, and
+/// process 0's view counts every row once.
+#[test]
+fn a_cluster_splits_the_files_of_a_table() {
+    let dir = tempfile::tempdir().expect("dir");
+    let t = dir.path().join("t");
+    for f in 0..8i64 {
+        let ids: Vec<i64> = (f * 10..f * 10 + 10).collect();
+        append(&t, batch(&ids, &["x"; 10]));
+    }
+    let addresses: Vec<String> = (0..2).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let (appended_tx, appended_rx) = std::sync::mpsc::channel::<()>();
+    let appended_rx = std::sync::Mutex::new(Some(appended_rx));
+    let table = t.display().to_string();
+    let nodes: Vec<_> = (0..2)
+        .map(|p| {
+            let (addresses, table) = (addresses.clone(), table.clone());
+            let waiting = appended_rx.lock().expect("lock").take().filter(|_| p == 0);
+            std::thread::spawn(move || {
+                let config = laminardb::LaminarConfig {
+                    workers: Some(1),
+                    cluster: Some(laminardb::ClusterConfig::new(p, addresses)),
+                    ..Default::default()
+                };
+                let db = Database::open_with_config(":memory:", config).expect("open");
+                db.execute(&format!(
+                    "CREATE SOURCE src (id BIGINT, name VARCHAR) WITH (connector = 'delta-lake', \
+                     'table_uri' = '{table}', 'poll_interval_ms' = '50')"
+                ))
+                .expect("create");
+                db.execute("CREATE MATERIALIZED VIEW totals AS SELECT COUNT(*) AS n, SUM(id) AS s FROM src")
+                    .expect("view");
+                db.start().expect("start");
+                if let Some(appended) = waiting {
+                    converge(&db, "SELECT n, s FROM totals", &["80|3160"]);
+                    // A new version while the cluster runs: its file goes to one process.
+                    appended.recv().expect("appended");
+                    converge(&db, "SELECT n, s FROM totals", &["90|4005"]);
+                }
+                db.barrier().expect("barrier");
+                let read = db.source_metrics("src").expect("metrics").total_events;
+                db.shutdown().expect("shutdown");
+                read
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    append(&t, batch(&(80..90).collect::<Vec<i64>>(), &["y"; 10]));
+    appended_tx.send(()).expect("send");
+    let read: Vec<u64> = nodes.into_iter().map(|h| h.join().expect("node")).collect();
+    assert_eq!(read.iter().sum::<u64>(), 90, "every row read once: {read:?}");
+    assert!(read.iter().all(|&n| n > 0), "both processes read files: {read:?}");
+}

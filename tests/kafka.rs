@@ -529,3 +529,97 @@ fn a_slow_sink_pauses_the_partitions_and_nothing_is_lost() {
     assert_eq!(m.total_events, 40_000, "every message once, none lost while paused");
     db.shutdown().expect("shutdown");
 }
+
+/// A free loopback port for a cluster process.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+}
+
+/// Two processes of a cluster (two databases in this test, joined over loopback): each reads
+/// its half of a 4-partition topic and writes its rows to an exactly-once sink itself (with its
+/// own transactional id), committed at the cluster's checkpoints; on a 1-partition topic the
+/// process without a partition does not hold the event-time watermark back, so process 0's
+/// windows close.
+#[test]
+fn a_cluster_splits_partitions_and_every_process_writes_its_sink() {
+    let (input, single, out) = (unique("cluster-in"), unique("cluster-one"), unique("cluster-out"));
+    create_topic(&input, 4);
+    create_topic(&single, 1);
+    create_topic(&out, 2);
+    let nums: Vec<String> = (0..400).map(|k| format!(r#"{{"k": {k}}}"#)).collect();
+    let spread: Vec<Out<'_>> =
+        nums.iter().enumerate().map(|(i, j)| (Some((i % 4) as i32), None, Some(j.as_bytes()))).collect();
+    produce(&input, &spread);
+    let ticks: Vec<String> =
+        (0..300).map(|s| format!(r#"{{"ts": "2024-01-01T00:{:02}:{:02}", "v": {s}}}"#, s / 60, s % 60)).collect();
+    produce(&single, &ticks.iter().map(|t| (None, None, Some(t.as_bytes()))).collect::<Vec<Out<'_>>>());
+    let addresses: Vec<String> = (0..2).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().expect("dir")).collect();
+    let b = bootstrap();
+    let nodes: Vec<_> = (0..2)
+        .map(|p| {
+            let (addresses, dir, b, input, single, out) = (
+                addresses.clone(),
+                dirs[p].path().to_path_buf(),
+                b.clone(),
+                input.clone(),
+                single.clone(),
+                out.clone(),
+            );
+            std::thread::spawn(move || {
+                let config = laminardb::LaminarConfig {
+                    workers: Some(1),
+                    checkpoint_interval_ms: Some(3_600_000),
+                    cluster: Some(laminardb::ClusterConfig::new(p, addresses)),
+                    ..Default::default()
+                };
+                let db = Database::open_with_config(&dir, config).expect("open");
+                db.execute(&format!("CREATE SOURCE nums (k BIGINT) WITH ({})", kafka_with(&input, "cg", "")))
+                    .expect("source");
+                db.execute(&format!(
+                    "CREATE SOURCE ticks (ts TIMESTAMP, v BIGINT, WATERMARK FOR ts AS ts) WITH ({})",
+                    kafka_with(&single, "cg", "")
+                ))
+                .expect("ticks");
+                db.execute(&format!(
+                    "CREATE SINK copied AS SELECT k FROM nums WITH (connector = 'kafka', 'bootstrap.servers' = '{b}', \
+                     'topic' = '{out}', 'delivery.guarantee' = 'exactly-once')"
+                ))
+                .expect("sink");
+                db.execute(
+                    "CREATE STREAM bars AS SELECT window_start, COUNT(*) AS n FROM ticks \
+                     GROUP BY TUMBLE(ts, INTERVAL '1' MINUTE) EMIT ON WINDOW CLOSE",
+                )
+                .expect("stream");
+                db.start().expect("start");
+                wait_for("this process's partitions", Duration::from_secs(30), || {
+                    db.source_metrics("nums").is_some_and(|m| m.total_events == 200)
+                });
+                if p == 0 {
+                    // Minutes 0 to 3 close (the watermark is at minute 4:59): only if process 1,
+                    // which reads no partition of `ticks`, does not hold it back.
+                    wait_for("closed windows", Duration::from_secs(30), || {
+                        count(&db, "SELECT COUNT(*) FROM bars") == 4
+                    });
+                }
+                db.barrier().expect("barrier");
+                let windows = count(&db, "SELECT COUNT(*) FROM bars");
+                if p == 0 {
+                    db.checkpoint().expect("checkpoint of the cluster");
+                }
+                let written = db.sink_metrics("copied").expect("metrics").rows_written;
+                db.barrier().expect("barrier");
+                db.shutdown().expect("shutdown");
+                (windows, written)
+            })
+        })
+        .collect();
+    let results: Vec<(i64, u64)> = nodes.into_iter().map(|h| h.join().expect("node")).collect();
+    assert_eq!(results[0].0, 4, "process 0 holds the closed windows");
+    assert_eq!((results[0].1, results[1].1), (200, 200), "each process wrote its own rows to the sink");
+    let got = consume(&out, 400, Duration::from_secs(10), true);
+    let mut ks: Vec<String> = got.iter().filter_map(|m| m.value.clone()).collect();
+    ks.sort();
+    ks.dedup();
+    assert_eq!(ks.len(), 400, "every row committed once, by the process that read it");
+}

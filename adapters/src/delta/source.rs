@@ -62,6 +62,7 @@ fn build(
         start,
         schema: spec.schema.clone(),
         key: spec.primary_key.clone(),
+        split: spec.split,
         table: None,
         store: None,
         pos: Position::default(),
@@ -109,6 +110,8 @@ pub struct DeltaSource {
     start: Start,
     schema: SchemaRef,
     key: Vec<String>,
+    /// This process's share of the files (a cluster of processes; unkeyed sources only).
+    split: crate::connector::Split,
     table: Option<DeltaTable>,
     store: Option<ObjectStoreRef>,
     /// The position after everything handed over.
@@ -272,6 +275,17 @@ impl DeltaSource {
         Ok(out)
     }
 
+    /// True when this process runs `step` of the unit of `version`: in a cluster, a file is read
+    /// by one process (chosen by its path), the comparison of a commit that rewrites files by one
+    /// process (chosen by the version). Every process walks the same steps, so positions keep
+    /// their meaning.
+    fn owns(&self, version: u64, step: &Step) -> bool {
+        match step {
+            Step::File(add) => self.split.owns(path_hash(&add.path)),
+            Step::Deletes { .. } | Step::Diff { .. } => self.split.owns(version),
+        }
+    }
+
     /// The changes of one step.
     async fn run_step(&self, step: &Step) -> Result<Vec<Change>> {
         match step {
@@ -387,6 +401,11 @@ impl DeltaSource {
     }
 }
 
+/// A hash of a file path that is the same in every process and every run (FNV-1a).
+fn path_hash(path: &str) -> u64 {
+    path.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
 fn crate_note_schema_change(status: &ConnectorStatus, table: &str, old: &[String], new: &[String]) {
     let added: Vec<&String> = new.iter().filter(|n| !old.contains(n)).collect();
     let dropped: Vec<&String> = old.iter().filter(|n| !new.contains(n)).collect();
@@ -406,7 +425,9 @@ impl SourceConnector for DeltaSource {
             bounded: false,
             watermarks: false,
             key_from_peer: false,
-            partitioned: false,
+            // A key's rows must all come through one process, and a rewritten file's keys may
+            // have been read by another: keyed sources run on process 0.
+            partitioned: self.key.is_empty(),
         }
     }
 
@@ -470,7 +491,8 @@ impl SourceConnector for DeltaSource {
             }
             if self.output.is_none() {
                 let step = unit.steps[self.pos.step].clone();
-                self.output = Some(self.run_step(&step).await?);
+                let mine = self.owns(unit.version, &step);
+                self.output = Some(if mine { self.run_step(&step).await? } else { Vec::new() });
             }
             let changes = self.take_output();
             if changes.is_empty() {

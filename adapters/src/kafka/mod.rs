@@ -16,7 +16,8 @@
 //!   (e.g. `'kafka.ssl.ca.location'`), except the ones the connector manages.
 //!
 //! The source reads every partition of the topic (in a cluster of processes, partition `p` is read by
-//! process `p % processes`). It starts from the checkpointed offsets
+//! process `p % processes`; a process left without a partition moves its watermark to the end of
+//! time, so that it does not hold the cluster's back). It starts from the checkpointed offsets
 //! (restart after a crash), else the group's committed offsets, else `auto.offset.reset`.
 //! With `WATERMARK FOR`, the watermark is the minimum over partitions of their largest event time
 //! (minus the delay); a partition silent for the idle timeout stops holding it back.

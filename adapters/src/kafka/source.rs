@@ -49,6 +49,7 @@ fn build(
         restored: None,
         paused: false,
         split: spec.split,
+        owns_nothing: None,
     }))
 }
 
@@ -70,6 +71,9 @@ pub struct KafkaSource {
     /// The partitions this process reads (a cluster: partition `p` goes to process
     /// `p % processes`).
     split: crate::connector::Split,
+    /// A cluster's process that got no partition (fewer partitions than processes): whether it
+    /// has said so, with a watermark that holds nothing back.
+    owns_nothing: Option<bool>,
 }
 
 fn unavailable(what: &str, brokers: &str, e: impl std::fmt::Display) -> ConnectorError {
@@ -193,6 +197,7 @@ impl SourceConnector for KafkaSource {
             c.create().map_err(|e| ConnectorError::Config(format!("kafka consumer settings: {e}")))?;
         let tpl = self.assignment(&consumer).await?;
         consumer.assign(&tpl).map_err(|e| unavailable("assignment failed", &self.config.client.bootstrap, e))?;
+        self.owns_nothing = (tpl.count() == 0).then_some(false);
         for e in tpl.elements() {
             if let Offset::Offset(o) = e.offset() {
                 self.positions.insert(e.partition(), o);
@@ -213,6 +218,13 @@ impl SourceConnector for KafkaSource {
     }
 
     async fn poll(&mut self) -> Result<Poll> {
+        if let Some(told) = self.owns_nothing.as_mut() {
+            // No rows can come from this process: its watermark must not hold the cluster's back.
+            if !std::mem::replace(told, true) && self.watermark_column.is_some() {
+                return Ok(Poll::Data(SourceChunk { watermark: Some(i64::MAX), ..Default::default() }));
+            }
+            return Ok(Poll::Idle(Duration::from_millis(200)));
+        }
         let consumer = self.consumer()?;
         let deadline = Instant::now() + POLL_WINDOW;
         // Payloads per partition in arrival order: (offset, payload).
