@@ -127,7 +127,8 @@ pub const ERRORS_SUFFIX: &str = "_errors";
 /// How long `start()` waits for a connector to connect.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The connector state of a source whose connector runs on another process of the cluster.
+/// The connector state of a source or sink whose connector runs on another process of the
+/// cluster.
 pub const ELSEWHERE: &str = "on process 0";
 
 /// How long a cluster barrier (at shutdown, or [`Database::barrier`]) waits for the other
@@ -1200,6 +1201,9 @@ impl Database {
         let state = Self::restored_state(restore, &sink.def.name, &sink.entry.sql)?;
         let (process, processes) = rt.process();
         let parallel = connector.capabilities().parallel;
+        // Only the rows of an append-only query: a key's update and the retraction before it may
+        // come from workers of different processes, whose writers would race.
+        let parallel = parallel && sink.spec.append_only;
         sink.entry.per_process.store(processes > 1 && parallel, Ordering::Release);
         if process > 0 && !parallel {
             // Only process 0's instance writes (the whole result is gathered there); this
@@ -1376,6 +1380,8 @@ impl Database {
             Some(rt) => drained.and(rt.barrier(CLUSTER_BARRIER_TIMEOUT).map_err(LaminarError::from)),
             None => drained,
         };
+        // A follower's part of that checkpoint ends (its sinks commit) before its sinks stop.
+        drop(self.inner.checkpoints.lock());
         for src in &sources {
             self.stop_source(src);
         }

@@ -47,7 +47,8 @@
 //! failure of the cluster runtime ([`watch`]): every wait for another process (barriers, epoch
 //! closes, checkpoints) fails at once naming the lost process, the workers stop without
 //! draining, and shutting down does not wait for the lost process. A process that fails to start
-//! after connecting gives up the same way, so the others learn of it as its connections close.
+//! after connecting gives up the same way; the others learn of it when its connections close
+//! (when that process exits).
 //! Recovery is a restart of every process from the last checkpoint.
 
 use std::io::{Read, Write};
@@ -302,7 +303,8 @@ impl ClusterState {
             *f = Some(why.to_string());
         }
         eprintln!("laminardb: process {}: {why}; the pipeline stops (restart every process)", self.process);
-        self.checkpoint_changed.notify_all();
+        // Under the lock the waiters check the failure with: none misses the wake-up.
+        self.update_checkpoints(|_| {});
         if let Some(t) = self.coordinator.lock().as_ref() {
             t.unpark();
         }
@@ -369,8 +371,8 @@ impl ClusterState {
         (p * self.threads) as u64
     }
 
-    /// Takes the messages received so far (the leader: reports and arrivals; a follower:
-    /// advances and releases).
+    /// Takes the messages received so far (the leader: reports, arrivals and checkpoint answers;
+    /// a follower: advances, releases and checkpoint requests and verdicts).
     pub(crate) fn take_inbox(&self) -> Vec<Control> {
         std::mem::take(&mut *self.inbox.lock())
     }

@@ -439,6 +439,9 @@ impl Runtime {
         c.update_checkpoints(|k| {
             k.last_id += 1;
             id = k.last_id;
+            // Late answers about earlier checkpoints are of no use any more.
+            k.ready.retain(|&i, _| i >= id);
+            k.saved.retain(|&i, _| i >= id);
         });
         let msgs = c.followers().map(|p| (c.first_worker_of(p), Control::Prepare { id, full })).collect();
         self.send_control(msgs)?;
@@ -455,7 +458,8 @@ impl Runtime {
         if failed.is_empty() {
             return Ok(id);
         }
-        self.finish_followers(id, false, 0)?;
+        // (The refusal is the error to report, even if telling the followers fails too.)
+        let _ = self.finish_followers(id, false, 0);
         Err(DataflowError::Cluster(format!("checkpoint abandoned: {}", failed.join("; "))))
     }
 
@@ -524,7 +528,12 @@ impl Runtime {
         let Some(c) = self.shared.follower().cloned() else {
             return Err(DataflowError::Cluster("only a cluster's follower follows a checkpoint".into()));
         };
-        c.update_checkpoints(|k| k.pending = Some(PendingCheckpoint { id, full, sink, before }));
+        c.update_checkpoints(|k| {
+            k.pending = Some(PendingCheckpoint { id, full, sink, before });
+            // Verdicts and epochs of earlier checkpoints nobody waits for any more.
+            k.finished.retain(|&i, _| i >= id);
+            k.applied.retain(|&i, _| i >= id);
+        });
         self.send_control(vec![(0, Control::Ready { process: c.process, id, error: None })])?;
         let taken = c.wait_checkpoints(timeout, "the checkpoint's epoch closing", |k| {
             if let Some(epoch) = k.applied.remove(&id) {
@@ -594,7 +603,8 @@ impl Runtime {
         Ok(())
     }
 
-    /// Closes all inputs, lets every dataflow drain, and joins the workers.
+    /// Closes all inputs, lets every dataflow drain, and joins the workers (a cluster that lost
+    /// a process: stops them without draining, and does not wait for timely's threads).
     pub fn shutdown(&self) {
         // The coordinator holds sender clones: stop it first so the channels can close.
         self.shared.stop.store(true, Ordering::Release);
@@ -614,7 +624,13 @@ impl Runtime {
                 // lost connection stopped; the workers have returned (or stopped) already.
                 std::mem::forget(g);
             } else {
-                drop(g.join());
+                // A connection lost while joining makes that guard panic here.
+                let joined = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(g.join())));
+                if joined.is_err() {
+                    if let Some(c) = &self.shared.cluster {
+                        c.fail("lost a connection while shutting down");
+                    }
+                }
             }
         }
     }

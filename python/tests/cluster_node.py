@@ -53,6 +53,10 @@ if "LAMINAR_SINK_DIR" in os.environ:
         "CREATE SINK picked AS SELECT k, v, v * 2 AS w FROM events WHERE v % 3 = 0 "
         f"WITH (connector = 'file', path = '{os.environ['LAMINAR_SINK_DIR']}', format = 'json', "
         "'delivery.guarantee' = 'exactly-once')",
+        # An updating query: its changelog is written by process 0 alone, from the whole result.
+        "CREATE SINK buckets AS SELECT v % 10 AS b, COUNT(*) AS n FROM events GROUP BY v % 10 "
+        f"WITH (connector = 'file', path = '{os.environ['LAMINAR_SINK_DIR']}/buckets', format = 'json', "
+        "changelog = 'true', 'delivery.guarantee' = 'exactly-once')",
     ]
 
 RESULTS: dict[str, str] = {

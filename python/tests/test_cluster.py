@@ -105,11 +105,26 @@ def sink_rows(directory: Path) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: json.dumps(r, sort_keys=True))
 
 
+def changelog_state(directory: Path) -> tuple[dict[str, int], list[str]]:
+    """The rows a JSON changelog file sink's published files leave (row → count), applied file
+    by file in epoch order, and the files' names."""
+    files = sorted(directory.glob("*.jsonl"), key=lambda f: f.name.split("-")[-2])
+    state: dict[str, int] = {}
+    for f in files:
+        for line in f.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                row = json.dumps({k: v for k, v in r.items() if k != "op"}, sort_keys=True)
+                state[row] = state.get(row, 0) + (1 if r["op"] == "insert" else -1)
+    return {k: v for k, v in state.items() if v}, [f.name for f in files]
+
+
 def run_sink(processes: int, root: Path, crash: bool) -> tuple[list[dict[str, Any]], list[str]]:
     """The `sink` scenario on `processes` processes (with a crash and restart from the
-    checkpoint, or not): the rows its files hold, and the files' names."""
+    checkpoint, or not): the rows its files hold, and the files' names. Its updating sink, the
+    changelog of counts per bucket, must leave the counts of every row, written by process 0."""
     out = root / "out"
-    out.mkdir(parents=True)
+    (out / "buckets").mkdir(parents=True)
     if crash:
         run_with_crash("sink", processes, root, sink_dir=out)
     else:
@@ -120,7 +135,14 @@ def run_sink(processes: int, root: Path, crash: bool) -> tuple[list[dict[str, An
             finish(procs)
         finally:
             kill(procs)
-    return sink_rows(out), sorted(f.name for f in out.glob("*.jsonl"))
+    rows = sink_rows(out)
+    buckets, files = changelog_state(out / "buckets")
+    # The final count of every bucket, once: every generated row counted, not only those the
+    # other sink's filter keeps.
+    assert sum(json.loads(k)["n"] for k in buckets) == 6000 and set(buckets.values()) == {1}, buckets
+    prefix = "buckets-p0-" if processes > 1 else "buckets-0"
+    assert files and all(f.startswith(prefix) for f in files), files
+    return rows, sorted(f.name for f in out.glob("*.jsonl"))
 
 
 def run_with_crash(

@@ -7,8 +7,7 @@
 //! [`crate::checkpoint`]); then exactly-once sinks commit and sources acknowledge what the
 //! checkpoint covers to their peers.
 //!
-//! **In a cluster** process 0 drives a checkpoint in two phases, over the control messages of
-//! the runtime:
+//! **In a cluster** process 0 drives a checkpoint over the control messages of the runtime:
 //! 1. it asks every follower to get ready; each one passes its own source barrier, takes its
 //!    sources' part and answers (sending no data until the checkpoint's epoch closes);
 //! 2. with every process ready, process 0 closes epoch `E`, the same cut on every process;
@@ -19,7 +18,7 @@
 //!    which commit their sinks and drop what is older than what a restart may still pick.
 //!
 //! A failure anywhere abandons the checkpoint on every process (sinks keep their writes pending
-//! for the next one, which is a full one). On a restart process 0 restores its newest intact
+//! for the next one, which is a full one); a lost process fails it at once. On a restart process 0 restores its newest intact
 //! checkpoint and names it to every follower when they connect; each follower restores its own
 //! part of that same checkpoint, or fails to start saying it lacks it.
 
@@ -101,14 +100,17 @@ fn collector(parts: &[Part], workers: usize) -> Arc<Collector> {
 /// Waits until every source is at a chunk boundary and holds it there: a checkpoint includes a
 /// whole chunk of a connector's changes with its position, or neither. A chunk in progress may
 /// be waiting for room, which the running pipeline makes.
-fn hold_sources(sources: &[Arc<SourceEntry>]) -> Result<Vec<tokio::sync::OwnedMutexGuard<()>>> {
+fn hold_sources(sources: &[Arc<SourceEntry>], rt: &Runtime) -> Result<Vec<tokio::sync::OwnedMutexGuard<()>>> {
     let mut guards = Vec::with_capacity(sources.len());
     for s in sources {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             match s.chunk.clone().try_lock_owned() {
                 Ok(g) => break guards.push(g),
-                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+                Err(_) if Instant::now() < deadline => {
+                    lost(rt)?;
+                    std::thread::sleep(Duration::from_millis(1))
+                }
                 Err(_) => {
                     return Err(LaminarError::Checkpoint(format!(
                         "source '{}' did not reach a chunk boundary within 60 s",
@@ -130,7 +132,8 @@ fn source_parts(sources: &[Arc<SourceEntry>]) -> Result<Vec<SourcePart>> {
         out.push((
             src.clone(),
             data,
-            (w != i64::MIN).then_some(w),
+            // (The end of time stands for "no rows from here", not a position to restore.)
+            (w != i64::MIN && w != i64::MAX).then_some(w),
             src.total.load(Ordering::Relaxed),
             src.position.lock().clone(),
         ));
@@ -233,9 +236,25 @@ fn extend_chain(chain: &mut CheckpointChain, epoch: u64, full: bool, operator_by
     }
 }
 
-/// Waits for every part of the barrier; a failed part fails the checkpoint.
-fn collect(collector: &Collector, epoch: u64) -> Result<Collected> {
-    let collected = collector.wait(COLLECT_TIMEOUT)?;
+/// Fails once the cluster of `rt` lost a process.
+fn lost(rt: &Runtime) -> Result<()> {
+    match rt.cluster_failure() {
+        Some(why) => Err(laminar_dataflow::DataflowError::Cluster(why).into()),
+        None => Ok(()),
+    }
+}
+
+/// Waits for every part of the barrier; a failed part (or a lost process) fails the checkpoint.
+fn collect(collector: &Collector, epoch: u64, rt: &Runtime) -> Result<Collected> {
+    let deadline = Instant::now() + COLLECT_TIMEOUT;
+    let collected = loop {
+        let slice = Duration::from_millis(200).min(deadline.saturating_duration_since(Instant::now()));
+        match collector.wait(slice) {
+            Ok(c) => break c,
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => lost(rt)?,
+        }
+    };
     if !collected.errors.is_empty() {
         return Err(LaminarError::Checkpoint(format!(
             "checkpoint of epoch {epoch} failed: {}",
@@ -254,7 +273,6 @@ impl Database {
                 "an in-memory database cannot checkpoint: open a directory or set storage_dir".into(),
             )
         })?;
-        let mut chain = self.inner.checkpoints.lock();
         let rt = self
             .inner
             .runtime
@@ -267,6 +285,7 @@ impl Database {
                 "process {process} of the cluster cannot take a checkpoint: process 0 takes them for every process"
             )));
         }
+        let mut chain = self.inner.checkpoints.lock();
         self.flush_all_staged()?;
         let started = Instant::now();
         let full = chain.epochs.is_empty() || chain.delta_bytes > 2 * chain.full_bytes;
@@ -275,15 +294,20 @@ impl Database {
         let collector = collector(&parts, rt.workers());
         let sources: Vec<Arc<SourceEntry>> = st.sources.values().cloned().collect();
         // The barrier: no source chunk is half applied, no insert half sent.
-        let chunk_guards = hold_sources(&sources)?;
+        let chunk_guards = hold_sources(&sources, &rt)?;
         let ingest = self.inner.ingest.lock();
         let source_parts = source_parts(&sources)?;
-        let epoch = rt.checkpoint(full, collector.clone(), mark_parts(&parts, &collector))?;
+        let epoch = rt.checkpoint(full, collector.clone(), mark_parts(&parts, &collector)).inspect_err(|_| {
+            // A follower that refused may have lost its chain: the next checkpoint is a full one.
+            if processes > 1 {
+                *chain = CheckpointChain::default();
+            }
+        })?;
         drop(ingest);
         drop(chunk_guards);
         drop(st);
         let store = checkpoint::Store::new(&root);
-        let written = collect(&collector, epoch)
+        let written = collect(&collector, epoch, &rt)
             .and_then(|collected| {
                 // The followers' parts are durable before the leader's, which makes the checkpoint.
                 rt.cluster_saved(epoch, COLLECT_TIMEOUT)?;
@@ -383,16 +407,23 @@ impl Database {
         let parts = parts(&st);
         let collector = collector(&parts, rt.workers());
         let sources: Vec<Arc<SourceEntry>> = st.sources.values().cloned().collect();
-        let chunk_guards = hold_sources(&sources).map_err(|e| refuse(e.to_string()))?;
+        let chunk_guards = hold_sources(&sources, rt).map_err(|e| refuse(e.to_string()))?;
         let ingest = self.inner.ingest.lock();
         let source_parts = source_parts(&sources).map_err(|e| refuse(e.to_string()))?;
         let before = Box::new(mark_parts(&parts, &collector));
-        let epoch = rt.follow_checkpoint(id, full, collector.clone(), before, FOLLOW_TIMEOUT)?;
+        let epoch = rt.follow_checkpoint(id, full, collector.clone(), before, FOLLOW_TIMEOUT).map_err(|e| {
+            // Its epoch may have closed just as this process gave up: say so, and let the sinks
+            // drop what they may have pre-committed.
+            let _ = rt.checkpoint_saved(id, Some(e.to_string()));
+            parts.iter().filter_map(|p| p.sink.as_ref()).for_each(|h| h.checkpoint_failed());
+            *chain = CheckpointChain::default();
+            LaminarError::from(e)
+        })?;
         drop(ingest);
         drop(chunk_guards);
         drop(st);
         let store = checkpoint::Store::new(&root);
-        let written = collect(&collector, epoch).and_then(|collected| {
+        let written = collect(&collector, epoch, rt).and_then(|collected| {
             let part = ClusterPart::of(process, processes, rt.workers());
             write(&store, part, epoch, full, &chain, source_parts, &parts, collected)
         });
@@ -404,8 +435,8 @@ impl Database {
         match (written, verdict) {
             (Ok(written), Ok((true, keep_from))) => {
                 extend_chain(&mut chain, epoch, full, written.operator_bytes);
-                let _ = store.prune_before(keep_from);
                 self.committed(&parts, &written.manifest, epoch);
+                let _ = store.prune_before(keep_from);
                 Ok(())
             }
             (written, verdict) => {

@@ -27,10 +27,12 @@
 //! included; a declared column the table lacks, or one whose type cannot be converted, fails
 //! `start()` naming it.
 //!
-//! In a cluster of processes, a source without a PRIMARY KEY is split by file: every process
-//! follows the log, and each data file is read by one of them (by a hash of its path); a commit
-//! that rewrites files is compared by one process (by its version). A keyed source runs on
-//! process 0, since the keys of a rewritten file may have come through another process.
+//! In a cluster of processes, a source without a PRIMARY KEY or a WATERMARK is split by file:
+//! every process follows the log, and each data file is read by one of them (by a hash of its
+//! path); a commit that rewrites files is compared by one process (by its version). A keyed
+//! source runs on process 0, since the keys of a rewritten file may have come through another
+//! process; so does one with a watermark, which a process with older files (or none) would
+//! hold back.
 //!
 //! # Sink options
 //! - `'table_uri'` (required): as for the source; the table is created from the query's columns

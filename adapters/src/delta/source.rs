@@ -63,6 +63,7 @@ fn build(
         schema: spec.schema.clone(),
         key: spec.primary_key.clone(),
         split: spec.split,
+        watermark: spec.watermark_column.is_some(),
         table: None,
         store: None,
         pos: Position::default(),
@@ -112,6 +113,8 @@ pub struct DeltaSource {
     key: Vec<String>,
     /// This process's share of the files (a cluster of processes; unkeyed sources only).
     split: crate::connector::Split,
+    /// The source has an event-time watermark (derived from each process's own rows).
+    watermark: bool,
     table: Option<DeltaTable>,
     store: Option<ObjectStoreRef>,
     /// The position after everything handed over.
@@ -426,8 +429,9 @@ impl SourceConnector for DeltaSource {
             watermarks: false,
             key_from_peer: false,
             // A key's rows must all come through one process, and a rewritten file's keys may
-            // have been read by another: keyed sources run on process 0.
-            partitioned: self.key.is_empty(),
+            // have been read by another: keyed sources run on process 0. So do sources with a
+            // watermark: a process whose files are older (or that has none) would hold it back.
+            partitioned: self.key.is_empty() && !self.watermark,
         }
     }
 
