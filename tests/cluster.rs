@@ -35,26 +35,32 @@ fn results(stdout: &str) -> String {
     body.split("done:").next().unwrap_or_default().to_string()
 }
 
-/// Runs the pipeline on `processes` processes (1: alone); returns each one's printed results.
-fn run(dir: &std::path::Path, processes: usize) -> Vec<String> {
+/// Starts the pipeline on `processes` processes (1: alone), with `extra` arguments (`{i}`
+/// stands for the process index).
+fn spawn(dir: &std::path::Path, pipeline_sql: &str, processes: usize, extra: &[&str]) -> Vec<std::process::Child> {
     let pipeline = dir.join("pipeline.sql");
-    std::fs::write(&pipeline, PIPELINE).expect("write pipeline");
+    std::fs::write(&pipeline, pipeline_sql).expect("write pipeline");
     let hosts = dir.join(format!("hosts{processes}.txt"));
     let mut f = std::fs::File::create(&hosts).expect("hosts");
     for _ in 0..processes {
         writeln!(f, "127.0.0.1:{}", free_port()).expect("write hosts");
     }
     drop(f);
-    let children: Vec<_> = (0..processes)
+    (0..processes)
         .map(|i| {
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_laminardb"));
             cmd.arg("run").arg(&pipeline).args(["--quiet", "--workers", "2"]);
+            cmd.args(extra.iter().map(|a| a.replace("{i}", &i.to_string())));
             if processes > 1 {
                 cmd.arg("--process").arg(i.to_string()).arg("--hosts").arg(&hosts);
             }
             cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn laminardb")
         })
-        .collect();
+        .collect()
+}
+
+/// Waits for every process; returns each one's printed results.
+fn finish(children: Vec<std::process::Child>) -> Vec<String> {
     children
         .into_iter()
         .map(|c| {
@@ -64,6 +70,11 @@ fn run(dir: &std::path::Path, processes: usize) -> Vec<String> {
             results(&stdout)
         })
         .collect()
+}
+
+/// Runs the pipeline on `processes` processes (1: alone); returns each one's printed results.
+fn run(dir: &std::path::Path, processes: usize) -> Vec<String> {
+    finish(spawn(dir, PIPELINE, processes, &[]))
 }
 
 #[test]
@@ -83,4 +94,38 @@ fn a_pipeline_on_several_processes_prints_what_one_process_prints() {
             }
         }
     }
+}
+
+/// Two processes taking checkpoints every 100 ms into their own directories are killed
+/// (SIGKILL) in the middle of the input; the same commands restart them from the cluster's last
+/// checkpoint, and process 0 prints exactly what one uninterrupted process prints.
+#[test]
+fn a_killed_cluster_resumes_from_its_checkpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The same pipeline, generated at a rate that leaves time to kill it half way.
+    let slow = PIPELINE.replacen(
+        "'rows_per_second' = '0', 'max_rows' = '30000'",
+        "'rows_per_second' = '15000', 'max_rows' = '30000'",
+        1,
+    );
+    let alone = finish(spawn(dir.path(), &slow, 1, &[])).remove(0);
+    assert!(alone.contains("30000"), "{alone}");
+    let db = dir.path().join("p{i}");
+    let db = db.to_str().expect("path");
+    let args = ["--db", db, "--checkpoint-interval", "100"];
+    let mut children = spawn(dir.path(), &slow, 2, &args);
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    for c in &mut children {
+        assert!(c.try_wait().expect("status").is_none(), "still running when killed");
+        c.kill().expect("kill");
+        c.wait().expect("wait");
+    }
+    for p in 0..2 {
+        let ckpts = dir.path().join(format!("p{p}")).join("checkpoints");
+        let n = std::fs::read_dir(&ckpts)
+            .map_or(0, |d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("ckpt-")).count());
+        assert!(n > 0, "process {p} wrote its part of the cluster's checkpoints before the kill");
+    }
+    let results = finish(spawn(dir.path(), &slow, 2, &args));
+    assert_eq!(results[0], alone, "the restarted cluster's result is the uninterrupted one");
 }
