@@ -430,7 +430,8 @@ impl Database {
 
     /// This process's part of the cluster's sources and sinks ([`Split::WHOLE`] alone).
     fn split(&self) -> Split {
-        self.inner.config.cluster.as_ref().map_or(Split::WHOLE, |c| Split { index: c.process, count: c.processes() })
+        let part = |c: &ClusterConfig| Split { index: c.process, count: c.processes(), clock_ms: None };
+        self.inner.config.cluster.as_ref().map_or(Split::WHOLE, part)
     }
 
     /// The part of a cluster's checkpoints this process writes (none alone).
@@ -1117,6 +1118,9 @@ impl Database {
     fn start_source(&self, src: &Arc<SourceEntry>) -> Result<()> {
         let Some(spec) = &src.connector else { return Ok(()) };
         let crt = self.connector_runtime()?;
+        let mut spec = spec.clone();
+        spec.split.clock_ms = self.inner.runtime.read().as_ref().and_then(|rt| rt.cluster_clock_ms());
+        let spec = &spec;
         let built = laminar_adapters::build_source(spec, &self.build_context())?;
         let mut connector = built.connector;
         if spec.split.index > 0 && !connector.capabilities().partitioned {

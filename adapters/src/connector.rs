@@ -111,11 +111,15 @@ pub struct Split {
     pub index: usize,
     /// Number of parts.
     pub count: usize,
+    /// A cluster's common start time (ms since the Unix epoch, process 0's clock when the run
+    /// began), for connectors that derive values from the time they start: every process then
+    /// derives the same ones. `None` alone.
+    pub clock_ms: Option<i64>,
 }
 
 impl Split {
     /// The whole input (one process).
-    pub const WHOLE: Split = Split { index: 0, count: 1 };
+    pub const WHOLE: Split = Split { index: 0, count: 1, clock_ms: None };
 
     /// True when item `n` of a numbered input (a partition, a generated row) is in this part.
     pub fn owns(&self, n: u64) -> bool {

@@ -491,6 +491,8 @@ pub struct ClusterStart {
     pub epoch: u64,
     /// The checkpoint every process restores (its epoch), if any.
     pub restored: Option<u64>,
+    /// The leader's wall clock when the run began (ms since the Unix epoch).
+    pub clock_ms: i64,
 }
 
 /// What one process tells another when they connect.
@@ -504,13 +506,14 @@ struct Hello {
 }
 
 impl Hello {
-    const LEN: usize = 8 + 5 * 8;
+    const LEN: usize = 8 + 6 * 8;
 
     fn write(&self, s: &mut TcpStream) -> std::io::Result<()> {
         let mut buf = Vec::with_capacity(Self::LEN);
         buf.extend_from_slice(HELLO);
         let restored = self.start.restored.map_or(0, |e| e + 1);
-        for v in [self.process, self.processes, self.threads, self.start.epoch, restored] {
+        let clock = self.start.clock_ms as u64;
+        for v in [self.process, self.processes, self.threads, self.start.epoch, restored, clock] {
             buf.extend_from_slice(&v.to_le_bytes());
         }
         s.write_all(&buf)
@@ -523,7 +526,7 @@ impl Hello {
             return Ok(None);
         }
         let v = |i: usize| u64::from_le_bytes(buf[8 + 8 * i..16 + 8 * i].try_into().unwrap_or_default());
-        let start = ClusterStart { epoch: v(3), restored: v(4).checked_sub(1) };
+        let start = ClusterStart { epoch: v(3), restored: v(4).checked_sub(1), clock_ms: v(5) as i64 };
         Ok(Some(Hello { process: v(0), processes: v(1), threads: v(2), start }))
     }
 }

@@ -135,6 +135,7 @@ pub struct Runtime {
     next: AtomicUsize,
     workers: usize,
     restored: Option<u64>,
+    clock_ms: Option<i64>,
 }
 
 impl Runtime {
@@ -152,7 +153,10 @@ impl Runtime {
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| crossbeam_channel::unbounded()).unzip();
         let receivers: Arc<Mutex<Vec<Option<Receiver<Command>>>>> =
             Arc::new(Mutex::new(receivers.into_iter().map(Some).collect()));
-        let own_start = ClusterStart { epoch: config.initial_epoch.max(INITIAL_EPOCH), restored: config.restored };
+        let clock_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let own_start =
+            ClusterStart { epoch: config.initial_epoch.max(INITIAL_EPOCH), restored: config.restored, clock_ms };
         // Connect first: a follower starts where the leader says.
         let (comm, start) = match &config.cluster {
             Some(c) => {
@@ -207,6 +211,7 @@ impl Runtime {
             next: AtomicUsize::new(0),
             workers,
             restored: start.restored,
+            clock_ms: config.cluster.is_some().then_some(start.clock_ms),
         };
         let interval = config.epoch_interval;
         let c_senders = rt.senders.lock().clone().unwrap_or_default();
@@ -587,6 +592,12 @@ impl Runtime {
     /// Why this process's cluster cannot go on (a peer process went away), if it cannot.
     pub fn cluster_failure(&self) -> Option<String> {
         self.shared.cluster.as_ref().and_then(|c| c.failure())
+    }
+
+    /// A cluster's common start time: the leader's wall clock when the run began (ms since the
+    /// Unix epoch). `None` alone.
+    pub fn cluster_clock_ms(&self) -> Option<i64> {
+        self.clock_ms
     }
 
     /// The checkpoint this run restores: in a cluster, the one the leader chose.

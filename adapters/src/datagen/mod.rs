@@ -11,7 +11,8 @@
 //!   timestamps an RFC 3339 time); `'fields.c.step'` (sequence step; for timestamps in ms);
 //!   `'fields.c.length'` (string length, default 8); `'fields.c.values'` (comma-separated list
 //!   to pick from); `'fields.c.null_rate'` (0–1).
-//! - Timestamp columns are event times: `start` (default: the time `start()` was called) plus
+//! - Timestamp columns are event times: `start` (default: the time `start()` was called; in a
+//!   cluster, process 0's clock when the run began, the same on every process) plus
 //!   `step` per row (default: `1000 / rows_per_second` ms), minus a random
 //!   `'fields.c.jitter_ms'` (default 0) to simulate out-of-order events.
 //! - `'flavour'` = `nexmark` with `'nexmark.table'` = `person` | `auction` | `bid`: the Nexmark
