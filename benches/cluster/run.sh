@@ -4,6 +4,8 @@
 # 1 process x 1 worker, 1 x 2, 2 x 1, 2 x 2 and 4 x 1 on loopback. Each configuration runs
 # ROUNDS times; the table shows the median rows/s (rows / wall time of the slowest process,
 # start-up and the cluster's connection included) and the largest peak RSS of one process.
+# The "+ ckpt" rows take a checkpoint of the cluster every second (each process into its own
+# directory), which shows what coordinated checkpoints cost.
 #
 #   benches/cluster/run.sh [ROWS] [ROUNDS]        (defaults: 4000000 rows, 3 rounds)
 set -euo pipefail
@@ -36,7 +38,7 @@ SQL
 # Runs PROCS processes of WORKERS workers once, listening from port BASE on; prints
 # "seconds max_rss_kb".
 run_once() {
-  local procs=$1 workers=$2 base=$3 pids=() i
+  local procs=$1 workers=$2 base=$3 ckpt=$4 pids=() i
   : > "$WORK/hosts"
   for ((i = 0; i < procs; i++)); do
     echo "127.0.0.1:$((base + i))" >> "$WORK/hosts"
@@ -46,6 +48,10 @@ run_once() {
   for ((i = 0; i < procs; i++)); do
     local args=(run "$WORK/pipeline.sql" --quiet --workers "$workers")
     [ "$procs" -gt 1 ] && args+=(--process "$i" --hosts "$WORK/hosts")
+    if [ "$ckpt" = 1 ]; then
+      rm -rf "$WORK/db.$i"
+      args+=(--db "$WORK/db.$i" --checkpoint-interval 1000)
+    fi
     /usr/bin/time -f "%M" -o "$WORK/rss.$i" "$BIN" "${args[@]}" > "$WORK/out.$i" 2>&1 &
     pids+=($!)
   done
@@ -63,15 +69,17 @@ command -v bc >/dev/null || { echo "needs bc (apt-get install bc)"; exit 1; }
 [ -x /usr/bin/time ] || { echo "needs GNU time (apt-get install time)"; exit 1; }
 printf "%-22s %14s %14s\n" "processes x workers" "rows/s" "peak RSS (MB)"
 base=7400
-for cfg in "1 1" "1 2" "2 1" "2 2" "4 1"; do
+for cfg in "1 1 0" "1 2 0" "2 1 0" "2 2 0" "4 1 0" "1 1 1" "2 1 1"; do
   set -- $cfg
   results=()
   for ((r = 0; r < ROUNDS; r++)); do
     base=$((base + 8))
-    results+=("$(run_once "$1" "$2" "$base")")
+    results+=("$(run_once "$1" "$2" "$base" "$3")")
   done
   median=$(printf "%s\n" "${results[@]}" | sort -n | awk -v n="$ROUNDS" 'NR == int((n + 1) / 2)')
   secs=${median% *}
   rss=${median#* }
-  printf "%-22s %14.0f %14.0f\n" "$1 x $2" "$(echo "$ROWS / $secs" | bc -l)" "$(echo "$rss / 1024" | bc -l)"
+  label="$1 x $2"
+  [ "$3" = 1 ] && label="$label + ckpt 1 s"
+  printf "%-22s %14.0f %14.0f\n" "$label" "$(echo "$ROWS / $secs" | bc -l)" "$(echo "$rss / 1024" | bc -l)"
 done
