@@ -619,11 +619,6 @@ fn commit_interval_gathers_epochs_into_one_commit() {
     assert_eq!(table_rows(&t, "id"), ["0", "1", "2", "3", "4"]);
 }
 
-/// A free loopback port for a cluster process.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
-}
-
 /// Two processes of a cluster (two databases in this test, joined over loopback) split an
 /// unkeyed table's files between them, snapshot and new versions alike: each reads a part, and
 /// process 0's view counts every row once.
@@ -635,7 +630,7 @@ fn a_cluster_splits_the_files_of_a_table() {
         let ids: Vec<i64> = (f * 10..f * 10 + 10).collect();
         append(&t, batch(&ids, &["x"; 10]));
     }
-    let addresses: Vec<String> = (0..2).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let addresses: Vec<String> = (0..2).map(|_| format!("127.0.0.1:{}", common::free_port())).collect();
     let (appended_tx, appended_rx) = std::sync::mpsc::channel::<()>();
     let appended_rx = std::sync::Mutex::new(Some(appended_rx));
     let table = t.display().to_string();

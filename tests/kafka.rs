@@ -530,11 +530,6 @@ fn a_slow_sink_pauses_the_partitions_and_nothing_is_lost() {
     db.shutdown().expect("shutdown");
 }
 
-/// A free loopback port for a cluster process.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
-}
-
 /// Two processes of a cluster (two databases in this test, joined over loopback): each reads
 /// its half of a 4-partition topic and writes its rows to an exactly-once sink itself (with its
 /// own transactional id), committed at the cluster's checkpoints; on a 1-partition topic the
@@ -553,7 +548,7 @@ fn a_cluster_splits_partitions_and_every_process_writes_its_sink() {
     let ticks: Vec<String> =
         (0..300).map(|s| format!(r#"{{"ts": "2024-01-01T00:{:02}:{:02}", "v": {s}}}"#, s / 60, s % 60)).collect();
     produce(&single, &ticks.iter().map(|t| (None, None, Some(t.as_bytes()))).collect::<Vec<Out<'_>>>());
-    let addresses: Vec<String> = (0..2).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+    let addresses: Vec<String> = (0..2).map(|_| format!("127.0.0.1:{}", common::free_port())).collect();
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().expect("dir")).collect();
     let b = bootstrap();
     let nodes: Vec<_> = (0..2)

@@ -30,10 +30,6 @@ fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
 fn count(db: &Database, sql: &str) -> i64 {
     let r = db.query(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
     let b = &r.batches[0];
@@ -64,7 +60,7 @@ async fn feed_once(listener: &TcpListener, messages: Vec<String>, auth: Arc<Mute
 #[test]
 fn client_source_reads_every_message_and_reconnects_after_the_server_restarts() {
     let rt = runtime();
-    let port = free_port();
+    let port = common::free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let auth = Arc::new(Mutex::new(Vec::new()));
     // First life of the server: 1,000 ticks, some as JSON lines, some as an array, one broken.
@@ -127,7 +123,7 @@ fn client_source_reads_every_message_and_reconnects_after_the_server_restarts() 
 #[test]
 fn server_source_takes_ten_concurrent_senders() {
     let rt = runtime();
-    let port = free_port();
+    let port = common::free_port();
     let db = common::db_with_workers(2);
     db.execute(&format!(
         "CREATE SOURCE readings (device VARCHAR, v BIGINT) WITH (connector = 'websocket', 'mode' = 'server', \
@@ -242,7 +238,7 @@ fn expected_table(db: &Database) -> BTreeMap<String, serde_json::Value> {
 
 fn fan_out(policy: &str) {
     let rt = runtime();
-    let port = free_port();
+    let port = common::free_port();
     let db = common::db_with_workers(2);
     db.execute("CREATE SOURCE trades (sym VARCHAR, qty BIGINT)").expect("source");
     db.execute("CREATE STREAM per_sym AS SELECT sym, COUNT(*) AS n, SUM(qty) AS total FROM trades GROUP BY sym")
@@ -323,7 +319,7 @@ fn server_sink_disconnects_a_slow_client_when_told_to() {
 #[test]
 fn replay_buffer_serves_a_late_joiner_the_recent_rows() {
     let rt = runtime();
-    let port = free_port();
+    let port = common::free_port();
     let db = common::db_with_workers(1);
     db.execute("CREATE SOURCE events (id BIGINT, kind VARCHAR)").expect("source");
     db.execute(&format!(
@@ -357,7 +353,7 @@ fn replay_buffer_serves_a_late_joiner_the_recent_rows() {
 #[test]
 fn client_sink_holds_messages_while_the_peer_is_down() {
     let rt = runtime();
-    let port = free_port();
+    let port = common::free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let received: Arc<Mutex<Vec<i64>>> = Arc::new(Mutex::new(Vec::new()));
     // The peer: a server that records ids, accepting connections until told to stop.
@@ -445,7 +441,7 @@ fn websocket_options_are_checked_at_create_and_peers_at_start() {
     assert!(db.sinks().is_empty(), "no half-made sink");
     assert_eq!(db.sources().len(), 1, "no half-made source");
     // A URL nobody listens on fails start() with the peer named.
-    let port = free_port();
+    let port = common::free_port();
     db.execute(&format!(
         "CREATE SOURCE dead (x VARCHAR) WITH (connector = 'websocket', 'url' = 'ws://127.0.0.1:{port}/x')"
     ))
@@ -461,7 +457,7 @@ fn websocket_options_are_checked_at_create_and_peers_at_start() {
 #[test]
 fn raw_and_csv_sinks_send_the_values_themselves() {
     let rt = runtime();
-    let (raw_port, csv_port) = (free_port(), free_port());
+    let (raw_port, csv_port) = (common::free_port(), common::free_port());
     let db = common::db_with_workers(1);
     db.execute("CREATE SOURCE lines (id BIGINT, text VARCHAR)").expect("source");
     db.execute(&format!(
@@ -513,7 +509,7 @@ fn raw_and_csv_sinks_send_the_values_themselves() {
 #[test]
 fn event_time_from_the_payload_closes_windows() {
     let rt = runtime();
-    let port = free_port();
+    let port = common::free_port();
     let db = common::db_with_workers(2);
     db.execute(&format!(
         "CREATE SOURCE clicks (page VARCHAR, ts TIMESTAMP, WATERMARK FOR ts AS ts - INTERVAL '1' SECOND) \
@@ -563,7 +559,7 @@ fn event_time_from_the_payload_closes_windows() {
 #[test]
 fn a_full_pipeline_stops_reading_and_the_sender_waits() {
     let rt = runtime();
-    let port = free_port();
+    let port = common::free_port();
     let db = Database::open_with_config(
         ":memory:",
         laminardb::LaminarConfig { workers: Some(1), buffer_size: 1_000, ..Default::default() },

@@ -1039,16 +1039,7 @@ mod tests {
                 Box::new(move |_, batches| *s2.lock() += batches.iter().map(|b| b.num_rows()).sum::<usize>()),
             ));
             let plan = PlanNode::Source { name: "t".into(), schema: schema.clone(), append_only: true };
-            rt.install(InstallRequest {
-                id: 1,
-                plan,
-                output: merger.clone(),
-                backfill: vec![],
-                stats: Default::default(),
-                restore: None,
-                per_process: false,
-            })
-            .expect("install");
+            rt.install(plain(1, plan, merger.clone())).expect("install");
             let batch =
                 RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(vec![1, 2, 3]))]).expect("b");
             rt.send(&Arc::from("t"), DiffBatch::inserts(batch)).expect("send");
@@ -1062,6 +1053,20 @@ mod tests {
     /// A free loopback port for a test cluster.
     fn free_port() -> u16 {
         std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+    }
+
+    /// A request to install `plan` as dataflow `id` reporting to `output`, with nothing to
+    /// backfill or restore.
+    fn plain(id: u64, plan: PlanNode, output: Arc<dyn EpochSink>) -> InstallRequest {
+        InstallRequest {
+            id,
+            plan,
+            output,
+            backfill: vec![],
+            stats: Default::default(),
+            restore: None,
+            per_process: false,
+        }
     }
 
     /// `SELECT k, COUNT(*) FROM t GROUP BY k`: the schema of `t` and the plan.
@@ -1127,16 +1132,7 @@ mod tests {
         let (schema, plan) = count_by_key();
         for rt in rts.iter() {
             let merger = Arc::new(EpochMerger::new(2, Box::new(|_, _| {})));
-            let req = InstallRequest {
-                id: 7,
-                plan: plan.clone(),
-                output: merger,
-                backfill: vec![],
-                stats: Default::default(),
-                restore: None,
-                per_process: false,
-            };
-            rt.install(req).expect("install");
+            rt.install(plain(7, plan.clone(), merger)).expect("install");
         }
         let follower_sink = Arc::new(Snapshots::default());
         let (f_rts, f_sink) = (rts.clone(), follower_sink.clone());
@@ -1220,16 +1216,7 @@ mod tests {
                     c.retain(|_, d| *d != 0);
                 }),
             ));
-            rt.install(InstallRequest {
-                id: 1,
-                plan: plan.clone(),
-                output: merger.clone(),
-                backfill: vec![],
-                stats: Default::default(),
-                restore: None,
-                per_process: false,
-            })
-            .expect("install");
+            rt.install(plain(1, plan.clone(), merger.clone())).expect("install");
             results.push(counts);
             mergers.push(merger);
         }

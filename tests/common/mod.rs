@@ -12,6 +12,11 @@ use arrow::array::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use laminardb::{Database, LaminarConfig};
 
+/// A free loopback port (for a server or a cluster process).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
+}
+
 /// An in-memory database with `workers` timely workers.
 pub fn db_with_workers(workers: usize) -> Database {
     Database::open_with_config(":memory:", LaminarConfig { workers: Some(workers), ..Default::default() })
