@@ -399,7 +399,7 @@ impl Database {
             })?;
         }
         // A cluster's follower restores the checkpoint process 0 names when they connect.
-        if db.inner.config.cluster.as_ref().is_none_or(|c| c.process == 0) {
+        if db.process() == 0 {
             db.load_checkpoint()?;
         }
         Ok(db)
@@ -434,6 +434,11 @@ impl Database {
         self.inner.config.cluster.as_ref().map_or(Split::WHOLE, part)
     }
 
+    /// This process's index in its cluster (0 alone).
+    fn process(&self) -> usize {
+        self.inner.config.cluster.as_ref().map_or(0, |c| c.process)
+    }
+
     /// The part of a cluster's checkpoints this process writes (none alone).
     fn cluster_part(&self) -> Option<checkpoint::ClusterPart> {
         let c = self.inner.config.cluster.as_ref()?;
@@ -443,7 +448,7 @@ impl Database {
     /// A cluster's follower: its own part of the checkpoint of `epoch`, which process 0 restores;
     /// the sources get their part back now.
     fn load_cluster_part(&self, st: &State, epoch: u64) -> Result<Arc<Loaded>> {
-        let process = self.inner.config.cluster.as_ref().map_or(0, |c| c.process);
+        let process = self.process();
         let fail = |why: String| {
             LaminarError::Checkpoint(format!(
                 "process {process} cannot restore the cluster's checkpoint of epoch {epoch}, which process 0 restores: \
@@ -1318,7 +1323,7 @@ impl Database {
     fn start_checkpoint_timer(&self) {
         let Some(ms) = self.inner.config.checkpoint_interval_ms else { return };
         // A cluster's checkpoints are taken by process 0, for every process.
-        if self.storage_root().is_none() || self.inner.config.cluster.as_ref().is_some_and(|c| c.process > 0) {
+        if self.storage_root().is_none() || self.process() > 0 {
             return;
         }
         let stop = Arc::new(AtomicBool::new(false));
