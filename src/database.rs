@@ -2456,12 +2456,24 @@ fn lock_dir(dir: &Path) -> Result<File> {
             code: codes::CONNECTION_FAILED,
             message: format!("cannot open {}: {e}", path.display()),
         })?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(_) => Err(LaminarError::Connection {
-            code: codes::CONNECTION_IN_USE,
-            message: format!("database {} is in use by another process (lock file {})", dir.display(), path.display()),
-        }),
+    // A database of this process that was just dropped may still be closing on one of its own
+    // threads (which held the last handle): give it a moment to let go.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Err(_) => {
+                return Err(LaminarError::Connection {
+                    code: codes::CONNECTION_IN_USE,
+                    message: format!(
+                        "database {} is in use by another process (lock file {})",
+                        dir.display(),
+                        path.display()
+                    ),
+                })
+            }
+        }
     }
 }
 
